@@ -1,0 +1,1 @@
+"""Hydra configuration tree, installed as package data so `pkg://involution.conf` finds it."""

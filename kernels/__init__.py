@@ -1,0 +1,1 @@
+"""Numba kernels for involution: torch-free (NumPy / Numba arrays in, arrays out)."""

@@ -1,0 +1,223 @@
+"""Spatial operators for the bottleneck: involution, convolution and local self-attention.
+
+``make_spatial_op`` turns an operator description (the Hydra ``operator`` group, as a plain dict)
+into the module that sits in the middle of a bottleneck block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from involution.ops import involution2d
+from involution.ops.window_dot import window_dot
+
+
+def check_operator_fit(
+    channels: int,
+    kernel_size: int,
+    group_channels: int | None = None,
+    reduction_ratio: int | None = None,
+) -> None:
+    """Raise a one-line ValueError naming the key when a hyperparameter does not fit ``channels``."""
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int (1, 3, 5, 7, ...), got {kernel_size!r}")
+    if group_channels is not None and (
+        not isinstance(group_channels, int) or group_channels < 1 or channels % group_channels
+    ):
+        raise ValueError(
+            f"group_channels={group_channels!r} must divide the {channels} channels "
+            f"(allowed: a divisor of {channels}, or null for one group)"
+        )
+    if reduction_ratio is not None and (
+        not isinstance(reduction_ratio, int) or reduction_ratio < 1 or reduction_ratio > channels
+    ):
+        raise ValueError(
+            f"reduction_ratio={reduction_ratio!r} must be an int in [1, {channels}] for {channels} channels"
+        )
+
+
+class Involution2d(nn.Module):
+    """Involution: a KxK kernel generated per pixel from the input itself, shared by G channel groups.
+
+    Kernel generation follows the official code: (avg-pool by the stride, ceil mode so that odd
+    input sizes give exactly the aggregation's Ho x Wo) -> 1x1 conv C -> C/r -> BN -> ReLU ->
+    1x1 conv C/r -> K*K*G (with bias). ``group_channels=None`` means one group of all channels.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        stride: int = 1,
+        group_channels: int | None = 16,
+        reduction_ratio: int = 4,
+        dilation: int = 1,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_operator_fit(channels, kernel_size, group_channels, reduction_ratio)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.backend = backend
+        self.groups = 1 if group_channels is None else channels // group_channels
+        reduced = channels // reduction_ratio
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=False)
+        self.reduce_bn = nn.BatchNorm2d(reduced)
+        self.act = nn.ReLU(inplace=True)
+        self.span = nn.Conv2d(reduced, kernel_size * kernel_size * self.groups, 1)
+
+    def generate_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel kernels [N, G, K, K, Ho, Wo] that the aggregation applies."""
+        weight = self.span(self.act(self.reduce_bn(self.reduce(self.pool(x)))))
+        n, _, ho, wo = weight.shape
+        k = self.kernel_size
+        return weight.view(n, self.groups, k, k, ho, wo)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.generate_kernel(x)
+        return involution2d(x, kernel, self.stride, None, self.dilation, self.backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"groups={self.groups}, dilation={self.dilation}, backend={self.backend!r}"
+        )
+
+
+class LocalSelfAttention2d(nn.Module):
+    """SASA-style local self-attention (Ramachandran et al., 2019) built from the involution op.
+
+    1x1 query/key/value projections; each of ``heads`` heads attends over a KxK window (dilation
+    ``dilation``) around its pixel. Logits = q . k / sqrt(d) + q . r / sqrt(d), where the relative
+    position embedding r of a window offset (u, v) is split between rows and columns: the first
+    d//2 channels of each head carry a row embedding r_row[u], the other d - d//2 a column
+    embedding r_col[v]. Window positions outside the image are masked out of the softmax.
+
+    - the logits' content term is the windowed dot product ``window_dot`` (involution's
+      grad_kernel pattern), with heads as groups;
+    - the aggregation of values with the softmax weights is ``involution2d`` with heads as groups.
+
+    With ``stride > 1`` the queries are computed from the input average-pooled by the stride (ceil
+    mode; the same grid as involution's kernel map), keys and values at full resolution, so the
+    layer downsamples like a strided convolution does.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        stride: int = 1,
+        heads: int = 8,
+        dilation: int = 1,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_operator_fit(channels, kernel_size)
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or channels % heads:
+            raise ValueError(
+                f"heads={heads!r} must divide the {channels} channels "
+                f"(allowed: a positive divisor of {channels})"
+            )
+        if not isinstance(dilation, int) or dilation < 1:
+            raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.heads = heads
+        self.dilation = dilation
+        self.backend = backend
+        self.head_channels = channels // heads
+        self.row_channels = self.head_channels // 2
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.query = nn.Conv2d(channels, channels, 1, bias=False)
+        self.key = nn.Conv2d(channels, channels, 1, bias=False)
+        self.value = nn.Conv2d(channels, channels, 1, bias=False)
+        std = self.head_channels**-0.5
+        self.rel_rows = nn.Parameter(torch.randn(heads, self.row_channels, kernel_size) * std)
+        self.rel_cols = nn.Parameter(
+            torch.randn(heads, self.head_channels - self.row_channels, kernel_size) * std
+        )
+
+    def _window_mask(self, height: int, width: int, ho: int, wo: int, device: torch.device) -> torch.Tensor:
+        """[K, K, Ho, Wo] True where the window position lies inside the image."""
+        k, s, d = self.kernel_size, self.stride, self.dilation
+        p = d * (k - 1) // 2
+        offsets = torch.arange(k, device=device) * d - p
+
+        def axis(size: int, out: int) -> torch.Tensor:
+            pos = torch.arange(out, device=device)[None, :] * s + offsets[:, None]  # [K, out]
+            return (pos >= 0) & (pos < size)
+
+        return axis(height, ho)[:, None, :, None] & axis(width, wo)[None, :, None, :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        k, g = self.kernel_size, self.heads
+        query = self.query(self.pool(x)) * self.head_channels**-0.5
+        key, value = self.key(x), self.value(x)
+        ho, wo = query.shape[-2:]
+        logits = window_dot(query, key, k, self.stride, None, self.dilation, g, self.backend)
+        heads_query = query.view(n, g, self.head_channels, ho, wo)
+        rows = torch.einsum("ngcij,gcu->nguij", heads_query[:, :, : self.row_channels], self.rel_rows)
+        cols = torch.einsum("ngcij,gcv->ngvij", heads_query[:, :, self.row_channels :], self.rel_cols)
+        logits = logits + rows[:, :, :, None] + cols[:, :, None]
+        mask = self._window_mask(h, w, ho, wo, x.device)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits.view(n, g, k * k, ho, wo), dim=2).view(n, g, k, k, ho, wo)
+        return involution2d(value, weights.to(value.dtype), self.stride, None, self.dilation, self.backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"heads={self.heads}, dilation={self.dilation}, backend={self.backend!r}"
+        )
+
+
+OPERATOR_KEYS: dict[str, set[str]] = {
+    "involution": {"kernel_size", "group_channels", "reduction_ratio", "dilation", "backend"},
+    "convolution": {"kernel_size", "groups", "dilation"},
+    "attention": {"kernel_size", "heads", "dilation", "backend"},
+}
+
+
+def make_spatial_op(operator: Mapping[str, Any], channels: int, stride: int = 1) -> nn.Module:
+    """Build the bottleneck's spatial operator from ``{"name": ..., **hyperparameters}``.
+
+    Hyperparameter errors are raised here, at construction, i.e. before any training starts.
+    """
+    spec = dict(operator)
+    name = spec.pop("name", None)
+    if name not in OPERATOR_KEYS:
+        raise ValueError(f"operator.name must be one of {sorted(OPERATOR_KEYS)}, got {name!r}")
+    unknown = set(spec) - OPERATOR_KEYS[name]
+    if unknown:
+        raise ValueError(
+            f"operator {name!r} got unknown keys {sorted(unknown)}; allowed: {sorted(OPERATOR_KEYS[name])}"
+        )
+    if name == "involution":
+        return Involution2d(channels, stride=stride, **spec)
+    if name == "attention":
+        return LocalSelfAttention2d(channels, stride=stride, **spec)
+    kernel_size = spec.get("kernel_size", 3)
+    dilation = spec.get("dilation", 1)
+    groups = spec.get("groups", 1)
+    check_operator_fit(channels, kernel_size)
+    if channels % groups:
+        raise ValueError(f"groups={groups!r} must divide the {channels} channels")
+    return nn.Conv2d(
+        channels,
+        channels,
+        kernel_size,
+        stride=stride,
+        padding=dilation * (kernel_size - 1) // 2,
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+    )

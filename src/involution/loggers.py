@@ -1,0 +1,97 @@
+"""Experiment loggers: W&B (online when logged in, offline otherwise, never hanging) and CSV."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def wandb_api_key_configured() -> bool:
+    """True when W&B has a key: WANDB_API_KEY, or a ~/.netrc entry for the W&B host (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_host_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connect to the W&B host: seconds at most, so a dead network never stalls a run."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` -> online if a key is configured and the host answers, else offline.
+
+    An explicit ``WANDB_MODE`` in the environment wins over the config, as in wandb itself.
+    """
+    mode = os.environ.get("WANDB_MODE", mode)
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
+    if mode == "auto":
+        mode = "online" if wandb_api_key_configured() else "offline"
+    if mode == "online" and not wandb_host_reachable():
+        log.warning("W&B host unreachable: logging offline (sync later with `wandb sync`)")
+        mode = "offline"
+    return mode
+
+
+_SHORT = {"kernel_size": "k", "reduction_ratio": "r", "group_channels": "gc", "dilation": "d", "groups": "g", "heads": "h"}
+
+
+def run_identity(operator: Mapping[str, Any], task_name: str, experiment: str | None) -> dict[str, Any]:
+    """W&B name (e.g. ``involution-k7-r4-gc16-d1``), group and tags from the operator's hyperparameters."""
+    hyper = sorted((key, value) for key, value in operator.items() if key not in ("name", "backend"))
+    name = "-".join([str(operator["name"]), *(f"{_SHORT.get(key, key)}{value}" for key, value in hyper)])
+    tags = [str(operator["name"]), *(f"{key}={value}" for key, value in hyper)]
+    group = f"{task_name}-{experiment}" if experiment else task_name
+    return {"name": name, "group": group, "tags": tags}
+
+
+def build_loggers(
+    logger_cfg: Mapping[str, Any], identity: Mapping[str, Any], extra_tags: list[str]
+) -> list[Logger]:
+    """CSV always; W&B unless the config has no ``wandb`` entry or its mode resolves to disabled."""
+    loggers: list[Logger] = []
+    if "csv" in logger_cfg:
+        loggers.append(CSVLogger(save_dir=logger_cfg["csv"]["save_dir"], name="csv", version=""))
+    wandb_cfg = logger_cfg.get("wandb")
+    if wandb_cfg is not None:
+        mode = resolve_wandb_mode(wandb_cfg.get("mode", "auto"))
+        if mode != "disabled":
+            import wandb
+
+            tags = [*identity["tags"], *extra_tags, *(wandb_cfg.get("tags") or [])]
+            loggers.append(
+                WandbLogger(
+                    project=wandb_cfg.get("project", "involution"),
+                    entity=wandb_cfg.get("entity"),
+                    group=wandb_cfg.get("group") or identity["group"],
+                    name=wandb_cfg.get("name") or identity["name"],
+                    tags=list(dict.fromkeys(tags)),
+                    save_dir=wandb_cfg["save_dir"],
+                    offline=mode == "offline",
+                    settings=wandb.Settings(init_timeout=float(wandb_cfg.get("init_timeout", 30)), silent=True),
+                )
+            )
+    return loggers

@@ -1,0 +1,116 @@
+"""End to end: `python -m involution.train` on digits writes checkpoints, CSV metrics and a W&B run;
+bad configurations stop before training with one line naming the key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUICK_TRAIN, REPO
+from involution.train import SetupError, build_run
+
+WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
+
+
+def run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "involution.train", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """One short training run shared by the tests below."""
+    root = tmp_path_factory.mktemp("train")
+    run_dir = root / "run"
+    result = run_train([f"hydra.run.dir={run_dir}", *QUICK_TRAIN], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_checkpoints_best_and_last(quick_run: Path) -> None:
+    checkpoints = sorted(p.name for p in (quick_run / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+    state = torch.load(quick_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["hyper_parameters"]["model"]["operator"]["name"] == "involution"
+    assert any(key.startswith("model.layer1.0.conv2.span") for key in state["state_dict"])
+
+
+def test_csv_metrics_hold_val_and_test(quick_run: Path) -> None:
+    rows = list(csv.DictReader((quick_run / "csv" / "metrics.csv").open()))
+    columns = set(rows[0])
+    assert {"val/acc_top1", "val/acc_top5", "train/loss_step", "test/acc_top1"} <= columns
+    val = [float(r["val/acc_top1"]) for r in rows if r["val/acc_top1"]]
+    assert len(val) == 1 and 0.0 <= val[0] <= 1.0
+
+
+def test_wandb_offline_run_holds_val_metrics_and_config(quick_run: Path) -> None:
+    """Read the offline run back with W&B's own record reader (`wandb leet inspect --json`)."""
+    logs = list((quick_run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    out = subprocess.run([WANDB, "leet", "inspect", "--json", str(logs[0])], capture_output=True, text=True, check=True)
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    assert any("val/acc_top1" in item and "val/acc_top5" in item for item in history)
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["display_name"] == "involution-d1-gc16-k7-r4"
+    assert run["run_group"] == "train-digits"
+    assert {"involution", "kernel_size=7", "reduction_ratio=4", "group_channels=16"} <= set(run["tags"])
+    config_updates = [r["config"] for r in records if r["type"] == "config"]
+    text = json.dumps(config_updates)
+    for key in ("params", "macs", "operator", "kernel_size", "optimized_metric"):
+        assert key in text, f"{key} missing from the W&B run config"
+
+
+def test_run_directory_holds_resolved_config(quick_run: Path) -> None:
+    assert (quick_run / ".hydra" / "config.yaml").is_file()
+    assert "output_dir" in (quick_run / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["operator.kernel_size=4"], "operator.kernel_size"),
+        (["operator.group_channels=5"], "operator.group_channels"),
+        (["operator.reduction_ratio=0"], "operator.reduction_ratio"),
+        (["data=cifar10", "data.data_dir=/nonexistent/cifar"], "data.data_dir"),
+        (["data=imagenet", "data.data_dir=/nonexistent/imagenet"], "data.data_dir"),
+        (["module.lr=-1"], "module.lr"),
+    ],
+)
+def test_bad_config_is_one_error_naming_the_key(compose_train, overrides, key) -> None:
+    with pytest.raises(SetupError) as error:
+        build_run(compose_train(overrides))
+    message = str(error.value)
+    assert key in message and "\n" not in message
+
+
+def test_cli_bad_config_prints_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_train([f"hydra.run.dir={run_dir}", "operator.kernel_size=4"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "operator.kernel_size" in lines[0], result.stderr
+    assert "odd" in lines[0]
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_cli_unknown_option_lists_choices(tmp_path: Path) -> None:
+    result = run_train(["operator=deformable"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Available options in 'operator'" in result.stderr and "involution" in result.stderr
+
+
+def test_makefile_passes_hydra_overrides() -> None:
+    text = (REPO / "Makefile").read_text()
+    assert "-m involution.train $(ARGS)" in text
