@@ -1,0 +1,453 @@
+"""Operator benchmark: involution forward+backward per backend next to a same-shape depthwise conv.
+
+    python -m involution.bench.ops [--reps 11] [--shapes 64x56 ...] [--no-compile] [--output docs/benchmarks.md]
+
+At the RedNet-50 shapes (batch 8, float32; K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7,
+and the stem's C=32@112 with K=3) every candidate runs forward+backward (gradients for the input
+and the kernel) on the same tensors, interleaved round-robin in one process, and the table reports
+
+- the median (and fastest) wall time of forward+backward,
+- the peak memory the step adds over what its inputs already hold (CPU: peak resident set,
+  reset through /proc/self/clear_refs; GPU: ``torch.cuda.max_memory_allocated``),
+- the ratio to the depthwise ``F.conv2d`` (KxK, groups=C, the practical yardstick: it moves fewer
+  bytes because its kernel is shared across space).
+
+Candidates: depthwise conv, ``reference`` (unfold), ``torch.compile(reference)``, ``numba_cpu``;
+on a GPU also ``numba_cuda`` in float32 and float16 at batch 8 and 64, with the memory-bandwidth
+floor: the bytes forward+backward must move at least once (x, kernel and grad_out read twice each,
+out, grad_x and grad_kernel written once) divided by the measured device-to-device copy bandwidth.
+
+The results replace this benchmark's own section of the output file (between its markers), so
+other benchmarks can keep theirs in the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from involution.ops import involution2d
+from involution.reference import involution2d_reference
+
+BEGIN = "<!-- BEGIN involution.bench.ops -->"
+END = "<!-- END involution.bench.ops -->"
+
+# (channels, size, kernel size); groups = channels / 16
+REDNET50_SHAPES = [(64, 56, 7), (128, 28, 7), (256, 14, 7), (512, 7, 7), (32, 112, 3)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurement helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _rss_kib() -> tuple[int, int] | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = dict(re.findall(r"^Vm(HWM|RSS):\s+(\d+) kB", status, re.M))
+    if "HWM" not in found or "RSS" not in found:
+        return None
+    return int(found["HWM"]), int(found["RSS"])
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is then a lower bound
+        pass
+
+
+def peak_memory(fn: Callable[[], object]) -> int | None:
+    """Bytes by which ``fn()`` raises the peak resident set of this process above what it holds
+    when called (Linux: the high-water mark is reset through /proc/self/clear_refs after glibc's
+    free lists are trimmed); None where that is not possible."""
+    gc.collect()
+    _malloc_trim()  # hand freed heap pages back, so that re-used memory shows up as growth
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _rss_kib()
+    if before is None:
+        return None
+    fn()
+    after = _rss_kib()
+    if after is None:
+        return None
+    return max(0, after[0] - before[1]) * 1024
+
+
+def cuda_peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written per second)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) / 1e3)
+    return 2 * nbytes / statistics.median(times)
+
+
+@dataclass
+class Candidate:
+    name: str
+    step: Callable[[], None]
+    dtype: str = "float32"
+    times: list[float] = field(default_factory=list)
+    peak: int | None = None
+    error: str | None = None
+
+
+def _interleaved(cands: list[Candidate], reps: int, warmup: int, sync: Callable[[], None]) -> None:
+    live = []
+    for cand in cands:
+        try:
+            for _ in range(warmup):
+                cand.step()
+            sync()
+            live.append(cand)
+        except Exception as exc:  # noqa: BLE001 - reported in the table (e.g. out of memory)
+            cand.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    for _ in range(reps):
+        for cand in live:
+            sync()
+            start = time.perf_counter()
+            cand.step()
+            sync()
+            cand.times.append(time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------------
+# One shape
+# ------------------------------------------------------------------------------------------------
+
+
+def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
+    """Candidates doing forward+backward at one shape (stride 1, padding K//2, G = C/16)."""
+    groups = channels // 16
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen).to(device, dtype).requires_grad_()
+    kern = (
+        torch.randn(batch, groups, k, k, size, size, generator=gen)
+        .to(device, dtype)
+        .requires_grad_()
+    )
+    weight = torch.randn(channels, 1, k, k, generator=gen).to(device, dtype).requires_grad_()
+    grad = torch.randn(batch, channels, size, size, generator=gen).to(device, dtype)
+    pad = (k - 1) // 2
+
+    def clear():
+        x.grad = kern.grad = weight.grad = None
+
+    def depthwise():
+        F.conv2d(x, weight, padding=pad, groups=channels).backward(grad)
+        clear()
+
+    def op(backend):
+        def step():
+            involution2d(x, kern, 1, pad, 1, backend).backward(grad)
+            clear()
+
+        return step
+
+    tag = str(dtype).replace("torch.", "")
+    cands = [Candidate("depthwise conv2d", depthwise, tag)]
+    for backend in backends:
+        cands.append(Candidate(backend, op(backend), tag))
+    if with_compile:
+        compiled = torch.compile(involution2d_reference, dynamic=False)
+
+        def compiled_step():
+            compiled(x, kern, (1, 1), (pad, pad), (1, 1)).backward(grad)
+            clear()
+
+        cands.append(Candidate("torch.compile(reference)", compiled_step, tag))
+    tensors = (x, kern, grad)
+    return cands, tensors
+
+
+def _floor_bytes(batch, channels, size, k, elem) -> int:
+    groups = channels // 16
+    fmap = batch * channels * size * size
+    kmap = batch * groups * k * k * size * size
+    # forward: x, kernel read, out written; grad_input: grad_out, kernel read, grad_x written;
+    # grad_kernel: grad_out, x read, grad_kernel written
+    return elem * (2 * fmap + 2 * kmap + fmap + 2 * fmap + fmap + kmap)
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
+def _versions() -> str:
+    import numba
+
+    try:
+        from importlib.metadata import version
+
+        numba_cuda = version("numba-cuda")
+    except Exception:  # noqa: BLE001
+        numba_cuda = "n/a"
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}, "
+        f"numba-cuda {numba_cuda}"
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(device: torch.device) -> str:
+    import numba
+
+    parts = [
+        f"{_cpu_name()}, {os.cpu_count()} logical CPUs ({torch.get_num_threads()} torch threads, "
+        f"{numba.get_num_threads()} numba threads), {platform.system()} {platform.release()}"
+    ]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        parts.append(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB")
+    return "; ".join(parts)
+
+
+def _fmt_ms(t: float | None) -> str:
+    return "-" if t is None else f"{t * 1e3:.2f}"
+
+
+def _fmt_mib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.1f}"
+
+
+def _table(rows: list[dict], with_floor: bool) -> list[str]:
+    head = [
+        "shape (N, C, HxW, K, G)",
+        "dtype",
+        "backend",
+        "forward+backward median (ms)",
+        "min (ms)",
+        "peak extra memory (MiB)",
+        "vs depthwise conv",
+    ]
+    if with_floor:
+        head += ["bandwidth floor (ms)", "vs floor"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+    ]
+    for r in rows:
+        cells = [
+            r["shape"],
+            r["dtype"],
+            r["name"],
+            _fmt_ms(r["median"]),
+            _fmt_ms(r["min"]),
+            _fmt_mib(r["peak"]),
+        ]
+        cells.append("-" if r["ratio"] is None else f"{r['ratio']:.2f}")
+        if with_floor:
+            cells += [
+                _fmt_ms(r.get("floor")),
+                "-" if r.get("x_floor") is None else f"{r['x_floor']:.2f}",
+            ]
+        if r.get("error"):  # e.g. out of memory; no number in a time cell
+            cells[2] = f"{r['name']} (failed: {r['error'].replace('|', '/')})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        if r["name"] == "numba_cpu" and r["ratio"] is not None:
+            verdict = "within" if r["ratio"] <= 2 else "NOT within"
+            out.append(
+                f"- {r['shape']}: numba_cpu {r['ratio']:.2f}x the depthwise conv ({verdict} 2x)"
+            )
+    return out
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this benchmark's section of ``path``, leaving the rest untouched."""
+    section = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def run(args: argparse.Namespace) -> str:
+    load_start = _load()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shapes = (
+        REDNET50_SHAPES
+        if not args.shapes
+        else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    )
+    rows: list[dict] = []
+    bandwidth = None
+    if device.type == "cuda":
+        bandwidth = copy_bandwidth(device)
+        sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+        configs = [(8, torch.float32), (8, torch.float16), (64, torch.float32), (64, torch.float16)]
+        backends = ["reference", "numba_cuda"]
+    else:
+        sync = lambda: None  # noqa: E731
+        configs = [(8, torch.float32)]
+        backends = ["reference", "numba_cpu"]
+    for channels, size, k in shapes:
+        for batch, dtype in configs:
+            cands, _tensors = _steps(
+                batch, channels, size, k, device, dtype, backends, args.compile
+            )
+            print(
+                f"[bench-ops] N={batch} C={channels} {size}x{size} K={k} {dtype}: {len(cands)} candidates",
+                flush=True,
+            )
+            _interleaved(cands, args.reps, args.warmup, sync)
+            for cand in cands:
+                if cand.error is None:
+                    if device.type == "cuda":
+                        cand.peak = cuda_peak_memory(cand.step, device)
+                    else:
+                        cand.peak = peak_memory(cand.step)
+            base = next((c for c in cands if c.name.startswith("depthwise") and c.times), None)
+            base_median = statistics.median(base.times) if base else None
+            floor = None
+            if bandwidth:
+                floor = (
+                    _floor_bytes(
+                        batch, channels, size, k, torch.empty((), dtype=dtype).element_size()
+                    )
+                    / bandwidth
+                )
+            for cand in cands:
+                median = statistics.median(cand.times) if cand.times else None
+                row = {
+                    "shape": f"{batch}, {channels}, {size}x{size}, {k}, {channels // 16}",
+                    "dtype": cand.dtype,
+                    "name": cand.name,
+                    "median": median,
+                    "min": min(cand.times) if cand.times else None,
+                    "peak": cand.peak,
+                    "ratio": median / base_median if (median and base_median) else None,
+                    "error": cand.error,
+                }
+                if floor is not None:
+                    row["floor"] = floor
+                    row["x_floor"] = median / floor if median else None
+                rows.append(row)
+                print(
+                    f"  {cand.name:28s} median {_fmt_ms(median):>9s} ms  peak {_fmt_mib(cand.peak):>8s} MiB  "
+                    f"x depthwise {row['ratio'] if row['ratio'] is None else round(row['ratio'], 2)}",
+                    flush=True,
+                )
+            del cands, _tensors
+    command = "python -m involution.bench.ops" + (" " + shlex.join(args.argv) if args.argv else "")
+    lines = [
+        "## Operator: involution forward+backward vs depthwise convolution",
+        "",
+        f"Measured {_dt.date.today().isoformat()} with `{command}` (`make bench-ops`).",
+        "",
+        f"- Machine: {_machine(device)}",
+        f"- Versions: {_versions()}",
+        f"- Load average (1/5/15 min) at start: {load_start}; at end: {_load()} (other jobs share "
+        "this machine: compare within a shape, where all candidates ran interleaved)",
+        f"- Method: forward+backward (gradients of input and kernel; of input and weight for the conv), "
+        f"stride 1, padding K//2, G = C/16, random data; {args.reps} interleaved repetitions after "
+        f"{args.warmup} warm-up runs, all candidates in one process; wall-clock median and minimum. "
+        "Peak extra memory: what one step adds over the tensors it is given "
+        + (
+            "(`torch.cuda.max_memory_allocated`)."
+            if device.type == "cuda"
+            else "(peak resident set, reset via /proc/self/clear_refs)."
+        ),
+    ]
+    if bandwidth:
+        lines.append(
+            f"- Bandwidth floor: bytes forward+backward must move once / measured device-to-device copy "
+            f"bandwidth ({bandwidth / 1e9:.0f} GB/s)."
+        )
+    lines += ["", *_table(rows, bandwidth is not None), ""]
+    summary = _summary(rows)
+    if summary:
+        lines += [
+            "Target (numba_cpu forward+backward within 2x of the depthwise conv):",
+            "",
+            *summary,
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=11)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--shapes", nargs="*", help="CxSxK entries, e.g. 64x56x7 (default: RedNet-50)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip torch.compile(reference)"
+    )
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args(argv)
+    args.argv = argv
+    body = run(args)
+    write_section(args.output, body)
+    print(f"[bench-ops] wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

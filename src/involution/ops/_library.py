@@ -1,0 +1,329 @@
+"""``torch.library`` registration of the involution op and its two gradients.
+
+Three custom ops, each with a fake (meta) implementation, an autograd formula, an autocast rule
+and a FLOP formula::
+
+    involution::involution2d(input, kernel, stride, padding, dilation, backend) -> out
+    involution::involution2d_grad_input(grad_out, kernel, input_size, stride, padding, dilation, backend)
+    involution::involution2d_grad_kernel(grad_out, input, kernel_size, groups, stride, padding, dilation, backend)
+
+They close under differentiation (the gradient of each is made of the three), so double backward
+works, and ``torch.compile`` sees each as one opaque node (no graph break). ``backend`` is a
+concrete backend name here (``"auto"`` is resolved by ``involution2d`` before the call).
+
+Memory formats (the fake implementations promise the same strides):
+- ``involution2d``: the output has the input's memory format (channels_last or contiguous);
+- ``involution2d_grad_input``: the memory format of ``grad_out``;
+- ``involution2d_grad_kernel``: contiguous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from involution.ops import _numba_cpu, _numba_cuda, _reference
+
+CPU_DTYPES = (torch.float32, torch.float64)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+_IMPLS = {"reference": _reference, "numba_cpu": _numba_cpu, "numba_cuda": _numba_cuda}
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend for ``backend`` on ``device``/``dtype``; raises on a misfit."""
+    if backend == "auto":
+        if device.type == "cuda":
+            return "numba_cuda"
+        if device.type == "cpu" and dtype in CPU_DTYPES:
+            return "numba_cpu"
+        return "reference"
+    if backend == "numba_cpu":
+        if device.type != "cpu":
+            raise ValueError(
+                f"backend='numba_cpu' needs CPU tensors (device 'cpu'), got device {device}"
+            )
+        if dtype not in CPU_DTYPES:
+            raise TypeError(f"backend='numba_cpu' supports dtypes {CPU_DTYPES}, got {dtype}")
+    elif backend == "numba_cuda":
+        if device.type != "cuda" and not (device.type == "cpu" and _numba_cuda.simulator_enabled()):
+            raise ValueError(
+                f"backend='numba_cuda' needs CUDA tensors (device 'cuda'), got device {device}"
+            )
+        if dtype not in CUDA_DTYPES:
+            raise TypeError(f"backend='numba_cuda' supports dtypes {CUDA_DTYPES}, got {dtype}")
+    elif backend != "reference":
+        raise ValueError(
+            f"backend must be one of ('auto', 'reference', 'numba_cpu', 'numba_cuda'), got {backend!r}"
+        )
+    return backend
+
+
+def channels_last(t: Tensor) -> bool:
+    """True for a 4-D tensor laid out NHWC (and not also plainly contiguous)."""
+    return (
+        t.dim() == 4
+        and t.is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    )
+
+
+def _format(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if channels_last(t) else torch.contiguous_format
+
+
+def _impl(backend: str):
+    try:
+        return _IMPLS[backend]
+    except KeyError:
+        raise ValueError(f"backend must be one of {tuple(_IMPLS)}, got {backend!r}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# The three ops
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("involution::involution2d", mutates_args=())
+def involution2d_op(
+    input: Tensor,
+    kernel: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    backend: str,
+) -> Tensor:
+    out = _impl(backend).forward(input, kernel, tuple(stride), tuple(padding), tuple(dilation))
+    return out.contiguous(memory_format=_format(input))
+
+
+@involution2d_op.register_fake
+def _(input, kernel, stride, padding, dilation, backend):
+    n, c = input.shape[0], input.shape[1]
+    ho, wo = kernel.shape[4], kernel.shape[5]
+    return torch.empty(
+        (n, c, ho, wo), dtype=input.dtype, device=input.device, memory_format=_format(input)
+    )
+
+
+@torch.library.custom_op("involution::involution2d_grad_input", mutates_args=())
+def grad_input_op(
+    grad_out: Tensor,
+    kernel: Tensor,
+    input_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    backend: str,
+) -> Tensor:
+    grad = _impl(backend).grad_input(
+        grad_out, kernel, tuple(input_size), tuple(stride), tuple(padding), tuple(dilation)
+    )
+    return grad.contiguous(memory_format=_format(grad_out))
+
+
+@grad_input_op.register_fake
+def _(grad_out, kernel, input_size, stride, padding, dilation, backend):
+    n, c = grad_out.shape[0], grad_out.shape[1]
+    return torch.empty(
+        (n, c, input_size[0], input_size[1]),
+        dtype=grad_out.dtype,
+        device=grad_out.device,
+        memory_format=_format(grad_out),
+    )
+
+
+@torch.library.custom_op("involution::involution2d_grad_kernel", mutates_args=())
+def grad_kernel_op(
+    grad_out: Tensor,
+    input: Tensor,
+    kernel_size: Sequence[int],
+    groups: int,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    backend: str,
+) -> Tensor:
+    grad = _impl(backend).grad_kernel(
+        grad_out, input, tuple(kernel_size), groups, tuple(stride), tuple(padding), tuple(dilation)
+    )
+    return grad.contiguous()
+
+
+@grad_kernel_op.register_fake
+def _(grad_out, input, kernel_size, groups, stride, padding, dilation, backend):
+    n, _, ho, wo = grad_out.shape
+    return grad_out.new_empty((n, groups, kernel_size[0], kernel_size[1], ho, wo))
+
+
+# ------------------------------------------------------------------------------------------------
+# Autograd: each gradient is again one of the three ops
+#
+#   d out / d input   = grad_input(grad_out, kernel)      d out / d kernel = grad_kernel(grad_out, input)
+#   grad_input(go, k):  d/d go = involution2d(gg, k)      d/d k = grad_kernel(go, gg)
+#   grad_kernel(go, x): d/d go = involution2d(x, gg)      d/d x = grad_input(go, gg)
+# ------------------------------------------------------------------------------------------------
+
+
+def _setup_forward(ctx, inputs, output) -> None:
+    input, kernel, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(input, kernel)
+    ctx.args = (list(stride), list(padding), list(dilation), backend)
+    # numba_cpu computes NHWC when a group has a vector of channels; then handing the gradient
+    # over channels-last saves each of the two backward ops its own transpose.
+    ctx.nhwc_hint = backend == "numba_cpu" and _numba_cpu.uses_nhwc(input, kernel)
+
+
+def _backward_forward(ctx, grad_out: Tensor):
+    input, kernel = ctx.saved_tensors
+    stride, padding, dilation, backend = ctx.args
+    if ctx.nhwc_hint:
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    grad_input = grad_kernel = None
+    if ctx.needs_input_grad[0]:
+        grad_input = grad_input_op(
+            grad_out, kernel, list(input.shape[2:]), stride, padding, dilation, backend
+        )
+    if ctx.needs_input_grad[1]:
+        grad_kernel = grad_kernel_op(
+            grad_out,
+            input,
+            list(kernel.shape[2:4]),
+            kernel.shape[1],
+            stride,
+            padding,
+            dilation,
+            backend,
+        )
+    return grad_input, grad_kernel, None, None, None, None
+
+
+def _setup_grad_input(ctx, inputs, output) -> None:
+    grad_out, kernel, input_size, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(grad_out, kernel)
+    ctx.args = (list(stride), list(padding), list(dilation), backend)
+
+
+def _backward_grad_input(ctx, gg: Tensor):
+    grad_out, kernel = ctx.saved_tensors
+    stride, padding, dilation, backend = ctx.args
+    d_grad_out = d_kernel = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = involution2d_op(gg, kernel, stride, padding, dilation, backend)
+    if ctx.needs_input_grad[1]:
+        d_kernel = grad_kernel_op(
+            grad_out,
+            gg,
+            list(kernel.shape[2:4]),
+            kernel.shape[1],
+            stride,
+            padding,
+            dilation,
+            backend,
+        )
+    return d_grad_out, d_kernel, None, None, None, None, None
+
+
+def _setup_grad_kernel(ctx, inputs, output) -> None:
+    grad_out, input, kernel_size, groups, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(grad_out, input)
+    ctx.args = (list(stride), list(padding), list(dilation), backend)
+
+
+def _backward_grad_kernel(ctx, gg: Tensor):
+    grad_out, input = ctx.saved_tensors
+    stride, padding, dilation, backend = ctx.args
+    d_grad_out = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = involution2d_op(input, gg, stride, padding, dilation, backend)
+    if ctx.needs_input_grad[1]:
+        d_input = grad_input_op(
+            grad_out, gg, list(input.shape[2:]), stride, padding, dilation, backend
+        )
+    return d_grad_out, d_input, None, None, None, None, None, None
+
+
+involution2d_op.register_autograd(_backward_forward, setup_context=_setup_forward)
+grad_input_op.register_autograd(_backward_grad_input, setup_context=_setup_grad_input)
+grad_kernel_op.register_autograd(_backward_grad_kernel, setup_context=_setup_grad_kernel)
+
+
+# ------------------------------------------------------------------------------------------------
+# Autocast
+#
+# CUDA: like convolutions, floating inputs (not float64) are cast to the autocast dtype (float16 or
+#       bfloat16, whichever torch.autocast was given); the kernels accumulate in float32.
+# CPU:  the Numba CPU kernels are float32/float64, so half-precision inputs are cast to float32.
+# Then the op runs with autocast switched off for its device.
+# ------------------------------------------------------------------------------------------------
+
+_LIB = torch.library.Library("involution", "FRAGMENT")  # noqa: TOR901 - registrations below
+
+
+def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the autocast rule casts a ``dtype`` operand to, or None when autocast is off."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    if dtype == torch.float64:
+        return dtype
+    return torch.get_autocast_dtype("cuda") if device_type == "cuda" else torch.float32
+
+
+def _autocast_rule(device_type: str, name: str, op) -> None:
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+
+    def cast(value):
+        if (
+            isinstance(value, Tensor)
+            and value.is_floating_point()
+            and value.device.type == device_type
+        ):
+            return value.to(autocast_dtype(device_type, value.dtype) or value.dtype)
+        return value
+
+    def rule(_keyset, *args):
+        args = tuple(cast(a) for a in args)  # before the guard: it makes autocast look disabled
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*args)
+
+    _LIB.impl(name, rule, key_name, with_keyset=True)
+
+
+for _device_type in ("cpu", "cuda"):
+    for _name, _op in (
+        ("involution2d", involution2d_op),
+        ("involution2d_grad_input", grad_input_op),
+        ("involution2d_grad_kernel", grad_kernel_op),
+    ):
+        _autocast_rule(_device_type, _name, _op)
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOP formulas (torch.utils.flop_counter convention: one multiply-add = 2 FLOPs). Each of the
+# three ops does N*C*KH*KW*Ho*Wo multiply-adds.
+# ------------------------------------------------------------------------------------------------
+
+
+def _register_flops() -> None:
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.involution.involution2d)
+    def _(input_shape, kernel_shape, *args, out_shape=None, **kwargs) -> int:
+        n, g, kh, kw, ho, wo = kernel_shape
+        return 2 * n * input_shape[1] * kh * kw * ho * wo
+
+    @register_flop_formula(torch.ops.involution.involution2d_grad_input)
+    def _(grad_out_shape, kernel_shape, *args, out_shape=None, **kwargs) -> int:
+        n, g, kh, kw, ho, wo = kernel_shape
+        return 2 * n * grad_out_shape[1] * kh * kw * ho * wo
+
+    @register_flop_formula(torch.ops.involution.involution2d_grad_kernel)
+    def _(grad_out_shape, input_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:
+        n, c, ho, wo = grad_out_shape
+        return 2 * n * c * kernel_size[0] * kernel_size[1] * ho * wo
+
+
+_register_flops()

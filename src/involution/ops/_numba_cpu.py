@@ -1,0 +1,87 @@
+"""Backend ``numba_cpu``: torch tensors <-> the Numba CPU kernels of ``involution.kernels.cpu``.
+
+The kernels write into torch-allocated outputs through ``Tensor.numpy()`` views (no copies).
+Layout: the kernels come in NCHW and NHWC flavours; ``kernels.cpu.nhwc_is_faster`` picks NHWC when a
+group has at least a vector (8) of channels (RedNet: 16) and the kernel is 5x5 or larger. Operands
+are brought to the chosen layout with one copy each where they are not in it already.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from involution.kernels import cpu as kernels
+
+
+def uses_nhwc(input: Tensor, kernel: Tensor) -> bool:
+    """Whether this call computes in NHWC (the backward then hands its gradient over NHWC)."""
+    return kernels.nhwc_is_faster(
+        input.shape[1] // kernel.shape[1], kernel.shape[2] * kernel.shape[3]
+    )
+
+
+def _as(t: Tensor, nhwc: bool):
+    """A NumPy view of ``t`` in the kernel layout (copies only when ``t`` is not laid out so)."""
+    t = t.detach()
+    if nhwc:
+        return t.permute(0, 2, 3, 1).contiguous().numpy()
+    return t.contiguous().numpy()
+
+
+def _empty(shape_nchw, like: Tensor, nhwc: bool) -> tuple[Tensor, object]:
+    """(logical NCHW tensor, NumPy view in kernel layout) of a new output."""
+    n, c, h, w = shape_nchw
+    if nhwc:
+        t = torch.empty((n, h, w, c), dtype=like.dtype)
+        return t.permute(0, 3, 1, 2), t.numpy()
+    t = torch.empty((n, c, h, w), dtype=like.dtype)
+    return t, t.numpy()
+
+
+def forward(input: Tensor, kernel: Tensor, stride, padding, dilation) -> Tensor:
+    n, c = input.shape[:2]
+    ho, wo = kernel.shape[4], kernel.shape[5]
+    nhwc = uses_nhwc(input, kernel)
+    out, out_np = _empty((n, c, ho, wo), input, nhwc)
+    layout = "nhwc" if nhwc else "nchw"
+    kernels.forward(
+        _as(input, nhwc),
+        kernel.detach().contiguous().numpy(),
+        out_np,
+        stride,
+        padding,
+        dilation,
+        layout,
+    )
+    return out
+
+
+def grad_input(grad_out: Tensor, kernel: Tensor, input_size, stride, padding, dilation) -> Tensor:
+    n, c = grad_out.shape[:2]
+    nhwc = uses_nhwc(grad_out, kernel)
+    grad, grad_np = _empty((n, c, input_size[0], input_size[1]), grad_out, nhwc)
+    layout = "nhwc" if nhwc else "nchw"
+    kernels.grad_input(
+        _as(grad_out, nhwc),
+        kernel.detach().contiguous().numpy(),
+        grad_np,
+        stride,
+        padding,
+        dilation,
+        layout,
+    )
+    return grad
+
+
+def grad_kernel(
+    grad_out: Tensor, input: Tensor, kernel_size, groups, stride, padding, dilation
+) -> Tensor:
+    n, c, ho, wo = grad_out.shape
+    nhwc = kernels.nhwc_is_faster(c // groups, kernel_size[0] * kernel_size[1])
+    grad = torch.empty((n, groups, kernel_size[0], kernel_size[1], ho, wo), dtype=grad_out.dtype)
+    layout = "nhwc" if nhwc else "nchw"
+    kernels.grad_kernel(
+        _as(grad_out, nhwc), _as(input, nhwc), grad.numpy(), stride, padding, dilation, layout
+    )
+    return grad
