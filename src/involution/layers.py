@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from involution.ops import involution2d
@@ -40,6 +41,33 @@ def check_operator_fit(
         )
 
 
+class CeilAvgPool2d(nn.Module):
+    """``nn.AvgPool2d(s, s, ceil_mode=True)``: mean over each s x s window, the windows at odd
+    borders averaging only the pixels they cover, so the output is ceil(H/s) x ceil(W/s).
+
+    Written as zero padding to a multiple of s + a plain average pool, divided by the covered
+    fraction: torch.compile (inductor, torch 2.14) gets the backward of ``ceil_mode=True`` wrong
+    at odd sizes; this form compiles correctly (tests/test_ops.py checks compiled gradients).
+    """
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        h, w = x.shape[-2:]
+        pad = (0, (-w) % s, 0, (-h) % s)
+        pooled = F.avg_pool2d(F.pad(x, pad), s, s)
+        if pad[1] == 0 and pad[3] == 0:
+            return pooled
+        covered = F.avg_pool2d(F.pad(x.new_ones(1, 1, h, w), pad), s, s)
+        return pooled / covered
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
 class Involution2d(nn.Module):
     """Involution: a KxK kernel generated per pixel from the input itself, shared by G channel groups.
 
@@ -67,7 +95,7 @@ class Involution2d(nn.Module):
         self.backend = backend
         self.groups = 1 if group_channels is None else channels // group_channels
         reduced = channels // reduction_ratio
-        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.pool = CeilAvgPool2d(stride) if stride > 1 else nn.Identity()
         self.reduce = nn.Conv2d(channels, reduced, 1, bias=False)
         self.reduce_bn = nn.BatchNorm2d(reduced)
         self.act = nn.ReLU(inplace=True)

@@ -39,8 +39,14 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"module.lr must be positive, got {lr!r}")
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"module.label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.save_hyperparameters()
-        self.model = create_model(**model)
+        # A pretrained file only seeds a fresh run; once training has started its own checkpoints
+        # hold the weights, so the path is kept out of the hyperparameters (load_from_checkpoint
+        # must not reopen it).
+        model = dict(model)
+        pretrained = model.pop("checkpoint", None)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = model
+        self.model = create_model(**model, **({"checkpoint": pretrained} if pretrained else {}))
         num_classes = model["num_classes"]
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top5 = min(5, num_classes)
