@@ -46,6 +46,8 @@ def resolve_wandb_mode(mode: str) -> str:
     An explicit ``WANDB_MODE`` in the environment wins over the config, as in wandb itself.
     """
     mode = os.environ.get("WANDB_MODE", mode)
+    # Lightning's WandbLogger sets WANDB_MODE=dryrun (wandb's old name for offline) when offline.
+    mode = "offline" if mode == "dryrun" else mode
     if mode not in WANDB_MODES:
         raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
     if mode == "auto":
@@ -59,12 +61,26 @@ def resolve_wandb_mode(mode: str) -> str:
 _SHORT = {"kernel_size": "k", "reduction_ratio": "r", "group_channels": "gc", "dilation": "d", "groups": "g", "heads": "h"}
 
 
-def run_identity(operator: Mapping[str, Any], task_name: str, experiment: str | None) -> dict[str, Any]:
-    """W&B name (e.g. ``involution-k7-r4-gc16-d1``), group and tags from the operator's hyperparameters."""
+def run_identity(
+    operator: Mapping[str, Any], task_name: str, experiment: str | None, sweep: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """W&B name (e.g. ``involution-k7-r4-gc16-d1``), group and tags from the operator's hyperparameters.
+
+    In a sweep (``sweep``: name, time and this job's swept ``(key, value)`` overrides, from
+    ``involution.sweeps.sweep_context``) all jobs share the group ``<sweep name>-<start time>``, each
+    is named from its swept values (``involution-k3-r8``; ``lr0.2`` for ``module.lr=0.2``) and tagged
+    ``sweep=<name>``.
+    """
     hyper = sorted((key, value) for key, value in operator.items() if key not in ("name", "backend"))
     name = "-".join([str(operator["name"]), *(f"{_SHORT.get(key, key)}{value}" for key, value in hyper)])
     tags = [str(operator["name"]), *(f"{key}={value}" for key, value in hyper)]
     group = f"{task_name}-{experiment}" if experiment else task_name
+    if sweep:
+        group = f"{sweep['name']}-{sweep['time']}"
+        leaf = [(key.rsplit(".", 1)[-1], value) for key, value in sweep.get("overrides", ()) if key != "operator"]
+        if leaf:
+            name = "-".join([str(operator["name"]), *(f"{_SHORT.get(key, key)}{value}" for key, value in leaf)])
+        tags.append(f"sweep={sweep['name']}")
     return {"name": name, "group": group, "tags": tags}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,13 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from involution import sweeps
 from involution.data.base import ClassificationDataModule
 from involution.lit import ImageClassifier
 from involution.loggers import build_loggers, run_identity
@@ -59,21 +63,29 @@ def experiment_name() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment")
 
 
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The run's W&B name, group and tags (in a multirun: the sweep's group, named from the overrides)."""
+    return run_identity(cfg.operator, cfg.task_name, experiment_name(), sweeps.sweep_context(cfg))
+
+
 def build_run(cfg: DictConfig) -> Run:
     """Instantiate data, model, callbacks, loggers and trainer; raise SetupError on a bad config."""
     try:
-        datamodule: ClassificationDataModule = instantiate(cfg.data)
+        try:
+            datamodule: ClassificationDataModule = instantiate(cfg.data)
+        except InstantiationException as error:  # the data module's own message is the useful one
+            raise error.__cause__ or error from None
         module = ImageClassifier(model_arguments(cfg, datamodule), **cfg.module)
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise SetupError(str(error)) from error
     image = (1, datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     params = sum(p.numel() for p in module.model.parameters())
     macs = count_macs(module.model, image)
-    identity = run_identity(cfg.operator, cfg.task_name, experiment_name())
-    loggers = build_loggers(cfg.logger, identity, list(cfg.tags))
+    run_id = identity(cfg)
+    loggers = build_loggers(cfg.logger, run_id, list(cfg.tags))
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    summary = {"params": params, "macs": macs, "input_size": list(image), **identity}
+    summary = {"params": params, "macs": macs, "input_size": list(image), **run_id}
     for logger in loggers:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **summary})
     return Run(datamodule, module, trainer, summary)
@@ -81,7 +93,7 @@ def build_run(cfg: DictConfig) -> Run:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (resuming from ``ckpt_path`` if set), test the best checkpoint, return all final metrics."""
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build_run(cfg)
     log.info("model: %.2f M params, %.3f G multiply-adds per image", run.summary["params"] / 1e6, run.summary["macs"] / 1e9)
     started = time.perf_counter()
@@ -106,16 +118,52 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def close_wandb_after_failure() -> None:
+    """Finish a W&B run a failed job left open, so that the next job of the sweep starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://involution.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra task: returns ``cfg.optimized_metric`` (Optuna maximises it)."""
+    """Hydra task: returns ``cfg.optimized_metric`` (Optuna maximises it).
+
+    Every run records its outcome in ``<run dir>/job.json`` (involution.sweeps.JobRecorder). In a
+    multirun a failing job (bad config, NaN, out of memory, any exception) is recorded, returns
+    None and the sweep goes on; the sweep's summary lists it.
+    """
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    recorder = sweeps.JobRecorder(
+        cfg.paths.output_dir, OmegaConf.select(hydra_cfg, "job.num", default=None), hydra_cfg.overrides.task,
+        identity(cfg), rank_zero_only.rank,
+    )
+    metrics: dict[str, float] = {}
     try:
-        metrics = train(cfg)
+        with sweeps.ddp_children_run_this_job() if multirun else nullcontext():
+            metrics = train(cfg)
+        sweeps.check_finite(metrics)
     except SetupError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
+        recorder.failed(error)
+        if multirun:
+            log.error("job %s failed: %s", hydra_cfg.job.num, error)
+            return None
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as error:
+        message = recorder.failed(error, metrics)
+        close_wandb_after_failure()
+        if not multirun:
+            raise
+        log.exception("job %s failed: %s", hydra_cfg.job.num, message)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+    except BaseException as error:  # interrupted: recorded, and the sweep stops
+        recorder.failed(error)
+        raise
+    recorder.ok(metrics)
     best_key = f"best/{cfg.optimized_metric}"
     value = metrics.get(best_key, metrics.get(cfg.optimized_metric))
     log.info("%s = %s", cfg.optimized_metric, value)
