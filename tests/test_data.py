@@ -10,7 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from involution.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule, SyntheticDataModule
+from involution.data import (
+    CIFARDataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    SyntheticDataModule,
+)
 
 
 def test_digits_split_is_stratified_disjoint_and_seeded() -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK_TRAIN, REPO
 from involution.train import SetupError, build_run
+
+from conftest import QUICK_TRAIN, REPO
 
 WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
 
