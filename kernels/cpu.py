@@ -50,7 +50,6 @@ __all__ = [
     "grad_input",
     "grad_kernel",
     "nhwc_is_faster",
-    "prefer_nhwc",
     "forward_nchw",
     "grad_input_nchw",
     "grad_kernel_nchw",
@@ -71,13 +70,6 @@ def nhwc_is_faster(channels_per_group: int, taps: int) -> bool:
     stem the transposes cost more than the NHWC loops save, and with groups narrower than a vector
     (e.g. G = C) there is nothing to vectorise across channels."""
     return channels_per_group >= _VEC and taps >= 25
-
-
-def prefer_nhwc(channels_per_group: int, out_width: int, channels_last_input: bool) -> bool:
-    """Earlier policy, kept for callers that choose by output width (``ops.window_dot``): NHWC when a
-    group has a vector of channels and the input is channels-last or output rows are short (< 32).
-    ``nhwc_is_faster`` is the measured policy; both only affect speed, never results."""
-    return channels_per_group >= _VEC and (channels_last_input or out_width < 32)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Local self-attention built from the involution kernels, against a plain unfold attention.
 
-- ``window_dot`` (logits) is the involution grad_kernel pattern: checked against autograd of the
-  involution spec, against each backend, with gradcheck/gradgradcheck and torch.library.opcheck;
+- ``window_dot`` (logits) is the involution grad_kernel op (``window_dot_key_grad`` its adjoint, the
+  grad_input op): checked against autograd of the involution spec, on each backend, with
+  gradcheck/gradgradcheck (the ops themselves are opchecked in tests/test_ops.py) and under the
+  CUDA simulator;
 - ``LocalSelfAttention2d`` equals a textbook SASA layer written here with ``unfold`` (forward, and
   gradcheck in float64), for strides, dilations, odd sizes and head counts.
 """
@@ -18,15 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from involution.layers import LocalSelfAttention2d, make_spatial_op
-from involution.models import mac_breakdown
-from involution.ops.window_dot import _numba_impl, window_dot, window_dot_key_grad
+from involution.models import count_macs, mac_breakdown
+from involution.ops.window_dot import window_dot, window_dot_key_grad
 from involution.reference import involution2d_reference, output_size
 
-NUMBA_CPU = _numba_impl("cpu") is not None
-BACKENDS = [
-    "reference",
-    pytest.param("numba_cpu", marks=pytest.mark.skipif(not NUMBA_CPU, reason="no numba kernels")),
-]
+BACKENDS = ["reference", "numba_cpu"]
 
 # (channels, heads, kernel, stride, dilation, height, width)
 CASES = [
@@ -121,45 +119,29 @@ def test_window_dot_gradcheck(backend):
     assert torch.autograd.gradcheck(scatter, (query, weights))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_window_dot_opcheck(backend):
-    """Schema, fake (meta) impl, autograd registration and AOT dispatch of both registered ops."""
-    query = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
-    key = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(2, 2, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    common = ([2, 2], [1, 1], [1, 1])
-    torch.library.opcheck(
-        torch.ops.involution.window_dot.default, (query, key, [3, 3], *common, 2, backend)
-    )
-    torch.library.opcheck(
-        torch.ops.involution.window_dot_key_grad.default, (query, weights, [5, 5], *common, backend)
-    )
-
-
-def test_window_dot_cuda_launch_in_simulator():
-    """The CUDA adapter's size arguments and launch, run by Numba's CUDA simulator (no GPU needed)."""
+def test_window_dot_numba_cuda_in_simulator():
+    """backend="numba_cuda" reaches the involution ops' CUDA path; run by Numba's CUDA simulator
+    (no GPU needed) on CPU tensors and compared with the reference backend."""
     script = """
-import numpy as np, torch
-from involution.kernels import cuda as kernels
-from involution.ops.window_dot import cuda_launch, cuda_sizes, window_dot_reference, key_grad_reference
+import torch
+from involution.ops.window_dot import window_dot, window_dot_key_grad
 torch.manual_seed(0)
 q, k = torch.randn(2, 4, 3, 3, dtype=torch.float64), torch.randn(2, 4, 5, 6, dtype=torch.float64)
-args = ((3, 3), (2, 2), (1, 1), (1, 1))
-sizes = cuda_sizes(q.shape, (5, 6), 2, *args)
-expected = window_dot_reference(q, k, *args, 2).numpy()
-out = np.zeros(expected.shape)
-cuda_launch(kernels, "grad_kernel", "float64", [q.numpy().ravel(), k.numpy().ravel(), out.ravel()], sizes)
-assert np.abs(expected).max() > 0 and np.allclose(out, expected), "grad_kernel"
-w = torch.randn(expected.shape, dtype=torch.float64)
-expected = key_grad_reference(q, w, (5, 6), *args[1:]).numpy()
-out = np.zeros(expected.shape)
-cuda_launch(kernels, "grad_input", "float64", [q.numpy().ravel(), w.numpy().ravel(), out.ravel()], sizes)
-assert np.abs(expected).max() > 0 and np.allclose(out, expected), "grad_input"
+args = ((3, 3), (2, 2), (1, 1), (1, 1), 2)
+want = window_dot(q, k, *args, backend="reference")
+got = window_dot(q, k, *args, backend="numba_cuda")
+assert want.abs().max() > 0 and torch.allclose(got, want), "window_dot"
+w = torch.randn(want.shape, dtype=torch.float64)
+want = window_dot_key_grad(q, w, (5, 6), *args[1:4], backend="reference")
+got = window_dot_key_grad(q, w, (5, 6), *args[1:4], backend="numba_cuda")
+assert want.abs().max() > 0 and torch.allclose(got, want), "window_dot_key_grad"
 print("ok")
 """
     pytest.importorskip("numba.cuda")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
@@ -233,10 +215,16 @@ def test_attention_gradcheck(backend, stride, dilation):
 
 
 def test_attention_runs_on_the_registered_ops():
-    """The logits are the window_dot op (so every backend and the MAC counter see it)."""
+    """The logits are the involution grad_kernel op and the aggregation the involution op, so every
+    backend and the MAC counter see both, each counted once."""
     layer = make_layer(8, 2, 3, 1, 1, "auto", torch.float32)
     macs = mac_breakdown(layer, (8, 6, 5))
-    assert macs["involution::window_dot"] == 8 * 3 * 3 * 6 * 5
+    window = 8 * 3 * 3 * 6 * 5  # C * K * K * Ho * Wo
+    assert macs["involution::involution2d_grad_kernel"] == window  # logits q . k
+    assert macs["involution::involution2d"] == window  # aggregation of the values
+    assert "involution::involution2d_grad_input" not in macs
+    assert macs["aten::convolution"] == 3 * 8 * 8 * 6 * 5  # the q, k, v projections
+    assert count_macs(layer, (8, 6, 5)) == sum(macs.values())
 
 
 def test_attention_float32_and_backward_on_auto():

@@ -163,7 +163,7 @@ class LocalSelfAttention2d(nn.Module):
         self.backend = backend
         self.head_channels = channels // heads
         self.row_channels = self.head_channels // 2
-        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.pool = CeilAvgPool2d(stride) if stride > 1 else nn.Identity()
         self.query = nn.Conv2d(channels, channels, 1, bias=False)
         self.key = nn.Conv2d(channels, channels, 1, bias=False)
         self.value = nn.Conv2d(channels, channels, 1, bias=False)

@@ -17,15 +17,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def _op_name(op: object) -> str:
-    """'namespace::name' of an OpOverloadPacket (e.g. 'aten::convolution', 'involution::window_dot')."""
+    """'namespace::name' of an OpOverloadPacket (e.g. 'aten::convolution', 'involution::involution2d')."""
     name = getattr(op, "_qualified_op_name", None)
     return name if isinstance(name, str) else str(op)
 
 
 def _is_aggregation(op_name: str) -> bool:
-    """The involution aggregation op (what ``involution2d`` dispatches to), not window_dot*."""
-    namespace, _, name = op_name.partition("::")
-    return namespace == "involution" and not name.startswith("window_dot")
+    """The involution aggregation op itself (not its gradient ops, which attention uses for logits)."""
+    return op_name == "involution::involution2d"
 
 
 def mac_breakdown(
