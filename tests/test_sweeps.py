@@ -124,7 +124,7 @@ def test_optuna_smoke_two_trials_in_parallel_with_joblib(tmp_path: Path) -> None
 
 def test_make_sweep_uses_the_short_schedule_on_digits_only() -> None:
     def dry(*args: str) -> str:
-        return subprocess.run(["make", "-n", "sweep", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["make", "--no-print-directory", "-n", "sweep", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
 
     default = dry().rstrip().splitlines()[-1]
     assert "-m involution.train sweep=kernel_reduction " in default and "trainer.max_epochs=" in default
