@@ -37,12 +37,25 @@ KERNEL_CASES = [
     (2, 16, 2, 7, 6, 3, 1, 1),
     (1, 12, 1, 9, 8, 5, 2, 2),
     (1, 4, 4, 6, 7, 7, 3, 1),
+    (1, 6, 3, 9, 11, 5, 1, 2),  # stride 1, dilation 2: the flat-plane kernels
+    (2, 4, 4, 4, 3, 7, 1, 1),  # image narrower than the kernel
+    (1, 3, 1, 1, 1, 3, 1, 1),  # 1x1 image
+]
+
+# (layout, flat): the NCHW row kernels, the NCHW flat-plane kernels (stride 1 only), NHWC
+PATHS = [("nchw", False), ("nchw", True), ("nhwc", False)]
+
+
+PATH_CASES = [
+    pytest.param(case, layout, flat, id="x".join(map(str, case)) + f"-{layout}{'-flat' * flat}")
+    for case in KERNEL_CASES
+    for layout, flat in PATHS
+    if not flat or case[6] == 1  # flat: stride 1 only (the refusal is tested below)
 ]
 
 
-@pytest.mark.parametrize("layout", cpu.LAYOUTS)
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_cpu_kernels_with_numpy(case, layout):
+@pytest.mark.parametrize(("case", "layout", "flat"), PATH_CASES)
+def test_cpu_kernels_with_numpy(case, layout, flat):
     n, c, g, h, w, k, s, d = case
     p = d * (k - 1) // 2
     ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
@@ -50,7 +63,7 @@ def test_cpu_kernels_with_numpy(case, layout):
     x = rng.standard_normal((n, c, h, w))
     kern = rng.standard_normal((n, g, k, k, ho, wo))
     go = rng.standard_normal((n, c, ho, wo))
-    args = ((s, s), (p, p), (d, d), layout)
+    args = ((s, s), (p, p), (d, d), layout, flat)
     to_layout = (
         (lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
         if layout == "nhwc"
@@ -77,6 +90,59 @@ def test_cpu_kernels_with_numpy(case, layout):
 def test_layout_policy():
     assert cpu.nhwc_is_faster(16, 49) and cpu.nhwc_is_faster(8, 25)
     assert not cpu.nhwc_is_faster(4, 49) and not cpu.nhwc_is_faster(16, 9)
+    # the kernel gradient stays NCHW (flat) at stride 1 on wide maps, NHWC on narrow ones
+    assert not cpu.grad_kernel_nhwc_is_faster(16, 49, (1, 1), 56, 56)
+    assert cpu.grad_kernel_nhwc_is_faster(16, 49, (1, 1), 14, 14)
+    assert cpu.grad_kernel_nhwc_is_faster(16, 49, (2, 2), 56, 28)
+    assert not cpu.grad_kernel_nhwc_is_faster(4, 49, (1, 1), 14, 14)
+
+
+# (N, C, G, H, W, K, dilation, row padding): stride 1, column padding dilation*(K-1)//2 (so the
+# output is as wide as the input), row padding free (so Ho may differ from H)
+FLAT_CASES = [
+    (2, 16, 2, 7, 6, 3, 1, 1),
+    (1, 4, 4, 5, 5, 3, 2, 2),
+    (1, 6, 3, 9, 11, 5, 1, 2),
+    (1, 6, 1, 4, 3, 7, 1, 3),
+    (1, 8, 2, 6, 2, 5, 2, 4),
+    (1, 4, 2, 7, 9, 3, 1, 0),
+    (1, 4, 2, 7, 9, 3, 1, 3),
+    (1, 2, 1, 1, 1, 3, 1, 1),
+    (2, 3, 1, 8, 13, 1, 1, 0),
+    (1, 4, 2, 10, 10, 7, 2, 6),
+]
+
+
+@pytest.mark.parametrize("case", FLAT_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_flat_kernels_equal_the_row_kernels(case):
+    """Bit for bit (same sums in the same order), with an Inf in a corner: the edge columns the
+    flat loops save and restore must not let it leak into the neighbouring row."""
+    n, c, g, h, w, k, d, ph = case
+    pw = d * (k - 1) // 2
+    ho = h + 2 * ph - d * (k - 1)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, c, h, w))
+    x[0, 0, 0, 0] = np.inf
+    x[-1, -1, -1, -1] = -np.inf
+    kern = rng.standard_normal((n, g, k, k, ho, w))
+    go = rng.standard_normal((n, c, ho, w))
+    args = ((1, 1), (ph, pw), (d, d), "nchw")
+    for fn, operands, shape in (
+        (cpu.forward, (x, kern), (n, c, ho, w)),
+        (cpu.grad_input, (go, kern), x.shape),
+        (cpu.grad_kernel, (go, x), kern.shape),
+    ):
+        rows, flat = np.full(shape, 7.0), np.full(shape, -3.0)  # stale values must be overwritten
+        fn(*operands, rows, *args, False)
+        fn(*operands, flat, *args, True)
+        np.testing.assert_array_equal(flat, rows, err_msg=fn.__name__)
+
+
+def test_flat_refuses_what_it_cannot_do():
+    x = np.zeros((1, 2, 8, 8))
+    kern = np.zeros((1, 1, 3, 3, 4, 4))
+    with pytest.raises(ValueError, match="flat=True needs .* stride"):
+        cpu.forward(x, kern, np.empty((1, 2, 4, 4)), (2, 2), (1, 1), (1, 1), "nchw", True)
 
 
 @pytest.mark.parametrize("kind", cuda_kernels.KINDS)

@@ -2,8 +2,10 @@
 
 The kernels write into torch-allocated outputs through ``Tensor.numpy()`` views (no copies).
 Layout: the kernels come in NCHW and NHWC flavours; ``kernels.cpu.nhwc_is_faster`` picks NHWC when a
-group has at least a vector (8) of channels (RedNet: 16) and the kernel is 5x5 or larger. Operands
-are brought to the chosen layout with one copy each where they are not in it already.
+group has at least a vector (8) of channels (RedNet: 16) and the kernel is 5x5 or larger, and
+``kernels.cpu.grad_kernel_nhwc_is_faster`` makes the same choice for the kernel gradient, which
+stays NCHW (flat-plane kernel) at stride 1 on maps 16 or more wide. Operands are brought to the
+chosen layout with one copy each where they are not in it already.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def grad_kernel(
     grad_out: Tensor, input: Tensor, kernel_size, groups, stride, padding, dilation
 ) -> Tensor:
     n, c, ho, wo = grad_out.shape
-    nhwc = kernels.nhwc_is_faster(c // groups, kernel_size[0] * kernel_size[1])
+    nhwc = kernels.grad_kernel_nhwc_is_faster(
+        c // groups, kernel_size[0] * kernel_size[1], stride, input.shape[3], wo
+    )
     grad = torch.empty((n, groups, kernel_size[0], kernel_size[1], ho, wo), dtype=grad_out.dtype)
     layout = "nhwc" if nhwc else "nchw"
     kernels.grad_kernel(
