@@ -1,6 +1,7 @@
 """Operator benchmark: involution forward+backward per backend next to a same-shape depthwise conv.
 
-    python -m involution.bench.ops [--reps 11] [--shapes 64x56 ...] [--no-compile] [--output docs/benchmarks.md]
+    python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--no-compile] [--heap steady|default]
+                                   [--output docs/benchmarks.md]
 
 At the RedNet-50 shapes (batch 8, float32; K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7,
 and the stem's C=32@112 with K=3) every candidate runs forward+backward (gradients for the input
@@ -72,6 +73,29 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the measurement is then a lower bound
         pass
+
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def steady_heap(limit: int = 1 << 30) -> bool:
+    """Keep freed blocks below ``limit`` bytes on the heap (glibc ``mallopt``), for every candidate.
+
+    By default glibc maps big blocks (here 13-50 MB feature maps) straight from the kernel and
+    unmaps them on free, so every step of every candidate pays page faults to touch fresh zeroed
+    pages. Which candidate pays how much depends on the order of frees and on glibc's adaptive
+    threshold, which made the ratios at the 112x112 stem shape swing from 0.7x to 2.3x between
+    identical runs. A training loop in steady state recycles its buffers; raising the mmap and trim
+    thresholds gives every candidate that steady state. Returns False where glibc is absent."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, limit) and libc.mallopt(_M_TRIM_THRESHOLD, limit)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def peak_memory(fn: Callable[[], object]) -> int | None:
@@ -335,6 +359,14 @@ def run(args: argparse.Namespace) -> str:
     )
     rows: list[dict] = []
     bandwidth = None
+    heap = "glibc defaults"
+    if device.type == "cpu" and args.heap == "steady":
+        heap = (
+            "steady: freed blocks kept on the heap (glibc M_MMAP_THRESHOLD and M_TRIM_THRESHOLD "
+            "1 GiB), so no candidate re-faults fresh pages every step"
+            if steady_heap()
+            else "glibc defaults (mallopt unavailable)"
+        )
     if device.type == "cuda":
         bandwidth = copy_bandwidth(device)
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
@@ -409,9 +441,12 @@ def run(args: argparse.Namespace) -> str:
         + (
             "(`torch.cuda.max_memory_allocated`)."
             if device.type == "cuda"
-            else "(peak resident set, reset via /proc/self/clear_refs)."
+            else "(peak resident set, reset via /proc/self/clear_refs, after freed memory is "
+            "handed back with malloc_trim)."
         ),
     ]
+    if device.type == "cpu":
+        lines.append(f"- Heap: {heap}.")
     if bandwidth:
         lines.append(
             f"- Bandwidth floor: bytes forward+backward must move once / measured device-to-device copy "
@@ -440,6 +475,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--no-compile", dest="compile", action="store_false", help="skip torch.compile(reference)"
+    )
+    parser.add_argument(
+        "--heap",
+        choices=("steady", "default"),
+        default="steady",
+        help="CPU: keep freed blocks on the heap for every candidate (steady) or use glibc's "
+        "defaults, where each step re-faults its fresh pages (default)",
     )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
