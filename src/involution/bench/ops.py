@@ -80,15 +80,17 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def steady_heap(limit: int = 1 << 30) -> bool:
-    """Keep freed blocks below ``limit`` bytes on the heap (glibc ``mallopt``), for every candidate.
+STEADY_HEAP = 1 << 30  # mmap/trim threshold of ``--heap steady``: freed blocks stay on the heap
 
-    By default glibc maps big blocks (here 13-50 MB feature maps) straight from the kernel and
-    unmaps them on free, so every step of every candidate pays page faults to touch fresh zeroed
-    pages. Which candidate pays how much depends on the order of frees and on glibc's adaptive
-    threshold, which made the ratios at the 112x112 stem shape swing from 0.7x to 2.3x between
-    identical runs. A training loop in steady state recycles its buffers; raising the mmap and trim
-    thresholds gives every candidate that steady state. Returns False where glibc is absent."""
+
+def set_heap_thresholds(limit: int) -> bool:
+    """Set glibc's mmap and trim thresholds (``mallopt``) to ``limit`` bytes; False without glibc.
+
+    ``STEADY_HEAP``: by default glibc maps big blocks (here 13-50 MB feature maps) straight
+    from the kernel and unmaps them on free, so each step pays page faults to touch fresh zeroed
+    pages, and which candidate pays how much depends on the order of frees and on glibc's adaptive
+    threshold. A training loop in steady state recycles its buffers; high thresholds give every
+    candidate that steady state."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(
@@ -179,6 +181,16 @@ def _interleaved(cands: list[Candidate], reps: int, warmup: int, sync: Callable[
 # ------------------------------------------------------------------------------------------------
 
 
+def _compile_in_process() -> None:
+    """Inductor compiles in a pool of worker processes by default. When its cache is warm the
+    compile returns while those workers are still starting (each imports torch), and they steal a
+    core from the first shape's measurements: on 2 cores that once tripled the depthwise conv's
+    median. Compiling in this process leaves nothing running behind the measurements."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+
+
 def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
     """Candidates doing forward+backward at one shape (stride 1, padding K//2, G = C/16)."""
     groups = channels // 16
@@ -212,6 +224,7 @@ def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
     for backend in backends:
         cands.append(Candidate(backend, op(backend), tag))
     if with_compile:
+        _compile_in_process()
         compiled = torch.compile(involution2d_reference, dynamic=False)
 
         def compiled_step():
@@ -362,9 +375,9 @@ def run(args: argparse.Namespace) -> str:
     heap = "glibc defaults"
     if device.type == "cpu" and args.heap == "steady":
         heap = (
-            "steady: freed blocks kept on the heap (glibc M_MMAP_THRESHOLD and M_TRIM_THRESHOLD "
+            "steady: freed blocks stay on the heap (glibc M_MMAP_THRESHOLD and M_TRIM_THRESHOLD "
             "1 GiB), so no candidate re-faults fresh pages every step"
-            if steady_heap()
+            if set_heap_thresholds(STEADY_HEAP)
             else "glibc defaults (mallopt unavailable)"
         )
     if device.type == "cuda":
