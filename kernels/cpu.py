@@ -60,6 +60,7 @@ __all__ = [
     "grad_kernel_nchw",
     "taps_nchw_flat",
     "grad_kernel_nchw_flat",
+    "taps_nhwc",
     "forward_nhwc",
     "grad_input_nhwc",
     "grad_kernel_nhwc",
@@ -442,95 +443,73 @@ def grad_kernel_nchw_flat(grad_out, x, grad_k, ph, pw, dh, dw, rows):  # pragma:
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def forward_nhwc(x, kernel, out, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
-    """out [N,Ho,Wo,C] = involution of x [N,H,W,C] with kernel [N,G,KH,KW,Ho,Wo]."""
-    n_batch, height, width, channels = x.shape
-    groups, kh, kw, ho, wo = kernel.shape[1:]
+def taps_nhwc(src, kernel, dst, rows, cols, kernel_at_src):  # pragma: no cover - compiled
+    """dst[n,y,x,c] = sum over the taps (u, v) with a = rows[y,u] >= 0 and b = cols[x,v] >= 0 of
+    kernel[n,g,u,v,(a,b) if kernel_at_src else (y,x)] * src[n,a,b,c]: the forward (tables from
+    ``_taps``, the kernel follows the output) and grad_input (tables from ``_taps_transposed``, a
+    gather: the kernel follows grad_out) in NHWC."""
+    n_batch, dst_h, dst_w, channels = dst.shape
+    groups, kh, kw = kernel.shape[1:4]
     cpg = channels // groups
     nblocks = cpg // _VEC
-    rows = _taps(ho, kh, sh, ph, dh, height)
-    cols = _taps(wo, kw, sw, pw, dw, width)
-    zero = np.zeros(1, out.dtype)[0]
-    for task in prange(n_batch * ho):
-        n = task // ho
-        i = task % ho
-        xn = x[n]
+    zero = np.zeros(1, dst.dtype)[0]
+    for task in prange(n_batch * dst_h):
+        n = task // dst_h
+        y = task % dst_h
+        sn = src[n]
         for g in range(groups):  # group outer: its KH*KW kernel rows stay in L1 across the row
             kk = kernel[n, g]
-            for j in range(wo):
-                opix = out[n, i, j]
+            for xc in range(dst_w):
+                dpix = dst[n, y, xc]
                 for b in range(nblocks):
                     c0 = g * cpg + b * _VEC
                     acc = (zero, zero, zero, zero, zero, zero, zero, zero)
                     for u in range(kh):
-                        ih = rows[i, u]
-                        if ih < 0:
+                        a = rows[y, u]
+                        if a < 0:
                             continue
                         for v in range(kw):
-                            jw = cols[j, v]
-                            if jw < 0:
+                            bc = cols[xc, v]
+                            if bc < 0:
                                 continue
-                            acc = _fma8(acc, kk[u, v, i, j], xn[ih, jw, c0 : c0 + _VEC])
-                    _store8(acc, opix[c0 : c0 + _VEC])
+                            ka = a if kernel_at_src else y
+                            kb = bc if kernel_at_src else xc
+                            acc = _fma8(acc, kk[u, v, ka, kb], sn[a, bc, c0 : c0 + _VEC])
+                    _store8(acc, dpix[c0 : c0 + _VEC])
                 for c in range(g * cpg + nblocks * _VEC, (g + 1) * cpg):
-                    s = zero
+                    acc1 = zero
                     for u in range(kh):
-                        ih = rows[i, u]
-                        if ih < 0:
+                        a = rows[y, u]
+                        if a < 0:
                             continue
                         for v in range(kw):
-                            jw = cols[j, v]
-                            if jw < 0:
+                            bc = cols[xc, v]
+                            if bc < 0:
                                 continue
-                            s += kk[u, v, i, j] * xn[ih, jw, c]
-                    opix[c] = s
+                            ka = a if kernel_at_src else y
+                            kb = bc if kernel_at_src else xc
+                            acc1 += kk[u, v, ka, kb] * sn[a, bc, c]
+                    dpix[c] = acc1
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def grad_input_nhwc(
-    grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw
-):  # pragma: no cover - compiled
+@njit(cache=True)
+def forward_nhwc(x, kernel, out, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+    """out [N,Ho,Wo,C] = involution of x [N,H,W,C] with kernel [N,G,KH,KW,Ho,Wo]."""
+    height, width = x.shape[1:3]
+    kh, kw, ho, wo = kernel.shape[2:]
+    rows = _taps(ho, kh, sh, ph, dh, height)
+    cols = _taps(wo, kw, sw, pw, dw, width)
+    taps_nhwc(x, kernel, out, rows, cols, False)
+
+
+@njit(cache=True)
+def grad_input_nhwc(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):  # pragma: no cover
     """grad_x [N,H,W,C] from grad_out [N,Ho,Wo,C]: a gather per input pixel, taps from tables."""
-    n_batch, height, width, channels = grad_x.shape
-    groups, kh, kw, ho, wo = kernel.shape[1:]
-    cpg = channels // groups
-    nblocks = cpg // _VEC
+    height, width = grad_x.shape[1:3]
+    kh, kw, ho, wo = kernel.shape[2:]
     rows = _taps_transposed(height, kh, sh, ph, dh, ho)
     cols = _taps_transposed(width, kw, sw, pw, dw, wo)
-    zero = np.zeros(1, grad_x.dtype)[0]
-    for task in prange(n_batch * height):
-        n = task // height
-        y = task % height
-        gon = grad_out[n]
-        for g in range(groups):  # group outer: its kernel rows stay in L1 across the row
-            kk = kernel[n, g]
-            for xc in range(width):
-                gpix = grad_x[n, y, xc]
-                for b in range(nblocks):
-                    c0 = g * cpg + b * _VEC
-                    acc = (zero, zero, zero, zero, zero, zero, zero, zero)
-                    for u in range(kh):
-                        i = rows[y, u]
-                        if i < 0:
-                            continue
-                        for v in range(kw):
-                            j = cols[xc, v]
-                            if j < 0:
-                                continue
-                            acc = _fma8(acc, kk[u, v, i, j], gon[i, j, c0 : c0 + _VEC])
-                    _store8(acc, gpix[c0 : c0 + _VEC])
-                for c in range(g * cpg + nblocks * _VEC, (g + 1) * cpg):
-                    s = zero
-                    for u in range(kh):
-                        i = rows[y, u]
-                        if i < 0:
-                            continue
-                        for v in range(kw):
-                            j = cols[xc, v]
-                            if j < 0:
-                                continue
-                            s += kk[u, v, i, j] * gon[i, j, c]
-                    gpix[c] = s
+    taps_nhwc(grad_out, kernel, grad_x, rows, cols, True)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
