@@ -556,9 +556,17 @@ def grad_kernel_nhwc(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw):  # pragma: no
 # Entry points
 # ------------------------------------------------------------------------------------------------
 
-_KERNELS = {
-    "nchw": (forward_nchw, grad_input_nchw, grad_kernel_nchw),
-    "nhwc": (forward_nhwc, grad_input_nhwc, grad_kernel_nhwc),
+_KERNELS = {  # layout -> op -> kernel
+    "nchw": {
+        "forward": forward_nchw,
+        "grad_input": grad_input_nchw,
+        "grad_kernel": grad_kernel_nchw,
+    },
+    "nhwc": {
+        "forward": forward_nhwc,
+        "grad_input": grad_input_nhwc,
+        "grad_kernel": grad_kernel_nhwc,
+    },
 }
 
 
@@ -589,25 +597,28 @@ def _rows_per_task(outer: int, rows: int, width: int) -> int:
     return int(min(by_size, by_threads, rows))
 
 
-def _dispatch(name, layout, flat, feature_map, kernel_map, operands, stride, padding, dilation):
-    """Run op ``name``: the flat NCHW kernel where it applies (``flat`` None) or is asked for."""
-    n, c, h, w = feature_map  # logical NCHW sizes of the input-side feature map
-    g, ho, wo = kernel_map[1], kernel_map[4], kernel_map[5]
-    if flat is None:
-        flat = layout == "nchw" and flat_applies(stride, w, wo)
-    elif flat and not (layout == "nchw" and flat_applies(stride, w, wo)):
+def _dispatch(name, operands, stride, padding, dilation, layout, flat) -> None:
+    """Run op ``name`` on ``operands`` (its three arrays, output last): the flat NCHW kernel where
+    it applies (``flat`` None) or is asked for, else the ``layout`` kernel."""
+    fmap = operands[2] if name == "grad_input" else operands[0]  # shaped like x
+    kmap = operands[2] if name == "grad_kernel" else operands[1]  # [N, G, KH, KW, Ho, Wo]
+    n, (h, w) = fmap.shape[0], (fmap.shape[1:3] if layout == "nhwc" else fmap.shape[2:])
+    g, ho, wo = kmap.shape[1], kmap.shape[4], kmap.shape[5]
+    applies = layout == "nchw" and flat_applies(stride, w, wo)
+    if flat and not applies:
         raise ValueError(
             f"flat=True needs layout 'nchw', stride (1, 1) and an output as wide as the input, "
             f"got layout {layout!r}, stride {tuple(stride)}, widths {w} -> {wo}"
         )
     sh, sw, ph, pw, dh, dw = _args(stride, padding, dilation)
+    if flat is None:
+        flat = applies
     if flat:
         rows = _rows_per_task(n * g, h if name == "grad_input" else ho, w)
         kernel, extra = _FLAT[name]
         _run(kernel, *operands, ph, pw, dh, dw, rows, *extra)
     else:
-        index = ("forward", "grad_input", "grad_kernel").index(name)
-        _run(_KERNELS[layout][index], *operands, sh, sw, ph, pw, dh, dw)
+        _run(_KERNELS[layout][name], *operands, sh, sw, ph, pw, dh, dw)
 
 
 @contextlib.contextmanager
@@ -636,26 +647,12 @@ def _run(kernel, *args) -> None:
     _COMPILED.add(key)
 
 
-def _nchw_sizes(t, layout):
-    return t.shape if layout == "nchw" else (t.shape[0], t.shape[3], t.shape[1], t.shape[2])
-
-
 def forward(
     x, kernel, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), layout="nchw", flat=None
 ):
     """Write the involution of ``x`` with ``kernel`` into ``out`` (layout "nchw" or "nhwc";
     ``flat`` None picks the flat-plane NCHW kernels wherever they apply)."""
-    _dispatch(
-        "forward",
-        layout,
-        flat,
-        _nchw_sizes(x, layout),
-        kernel.shape,
-        (x, kernel, out),
-        stride,
-        padding,
-        dilation,
-    )
+    _dispatch("forward", (x, kernel, out), stride, padding, dilation, layout, flat)
     return out
 
 
@@ -670,17 +667,7 @@ def grad_input(
     flat=None,
 ):
     """Write d(loss)/d(x) into ``grad_x`` (the shape of x, in ``layout``)."""
-    _dispatch(
-        "grad_input",
-        layout,
-        flat,
-        _nchw_sizes(grad_x, layout),
-        kernel.shape,
-        (grad_out, kernel, grad_x),
-        stride,
-        padding,
-        dilation,
-    )
+    _dispatch("grad_input", (grad_out, kernel, grad_x), stride, padding, dilation, layout, flat)
     return grad_x
 
 
@@ -689,15 +676,5 @@ def grad_kernel(
 ):
     """Write d(loss)/d(kernel) into ``grad_k`` [N,G,KH,KW,Ho,Wo]; also the windowed dot product
     sum_{c in g} grad_out[c, i, j] * x[c, i*sh-ph+u*dh, j*sw-pw+v*dw] (local attention logits)."""
-    _dispatch(
-        "grad_kernel",
-        layout,
-        flat,
-        _nchw_sizes(x, layout),
-        grad_k.shape,
-        (grad_out, x, grad_k),
-        stride,
-        padding,
-        dilation,
-    )
+    _dispatch("grad_kernel", (grad_out, x, grad_k), stride, padding, dilation, layout, flat)
     return grad_k
