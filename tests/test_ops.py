@@ -481,3 +481,19 @@ def test_cuda_simulator_suite():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+
+
+def test_backward_shares_channels_last_only_when_both_gradients_use_it():
+    """The forward hands its gradient over channels-last only when grad_input and grad_kernel both
+    compute NHWC; on wide maps the kernel gradient stays NCHW, and one shared copy would then cost
+    a second transpose back."""
+    from involution.ops._numba_cpu import backward_shares_nhwc
+
+    def case(c, g, size, k, stride=1):
+        out = (size + 2 * (k // 2) - k) // stride + 1
+        return torch.empty(1, c, size, size), torch.empty(1, g, k, k, out, out), (stride, stride)
+
+    assert backward_shares_nhwc(*case(256, 16, 14, 7))  # both NHWC
+    assert not backward_shares_nhwc(*case(64, 4, 56, 7))  # grad_kernel flat NCHW
+    assert backward_shares_nhwc(*case(64, 4, 56, 7, stride=2))  # no flat kernel at stride 2
+    assert not backward_shares_nhwc(*case(32, 2, 112, 3))  # all NCHW at 3x3

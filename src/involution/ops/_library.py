@@ -171,9 +171,12 @@ def _setup_forward(ctx, inputs, output) -> None:
     input, kernel, stride, padding, dilation, backend = inputs
     ctx.save_for_backward(input, kernel)
     ctx.args = (list(stride), list(padding), list(dilation), backend)
-    # numba_cpu computes NHWC when a group has a vector of channels; then handing the gradient
-    # over channels-last saves each of the two backward ops its own transpose.
-    ctx.nhwc_hint = backend == "numba_cpu" and _numba_cpu.uses_nhwc(input, kernel)
+    # When both numba_cpu backward ops compute NHWC, handing them the gradient channels-last
+    # saves each its own transpose; when only grad_input does (the kernel gradient stays NCHW on
+    # wide maps), each op is left to lay the gradient out as it needs.
+    ctx.nhwc_hint = backend == "numba_cpu" and _numba_cpu.backward_shares_nhwc(
+        input, kernel, stride
+    )
 
 
 def _backward_forward(ctx, grad_out: Tensor):

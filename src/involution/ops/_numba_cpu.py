@@ -17,9 +17,23 @@ from involution.kernels import cpu as kernels
 
 
 def uses_nhwc(input: Tensor, kernel: Tensor) -> bool:
-    """Whether this call computes in NHWC (the backward then hands its gradient over NHWC)."""
+    """Whether the forward and grad_input of this call compute in NHWC."""
     return kernels.nhwc_is_faster(
         input.shape[1] // kernel.shape[1], kernel.shape[2] * kernel.shape[3]
+    )
+
+
+def _grad_kernel_uses_nhwc(channels, groups, kernel_size, stride, width, out_width) -> bool:
+    return kernels.grad_kernel_nhwc_is_faster(
+        channels // groups, kernel_size[0] * kernel_size[1], stride, width, out_width
+    )
+
+
+def backward_shares_nhwc(input: Tensor, kernel: Tensor, stride) -> bool:
+    """Whether both backward ops compute in NHWC: only then is one channels-last copy of the
+    incoming gradient, shared by both, cheaper than letting each op lay it out as it needs."""
+    return uses_nhwc(input, kernel) and _grad_kernel_uses_nhwc(
+        input.shape[1], kernel.shape[1], kernel.shape[2:4], stride, input.shape[3], kernel.shape[5]
     )
 
 
@@ -80,9 +94,7 @@ def grad_kernel(
     grad_out: Tensor, input: Tensor, kernel_size, groups, stride, padding, dilation
 ) -> Tensor:
     n, c, ho, wo = grad_out.shape
-    nhwc = kernels.grad_kernel_nhwc_is_faster(
-        c // groups, kernel_size[0] * kernel_size[1], stride, input.shape[3], wo
-    )
+    nhwc = _grad_kernel_uses_nhwc(c, groups, kernel_size, stride, input.shape[3], wo)
     grad = torch.empty((n, groups, kernel_size[0], kernel_size[1], ho, wo), dtype=grad_out.dtype)
     layout = "nhwc" if nhwc else "nchw"
     kernels.grad_kernel(
