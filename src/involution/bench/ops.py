@@ -80,17 +80,15 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-STEADY_HEAP = 1 << 30  # mmap/trim threshold of ``--heap steady``: freed blocks stay on the heap
+def steady_heap(limit: int = 1 << 30) -> bool:
+    """Keep freed blocks below ``limit`` bytes on the heap (glibc ``mallopt`` of the mmap and trim
+    thresholds); False without glibc.
 
-
-def set_heap_thresholds(limit: int) -> bool:
-    """Set glibc's mmap and trim thresholds (``mallopt``) to ``limit`` bytes; False without glibc.
-
-    ``STEADY_HEAP``: by default glibc maps big blocks (here 13-50 MB feature maps) straight
-    from the kernel and unmaps them on free, so each step pays page faults to touch fresh zeroed
-    pages, and which candidate pays how much depends on the order of frees and on glibc's adaptive
-    threshold. A training loop in steady state recycles its buffers; high thresholds give every
-    candidate that steady state."""
+    By default glibc maps big blocks (here 13-50 MB feature maps) straight from the kernel and
+    unmaps them on free, so each step pays page faults to touch fresh zeroed pages, and which
+    candidate pays how much depends on the order of frees and on glibc's adaptive threshold. A
+    training loop in steady state recycles its buffers; high thresholds give every candidate that
+    steady state."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(
@@ -377,7 +375,7 @@ def run(args: argparse.Namespace) -> str:
         heap = (
             "steady: freed blocks stay on the heap (glibc M_MMAP_THRESHOLD and M_TRIM_THRESHOLD "
             "1 GiB), so no candidate re-faults fresh pages every step"
-            if set_heap_thresholds(STEADY_HEAP)
+            if steady_heap()
             else "glibc defaults (mallopt unavailable)"
         )
     if device.type == "cuda":
@@ -493,8 +491,8 @@ def main(argv: list[str] | None = None) -> None:
         "--heap",
         choices=("steady", "default"),
         default="steady",
-        help="CPU: keep freed blocks on the heap for every candidate (steady) or use glibc's "
-        "defaults, where each step re-faults its fresh pages (default)",
+        help="CPU: keep freed blocks on the heap for every candidate ('steady', the default) or "
+        "keep glibc's defaults, where each step re-faults its fresh pages ('default')",
     )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
