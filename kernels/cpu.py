@@ -71,13 +71,14 @@ LAYOUTS = ("nchw", "nhwc")
 _VEC = 8  # channels per register block in the NHWC kernels (one AVX2 register of float32)
 
 
-def nhwc_is_faster(channels_per_group: int, taps: int) -> bool:
+def nhwc_is_faster(channels_per_group: int, taps: int, operands_nhwc: bool = False) -> bool:
     """Layout policy of ``involution2d``: NHWC when a group has at least a vector (8) of channels
-    and the kernel has at least 25 taps (5x5). Measured at the RedNet-50 shapes on a 2-core AMD
-    EPYC: for 7x7 kernels NHWC is ~1.5x faster than NCHW including the transposes; for the 3x3
-    stem the transposes cost more than the NHWC loops save, and with groups narrower than a vector
-    (e.g. G = C) there is nothing to vectorise across channels."""
-    return channels_per_group >= _VEC and taps >= 25
+    and either the kernel has at least 25 taps (5x5) or the operands are NHWC already. Measured at
+    the RedNet-50 shapes on a 2-core AMD EPYC: for 7x7 kernels NHWC is ~1.5x faster than NCHW
+    including the transposes; for the 3x3 stem the transposes cost more than the NHWC loops save,
+    so NCHW operands stay NCHW there; with groups narrower than a vector (e.g. G = C) there is
+    nothing to vectorise across channels."""
+    return channels_per_group >= _VEC and (taps >= 25 or operands_nhwc)
 
 
 def grad_kernel_nhwc_is_faster(

@@ -9,6 +9,8 @@ and saved in the official ``{'state_dict': {'backbone.…', 'head.fc.…'}, 'met
 
 from __future__ import annotations
 
+import copy
+
 import pickle
 
 import pytest
@@ -208,8 +210,15 @@ def test_official_checkpoint_gives_official_logits(official):
     with torch.no_grad():
         expected, got = net(x), model(x)
     assert 0.1 < expected.std() < 100  # a well-conditioned, not a degenerate, comparison
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # float32: the eval-mode model folds each BN into its convolution, which rounds differently
+    # from conv-then-BN (logits std ~0.6; differences up to ~2e-4 through 26 layers)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=5e-4)
     assert model.stem[0][1].num_batches_tracked.item() == 7  # buffers came along too
+    # float64: the same computation to rounding, so the mapping of every weight is exact
+    with torch.no_grad():
+        expected64 = copy.deepcopy(net).double()(x.double())
+        got64 = copy.deepcopy(model).double()(x.double())
+    torch.testing.assert_close(got64, expected64, rtol=1e-9, atol=1e-9)
 
 
 def test_official_checkpoint_into_backbone(official):
@@ -354,7 +363,14 @@ def test_torchvision_resnet50_weights(tmp_path):
     torch.save(state, path)
     model = create_model("resnet50", num_classes=10, checkpoint=path).eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x), source(x), rtol=1e-4, atol=1e-4)
+        # float32 within the rounding of folded BNs over 50 layers; float64 to rounding
+        torch.testing.assert_close(model(x), source(x), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            copy.deepcopy(model).double()(x.double()),
+            copy.deepcopy(source).double()(x.double()),
+            rtol=1e-9,
+            atol=1e-9,
+        )
 
 
 def test_load_checkpoint_non_strict_reports_nothing_but_loads_the_fitting_part(official):

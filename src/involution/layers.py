@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from involution.ops import involution2d
 from involution.ops.window_dot import window_dot
@@ -68,12 +69,59 @@ class CeilAvgPool2d(nn.Module):
         return f"stride={self.stride}"
 
 
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one convolution equal to ``bn(conv(x))`` while ``bn`` uses its running
+    statistics (eval mode). Differentiable in every parameter, so it also serves a model
+    fine-tuned with frozen statistics."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+def uses_running_stats(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` normalises with its running statistics (then it folds into a conv)."""
+    return not bn.training and bn.running_var is not None and bn.running_mean is not None
+
+
+def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(conv(x))``; in eval mode as one convolution with the BN folded in (one pass over the
+    output instead of two). Training mode runs the two modules as they are."""
+    if not uses_running_stats(bn):
+        return bn(conv(x))
+    weight, bias = fold_batch_norm(conv, bn)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class ConvBNReLU(nn.Sequential):
+    """conv -> BN -> ReLU (-> any further modules) as ``nn.Sequential``, so that parameters keep
+    the names ``0.*``, ``1.*`` of the official checkpoints; the BN folds into the conv in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = conv_bn(x, self[0], self[1])
+        for module in list(self)[2:]:
+            x = module(x)
+        return x
+
+
 class Involution2d(nn.Module):
     """Involution: a KxK kernel generated per pixel from the input itself, shared by G channel groups.
 
     Kernel generation follows the official code: (avg-pool by the stride, ceil mode so that odd
     input sizes give exactly the aggregation's Ho x Wo) -> 1x1 conv C -> C/r -> BN -> ReLU ->
     1x1 conv C/r -> K*K*G (with bias). ``group_channels=None`` means one group of all channels.
+
+    Memory (``recompute_kernel=True``, the default): the generated kernel [N, G, K, K, Ho, Wo]
+    holds K*K*G/C (about 3x for K = 7, 16 channels per group) the elements of the layer's input.
+    Instead of keeping it alive for backward, the layer keeps the C/r-channel hidden map that the
+    last 1x1 conv needs for its own gradient anyway, and regenerates the kernel from it (one 1x1
+    conv) when the aggregation's backward asks for it. Gradients are the plain graph's (the same
+    operations on the same values); ``recompute_kernel=False`` keeps the plain graph.
     """
 
     def __init__(
@@ -85,14 +133,18 @@ class Involution2d(nn.Module):
         reduction_ratio: int = 4,
         dilation: int = 1,
         backend: str = "auto",
+        recompute_kernel: bool = True,
     ) -> None:
         super().__init__()
         check_operator_fit(channels, kernel_size, group_channels, reduction_ratio)
+        if not isinstance(recompute_kernel, bool):
+            raise ValueError(f"recompute_kernel must be true or false, got {recompute_kernel!r}")
         self.channels = channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.dilation = dilation
         self.backend = backend
+        self.recompute_kernel = recompute_kernel
         self.groups = 1 if group_channels is None else channels // group_channels
         reduced = channels // reduction_ratio
         self.pool = CeilAvgPool2d(stride) if stride > 1 else nn.Identity()
@@ -101,22 +153,88 @@ class Involution2d(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.span = nn.Conv2d(reduced, kernel_size * kernel_size * self.groups, 1)
 
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The C/r-channel map the kernel is generated from (the BN folded in eval mode)."""
+        return self.act(conv_bn(self.pool(x), self.reduce, self.reduce_bn))
+
+    def _span(self, hidden: torch.Tensor, params=None, dtype: torch.dtype | None = None):
+        """The kernel [N, G, K, K, Ho, Wo] from the hidden map.
+
+        When backward regenerates the kernel, ``params`` are the (weight, bias) tensors the
+        forward used (not whatever ``self.span`` holds by then, e.g. after ``functional_call``)
+        and ``dtype`` the dtype autocast gave the forward's 1x1 conv (autocast does not reach
+        into backward)."""
+        weight, bias = params if params is not None else (self.span.weight, self.span.bias)
+        # A plainly contiguous 1x1-conv output reshapes to [N, G, K, K, Ho, Wo] without a copy; a
+        # channels_last one would need a transpose of 3x the input's size.
+        hidden = hidden.contiguous()
+        if dtype is not None and not (dtype == weight.dtype == hidden.dtype):
+            hidden, weight = hidden.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        kernel = F.conv2d(hidden, weight, bias)
+        n, _, ho, wo = kernel.shape
+        k = self.kernel_size
+        return kernel.view(n, self.groups, k, k, ho, wo)
+
+    def _aggregate(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return involution2d(x, kernel, self.stride, None, self.dilation, self.backend)
+
+    def _span_aggregate(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self._aggregate(x, self._span(hidden))
+
     def generate_kernel(self, x: torch.Tensor) -> torch.Tensor:
         """The per-pixel kernels [N, G, K, K, Ho, Wo] that the aggregation applies."""
-        weight = self.span(self.act(self.reduce_bn(self.reduce(self.pool(x)))))
-        n, _, ho, wo = weight.shape
-        k = self.kernel_size
-        return weight.view(n, self.groups, k, k, ho, wo)
+        return self._span(self._hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self.generate_kernel(x)
-        return involution2d(x, kernel, self.stride, None, self.dilation, self.backend)
+        hidden = self._hidden(x)
+        if not (self.recompute_kernel and torch.is_grad_enabled()):
+            return self._span_aggregate(x, hidden)
+        if torch.compiler.is_compiling():
+            # Compiled graphs: the checkpointed region is recomputed by AOTAutograd's partitioner,
+            # which re-runs only what backward reads (the 1x1 conv), never the aggregation.
+            return checkpoint(self._span_aggregate, x, hidden, use_reentrant=False)
+        params = (self.span.weight, self.span.bias)
+        kernel = self._span(hidden, params)
+        dtype = kernel.dtype  # not the kernel itself: the closure must not keep it alive
+        with _regenerated_when_saved(kernel.shape, lambda: self._span(hidden, params, dtype)):
+            return self._aggregate(x, kernel)
 
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"groups={self.groups}, dilation={self.dilation}, backend={self.backend!r}"
+            f"groups={self.groups}, dilation={self.dilation}, backend={self.backend!r}, "
+            f"recompute_kernel={self.recompute_kernel}"
         )
+
+
+class _Regenerate:
+    """What autograd keeps of a generated kernel instead of the kernel: how to make it again."""
+
+    __slots__ = ("make", "dtype")
+
+    def __init__(self, make, dtype: torch.dtype) -> None:
+        self.make, self.dtype = make, dtype
+
+
+def _regenerated_when_saved(shape: torch.Size, make):
+    """Saved-tensor hooks under which the aggregation's saved kernel (the 6-D operand of this
+    ``shape``: the generated kernel, or the cast of it that the op's autocast rule made) is
+    replaced by ``make``, called again when backward unpacks it. In a plain backward grad mode is off there, so the regenerated
+    kernel carries no graph; with ``create_graph=True`` it is on, and double backward
+    differentiates through ``make``."""
+
+    def pack(saved: torch.Tensor):
+        if saved.dim() == 6 and saved.shape == shape:
+            return _Regenerate(make, saved.dtype)
+        return saved
+
+    def unpack(packed):
+        if isinstance(packed, _Regenerate):
+            return packed.make().to(packed.dtype)
+        return packed
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 class LocalSelfAttention2d(nn.Module):
@@ -209,7 +327,14 @@ class LocalSelfAttention2d(nn.Module):
 
 
 OPERATOR_KEYS: dict[str, set[str]] = {
-    "involution": {"kernel_size", "group_channels", "reduction_ratio", "dilation", "backend"},
+    "involution": {
+        "kernel_size",
+        "group_channels",
+        "reduction_ratio",
+        "dilation",
+        "backend",
+        "recompute_kernel",
+    },
     "convolution": {"kernel_size", "groups", "dilation"},
     "attention": {"kernel_size", "heads", "dilation", "backend"},
 }

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from involution.layers import make_spatial_op
+from involution.layers import conv_bn, make_spatial_op
 
 
 class Bottleneck(nn.Module):
@@ -44,8 +44,13 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        # conv_bn folds each BN that follows a convolution into it in eval mode; bn2 follows the
+        # spatial operator, which for involution and attention is no convolution.
+        if self.downsample is None:
+            identity = x
+        else:
+            identity = conv_bn(x, self.downsample[0], self.downsample[1])
+        out = self.relu(conv_bn(x, self.conv1, self.bn1))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = conv_bn(out, self.conv3, self.bn3)
+        return self.relu(out.add_(identity))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from involution.models.network import BottleneckNet
+from involution.models.network import BottleneckNet, in_memory_format
 
 
 class FeatureInfo(list):
@@ -56,6 +56,7 @@ class BottleneckFeatures(nn.Module):
         self.out_indices = check_out_indices(out_indices)
         self.depth, self.operator, self.stem_kind = net.depth, net.operator, net.stem_kind
         self.stem = net.stem
+        self.memory_format = net.memory_format
         self.num_stages = max(self.out_indices) + 1
         for index in range(self.num_stages):
             self.add_module(f"layer{index + 1}", getattr(net, f"layer{index + 1}"))
@@ -70,7 +71,7 @@ class BottleneckFeatures(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
+        x = self.stem(in_memory_format(x, self.memory_format))
         stages = []
         for index in range(self.num_stages):
             x = getattr(self, f"layer{index + 1}")(x)

@@ -11,6 +11,8 @@ from torch import nn
 from involution.models.blocks import Bottleneck
 from involution.models.stems import make_stem
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
 STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     26: (1, 2, 4, 1),
     38: (2, 3, 5, 2),
@@ -18,6 +20,22 @@ STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+
+
+def in_memory_format(x: torch.Tensor, memory_format: str) -> torch.Tensor:
+    """The input in the memory format a network computes in.
+
+    ``auto``: channels_last on the CPU, where oneDNN's convolutions and the Numba involution
+    kernels both work natively in NHWC, so the whole network runs without a transpose (see the
+    model benchmark in docs/benchmarks.md); elsewhere the input's own format (the CUDA involution
+    kernels are NCHW, so on a GPU channels_last is the caller's choice). ``channels_last`` and
+    ``contiguous`` force one.
+    """
+    if memory_format == "channels_last" or (memory_format == "auto" and x.device.type == "cpu"):
+        return x.contiguous(memory_format=torch.channels_last)
+    if memory_format == "contiguous":
+        return x.contiguous()
+    return x
 
 
 def _where(where: str, channels: int, error: ValueError) -> str:
@@ -40,10 +58,14 @@ class BottleneckNet(nn.Module):
         base_width: int = 64,
         stem_width: int = 64,
         zero_init_residual: bool = True,
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+        self.memory_format = memory_format
         operator = dict(operator or {"name": "involution"})
         self.depth, self.operator, self.stem_kind = depth, operator, stem
         try:
@@ -90,7 +112,7 @@ class BottleneckNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four stage outputs (strides ``stage_strides``, channels ``stage_channels``)."""
-        x = self.stem(x)
+        x = self.stem(in_memory_format(x, self.memory_format))
         features = []
         for index in range(4):
             x = getattr(self, f"layer{index + 1}")(x)

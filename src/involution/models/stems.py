@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from involution.layers import make_spatial_op
+from involution.layers import ConvBNReLU, make_spatial_op
 
 STEMS = ("rednet", "resnet", "small")
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
+    return ConvBNReLU(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
@@ -47,7 +47,7 @@ def make_stem(
         )
     if kind == "resnet":
         return (
-            nn.Sequential(
+            ConvBNReLU(  # named stem.0-3 like torchvision's conv1 / bn1 / relu / maxpool
                 nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),

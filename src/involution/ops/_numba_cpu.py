@@ -17,10 +17,17 @@ from involution.kernels import cpu as kernels
 
 
 def uses_nhwc(input: Tensor, kernel: Tensor) -> bool:
-    """Whether the forward and grad_input of this call compute in NHWC."""
+    """Whether the forward and grad_input of this call compute in NHWC (``input``: the op's input,
+    or the incoming gradient for grad_input)."""
     return kernels.nhwc_is_faster(
-        input.shape[1] // kernel.shape[1], kernel.shape[2] * kernel.shape[3]
+        input.shape[1] // kernel.shape[1],
+        kernel.shape[2] * kernel.shape[3],
+        _is_nhwc(input),
     )
+
+
+def _is_nhwc(t: Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _grad_kernel_uses_nhwc(channels, groups, kernel_size, stride, width, out_width) -> bool:

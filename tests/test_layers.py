@@ -1,0 +1,238 @@
+"""Layers (``involution.layers``): the memory-lean involution layer and the BN folding.
+
+- ``Involution2d(recompute_kernel=True)`` (the default) gives the plain graph's gradients
+  (float64 gradcheck and gradgradcheck on odd sizes, strides, dilations, channels_last inputs),
+  keeps no generated kernel alive between forward and backward, and works under
+  ``torch.compile(fullgraph=True)``, CPU autocast and DDP;
+- ``conv_bn`` / ``ConvBNReLU`` fold an eval-mode BN into the convolution exactly (float64) and stay
+  differentiable; training mode runs the modules unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from involution.layers import ConvBNReLU, Involution2d, conv_bn, fold_batch_norm, make_spatial_op
+
+# (channels, kernel_size, stride, group_channels, dilation, (H, W), channels_last)
+LAYER_CASES = [
+    (16, 3, 1, 8, 1, (7, 6), False),  # 3x3, NCHW kernels
+    (16, 5, 2, 8, 1, (9, 7), False),  # stride 2 on odd sizes: pooled kernel map in ceil mode
+    (16, 5, 1, 8, 2, (8, 9), True),  # dilation 2, channels_last input (NHWC kernels)
+    (8, 3, 3, 4, 1, (10, 11), True),  # stride 3, groups narrower than a vector
+]
+
+
+def _layer(case, backend="numba_cpu", recompute=True, dtype=torch.float64):
+    channels, k, stride, gc_, dilation, _, _ = case
+    torch.manual_seed(0)
+    layer = Involution2d(
+        channels, k, stride, gc_, reduction_ratio=2, dilation=dilation, backend=backend,
+        recompute_kernel=recompute,
+    )
+    return layer.to(dtype)
+
+
+def _input(case, dtype=torch.float64):
+    channels, *_, size, channels_last = case
+    x = torch.randn(2, channels, *size, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
+def _grads(layer, x, grad=None):
+    """(output, d/dx, d/dparams) of one forward+backward with a fixed upstream gradient."""
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    out = layer(x)
+    out.backward(torch.ones_like(out) if grad is None else grad)
+    return out.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba_cpu"])
+@pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: f"C{c[0]}k{c[1]}s{c[2]}d{c[4]}")
+def test_recompute_gives_the_plain_gradients(case, backend):
+    lean, plain = _layer(case, backend), _layer(case, backend, recompute=False)
+    plain.load_state_dict(lean.state_dict())
+    x = _input(case)
+    grad = torch.randn(lean(x).shape, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+    lean_out, lean_dx, lean_dp = _grads(lean, x, grad)
+    plain_out, plain_dx, plain_dp = _grads(plain, x, grad)
+    torch.testing.assert_close(lean_out, plain_out, rtol=0, atol=0)
+    torch.testing.assert_close(lean_dx, plain_dx, rtol=1e-12, atol=1e-12)
+    for got, want in zip(lean_dp, plain_dp, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# small enough for a full float64 Jacobian: (channels, K, stride, group channels, dilation, size, NHWC)
+GRADCHECK_CASES = [(8, 3, 2, 4, 1, (5, 4), False), (8, 3, 1, 8, 2, (4, 5), True)]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=["stride2-odd", "dilation2-nhwc"])
+def test_recompute_gradcheck_and_gradgradcheck(case):
+    """Float64 gradcheck of input and all parameters through the recomputed kernel; double
+    backward differentiates through the regeneration (grad mode is on under create_graph)."""
+    layer = _layer(case).eval()  # BN with fixed statistics: a pure function of its parameters
+    x = _input(case)
+    names = [name for name, _ in layer.named_parameters()]
+
+    def fn(inp, *weights):
+        return torch.func.functional_call(layer, dict(zip(names, weights, strict=True)), (inp,))
+
+    weights = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    assert torch.autograd.gradcheck(fn, (x, *weights), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradgradcheck(fn, (x, *weights), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_recompute_keeps_no_kernel_alive():
+    """Between forward and backward the generated kernel [N,G,K,K,Ho,Wo] is freed with
+    recompute_kernel=True and kept by the graph with recompute_kernel=False."""
+    case = LAYER_CASES[2]
+    alive = {}
+    for recompute in (True, False):
+        layer = _layer(case, recompute=recompute, dtype=torch.float32)
+        made: list[weakref.ref] = []
+        span = layer._span
+
+        def recording_span(hidden, params=None, dtype=None, span=span, made=made):
+            kernel = span(hidden, params, dtype)
+            made.append(weakref.ref(kernel))
+            return kernel
+
+        layer._span = recording_span
+        out = layer(_input(case, torch.float32))
+        gc.collect()
+        alive[recompute] = [ref() is not None for ref in made]
+        out.sum().backward()  # the regenerated kernel is made (and dropped) here
+        assert len(made) == (2 if recompute else 1)
+    assert alive == {True: [False], False: [True]}
+
+
+def test_recompute_off_by_the_operator_key():
+    op = make_spatial_op({"name": "involution", "kernel_size": 3, "recompute_kernel": False}, 32)
+    assert isinstance(op, Involution2d) and op.recompute_kernel is False
+    assert make_spatial_op({"name": "involution", "kernel_size": 3}, 32).recompute_kernel is True
+    with pytest.raises(ValueError, match="recompute_kernel must be true or false"):
+        make_spatial_op({"name": "involution", "kernel_size": 3, "recompute_kernel": "yes"}, 32)
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_recompute_under_torch_compile_fullgraph(compile_backend):
+    case = LAYER_CASES[2]
+    lean = _layer(case, dtype=torch.float32)
+    plain = _layer(case, recompute=False, dtype=torch.float32)
+    plain.load_state_dict(lean.state_dict())
+    x = _input(case, torch.float32)
+    torch._dynamo.reset()
+    compiled_lean = torch.compile(lean, fullgraph=True, backend=compile_backend)
+    compiled_plain = torch.compile(plain, fullgraph=True, backend=compile_backend)
+    out, dx, dp = _grads(compiled_lean, x)
+    want_out, want_dx, want_dp = _grads(compiled_plain, x)
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(dx, want_dx)
+    for got, want in zip(dp, want_dp, strict=True):
+        torch.testing.assert_close(got, want)
+    eager_out, eager_dx, _ = _grads(plain, x)
+    torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dx, eager_dx, rtol=1e-4, atol=1e-4)
+
+
+def test_recompute_under_cpu_autocast():
+    """Under bfloat16 autocast the regenerated kernel is made under the same autocast state, so
+    the gradients equal the plain graph's."""
+    case = LAYER_CASES[2]
+    lean = _layer(case, dtype=torch.float32)
+    plain = _layer(case, recompute=False, dtype=torch.float32)
+    plain.load_state_dict(lean.state_dict())
+    x = _input(case, torch.float32)
+    results = []
+    for layer in (lean, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+            out = layer(x)
+        out.float().square().sum().backward()
+        results.append((out.detach(), x.grad.clone(), [p.grad.clone() for p in layer.parameters()]))
+    (out_a, dx_a, dp_a), (out_b, dx_b, dp_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    torch.testing.assert_close(dx_a, dx_b, rtol=0, atol=0)
+    for got, want in zip(dp_a, dp_b, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_recompute_under_ddp(tmp_path):
+    """DistributedDataParallel (gloo, one process) reduces the recomputed graph's gradients."""
+    case = LAYER_CASES[0]
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        lean = _layer(case, dtype=torch.float32)
+        plain = _layer(case, recompute=False, dtype=torch.float32)
+        plain.load_state_dict(lean.state_dict())
+        ddp = nn.parallel.DistributedDataParallel(lean)
+        x = _input(case, torch.float32)
+        _, dx, dp = _grads(ddp, x)
+        _, want_dx, want_dp = _grads(plain, x)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(dx, want_dx)
+    for got, want in zip(dp, want_dp, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def _randomised_bn(channels: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels).double()
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(channels, generator=gen, dtype=torch.float64) + 0.5)
+        bn.bias.copy_(torch.randn(channels, generator=gen, dtype=torch.float64))
+        bn.running_mean.copy_(torch.randn(channels, generator=gen, dtype=torch.float64))
+        bn.running_var.copy_(torch.rand(channels, generator=gen, dtype=torch.float64) + 0.1)
+    return bn
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_bn_folds_exactly_in_eval_and_stays_differentiable(bias):
+    conv = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=bias).double()
+    bn = _randomised_bn(8).eval()
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64, requires_grad=True)
+    folded = conv_bn(x, conv, bn)
+    plain = bn(conv(x))
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(folded.square().sum(), [x, conv.weight, bn.weight, bn.bias])
+    want = torch.autograd.grad(plain.square().sum(), [x, conv.weight, bn.weight, bn.bias])
+    for got, ref in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    weight, _ = fold_batch_norm(conv, bn)
+    assert weight.shape == conv.weight.shape
+
+
+def test_conv_bn_in_training_mode_uses_batch_statistics():
+    conv = nn.Conv2d(3, 4, 1, bias=False).double()
+    bn = _randomised_bn(4).train()
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    before = bn.running_mean.clone()
+    out = conv_bn(x, conv, bn)
+    # batch statistics: each channel's mean is exactly BN's shift
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), bn.bias.detach())
+    assert not torch.equal(bn.running_mean, before)  # the statistics were updated, as BN does
+
+
+def test_conv_bn_relu_keeps_sequential_names_and_runs_extra_modules():
+    block = ConvBNReLU(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
+    assert [name for name, _ in block.named_children()] == ["0", "1", "2", "3"]
+    block = block.double().eval()
+    block[1].load_state_dict(_randomised_bn(4).state_dict())
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    want = block[3](block[2](block[1](block[0](x))))
+    torch.testing.assert_close(block(x), want, rtol=1e-12, atol=1e-12)
+    assert copy.deepcopy(block)(x).shape == (1, 4, 4, 4)
