@@ -10,7 +10,6 @@ and saved in the official ``{'state_dict': {'backbone.…', 'head.fc.…'}, 'met
 from __future__ import annotations
 
 import copy
-
 import pickle
 
 import pytest
