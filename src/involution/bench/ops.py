@@ -42,11 +42,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from involution.bench import sections
 from involution.ops import involution2d
 from involution.reference import involution2d_reference
 
-BEGIN = "<!-- BEGIN involution.bench.ops -->"
-END = "<!-- END involution.bench.ops -->"
+SECTION = "involution.bench.ops"
+BEGIN, END = sections.markers(SECTION)
 
 # (channels, size, kernel size); groups = channels / 16
 REDNET50_SHAPES = [(64, 56, 7), (128, 28, 7), (256, 14, 7), (512, 7, 7), (32, 112, 3)]
@@ -344,16 +345,7 @@ def _summary(rows: list[dict]) -> list[str]:
 
 def write_section(path: Path, body: str) -> None:
     """Replace (or append) this benchmark's section of ``path``, leaving the rest untouched."""
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    sections.write_section(path, body, SECTION)
 
 
 def _load() -> str:
