@@ -150,3 +150,22 @@ def test_bench_ops_refuses_bad_options(argv, says, capsys, tmp_path: Path) -> No
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert says in err, err
     assert not out.exists()
+
+
+def test_sections_copy_between_files(tmp_path: Path, capsys) -> None:
+    from involution.bench import sections
+
+    source, target = tmp_path / "gpu.md", tmp_path / "docs.md"
+    sections.write_section(source, "gpu table", "involution.bench.ops.gpu")
+    sections.write_section(source, "cuda report", "involution.bench.cuda_resources")
+    sections.write_section(target, "cpu table", "involution.bench.ops")
+    sections.write_section(target, "old gpu table", "involution.bench.ops.gpu")
+    assert sections.main([str(source), str(target), "--only", "involution.bench.ops.gpu"]) == 0
+    found = sections.read_sections(target.read_text())
+    assert found == {
+        "involution.bench.ops": "cpu table\n",
+        "involution.bench.ops.gpu": "gpu table\n",
+    }
+    with pytest.raises(SystemExit):
+        sections.main([str(source), str(target), "--only", "involution.bench.models"])
+    assert "has no section involution.bench.models" in capsys.readouterr().err

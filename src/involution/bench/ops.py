@@ -49,7 +49,8 @@ from involution.bench import sections
 from involution.ops import involution2d
 from involution.reference import involution2d_reference
 
-SECTION = "involution.bench.ops"
+SECTION = "involution.bench.ops"  # the CPU table
+GPU_SECTION = "involution.bench.ops.gpu"  # the GPU table: both can live in docs/benchmarks.md
 BEGIN, END = sections.markers(SECTION)
 
 # (channels, size, kernel size); groups = channels / 16
@@ -342,6 +343,10 @@ def _machine(device: torch.device) -> str:
     return "; ".join(parts)
 
 
+def _gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_properties(device).name
+
+
 def _fmt_ms(t: float | None) -> str:
     return "-" if t is None else f"{t * 1e3:.2f}"
 
@@ -425,9 +430,9 @@ def _gpu_summary(rows: list[dict]) -> list[str]:
     return out
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, section: str = SECTION) -> None:
     """Replace (or append) this benchmark's section of ``path``, leaving the rest untouched."""
-    sections.write_section(path, body, SECTION)
+    sections.write_section(path, body, section)
 
 
 def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
@@ -503,7 +508,8 @@ def run(args: argparse.Namespace) -> str:
             del cands, _tensors
     command = "python -m involution.bench.ops" + (" " + shlex.join(args.argv) if args.argv else "")
     lines = [
-        "## Operator: involution forward+backward vs depthwise convolution",
+        "## Operator: involution forward+backward vs depthwise convolution"
+        + (f" ({_gpu_name(device)})" if on_gpu else ""),
         "",
         f"Measured {_dt.date.today().isoformat()} with `{command}` (`make bench-ops`).",
         "",
@@ -613,8 +619,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda requested but torch sees no CUDA device")
     args.argv = argv
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     body = run(args)
-    write_section(args.output, body)
+    write_section(args.output, body, GPU_SECTION if args.device == "cuda" else SECTION)
     print(f"[bench-ops] wrote {args.output}")
 
 
