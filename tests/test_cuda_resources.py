@@ -4,7 +4,8 @@
   for sm_90; grad_input float64 forced to 32 registers with -maxrregcount, so that it spills; a
   small kernel with a shared-memory tile);
 - the occupancy arithmetic against hand counts, including the sub-partition rule;
-- every kernel in every storage kind, assembled for sm_80 and sm_90: no spills, no stack frame;
+- every kernel in every storage kind, assembled by ptxas and linked by nvJitLink (the launch
+  path) for sm_80 and sm_90: no spills, no stack frame;
 - the command: JSON records plus its own section of the markdown file;
 - on a real GPU: the kernels as the dispatcher compiles them for that device use no local memory.
 """
@@ -16,6 +17,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,6 +96,7 @@ def test_launch_threads_follow_the_launch_config():
     assert cr.launch_threads() == kernels.THREADS_PER_BLOCK
 
 
+@pytest.mark.slow
 @needs_ptxas
 def test_no_kernel_spills():
     """Every kernel x storage kind x {sm_80, sm_90}: registers only, no local memory."""
@@ -102,13 +105,34 @@ def test_no_kernel_spills():
     assert cr.spills(records) == [], "kernels spill to local memory"
     for r in records:
         assert 0 < r["registers"] <= 255 and r["occupancy"] > 0, r
+        if cr.have_nvjitlink():  # the launch path's build is checked as well
+            assert r["lto"] is not None and 0 < r["lto"]["registers"] <= 255, r
+
+
+@needs_ptxas
+def test_report_follows_the_dispatcher_options_and_catches_spills(monkeypatch):
+    """A register cap on the launched kernels reaches ptxas, and the spills it forces show."""
+    real = kernels.get_kernels
+
+    def capped(kind):
+        out = {}
+        for name, dispatcher in real(kind).items():
+            out[name] = SimpleNamespace(
+                targetoptions={**dispatcher.targetoptions, "max_registers": 32}
+            )
+        return out
+
+    monkeypatch.setattr(kernels, "get_kernels", capped)
+    records = cr.collect(["float64"], ["sm_80"], PTXAS)
+    assert all(r["registers"] <= 32 for r in records)
+    assert "grad_input" in {r["kernel"] for r in cr.spills(records)}
 
 
 @needs_ptxas
 def test_command_writes_records_and_its_section(tmp_path):
     out = tmp_path / "benchmarks.md"
     write_section(out, "the operator table", "involution.bench.ops")
-    argv = ["--kinds", "float32", "--archs", "sm_90", "--output", str(out)]
+    argv = ["--kinds", "float32", "--archs", "sm_90", "--no-lto", "--output", str(out)]
     assert cr.main(argv) == 0
     document = json.loads((tmp_path / "cuda_resources.json").read_text())
     assert document["command"].endswith(" ".join(argv))
@@ -121,6 +145,7 @@ def test_command_writes_records_and_its_section(tmp_path):
     assert "the operator table" in text and text.count(begin) == 1 and text.count(end) == 1
     rows = [line for line in text.split(begin)[1].splitlines() if line.startswith("| forward ")]
     assert len(rows) == 1 and "| float32 | sm_90 |" in rows[0]
+    assert document["records"][0]["lto"] is None and "(LTO link)" not in text
     assert "Spills: none" in text
     # the notebooks read operator timings from every table of this file: none here
     from involution.analysis.costs import benchmarks_from_markdown
@@ -158,7 +183,7 @@ def test_dispatcher_kernels_use_no_local_memory_on_the_device():
     static = {}
     if PTXAS is not None and arch in cr.ARCHS:
         static = {
-            (r["kernel"], r["kind"]): r["registers"]
+            (r["kernel"], r["kind"]): (r["lto"] or r)["registers"]
             for r in cr.collect(list(kernels.KINDS), [arch], PTXAS)
         }
     for kind in kernels.KINDS:
@@ -170,6 +195,6 @@ def test_dispatcher_kernels_use_no_local_memory_on_the_device():
             if want is not None and compiled.regs_per_thread != want:
                 warnings.warn(
                     f"{name} {kind} on {arch}: the driver allocates {compiled.regs_per_thread} "
-                    f"registers, ptxas {want}",
+                    f"registers, the static report {want}",
                     stacklevel=1,
                 )

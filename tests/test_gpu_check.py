@@ -52,7 +52,7 @@ def test_end_to_end_into_one_folder(tmp_path):
         str(out),
         REPS="1",
         BENCH_ARGS="--shapes 16x9x3 --warmup 1 --batches 2",
-        CUDA_REPORT_ARGS="--kinds float32 --archs sm_90",
+        CUDA_REPORT_ARGS="--kinds float32 --archs sm_90 --no-lto",
         TESTS="tests/test_ops_gpu.py",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -2,13 +2,17 @@
 
     python -m involution.bench.cuda_resources [--kinds float32 ...] [--archs sm_80 sm_90]
                                               [--output docs/benchmarks.md] [--json PATH]
-                                              [--ptxas PATH]
+                                              [--ptxas PATH] [--no-lto]
 
 No GPU is needed. Every kernel of ``involution.kernels.cuda`` (forward, grad_input, grad_kernel),
 in every storage kind the ``numba_cuda`` backend launches it with, is compiled to PTX by
-numba-cuda with the signatures the launches use (``kernels.cuda.signatures``), and that PTX is
-assembled by the CUDA toolkit's ``ptxas -v`` for each architecture, which is what the driver does
-with it at the first launch. ``ptxas -v`` reports registers per thread, spill stores and loads,
+numba-cuda with the signatures the launches use (``kernels.cuda.signatures``) and the
+code-generation options of the dispatchers ``kernels.cuda.get_kernels`` returns (a register cap
+goes to ptxas), and that PTX is assembled by the CUDA toolkit's ``ptxas -v`` for each
+architecture. Where nvJitLink is present numba-cuda builds a launched kernel differently: LTO-IR
+linked by nvJitLink with link-time optimisation; that build is made and reported too (its
+``-verbose`` log has the same ptxas lines), and the occupancy follows the build that runs. The
+``gpu`` test compares these counts with the loaded kernel's on a real device. ``ptxas -v`` reports registers per thread, spill stores and loads,
 the stack frame and shared memory; from those and the launch configuration of
 ``kernels.cuda.launch_config`` follows the theoretical occupancy, computed as CUDA's
 ``cuda_occupancy.h`` does (registers are allocated per warp in units of 256 and split over the
@@ -131,6 +135,11 @@ def _versions() -> dict:
         out["nvvm"] = ".".join(map(str, nvvm.NVVM().get_version()))
     except Exception:  # noqa: BLE001 - reported as unknown
         out["nvvm"] = None
+    out["nvjitlink"] = None
+    if have_nvjitlink():
+        from cuda.bindings import nvjitlink
+
+        out["nvjitlink"] = ".".join(map(str, nvjitlink.version()))
     return out
 
 
@@ -139,24 +148,49 @@ def _versions() -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def compile_ptx(kind: str, name: str, cc: tuple[int, int]) -> str:
-    """PTX of kernel ``name`` for storage ``kind``, as numba-cuda generates it for ``cc``."""
+# The launched dispatchers' options that change code generation: passed on to compile_ptx (or,
+# for a register cap, to ptxas), so that the report follows whatever get_kernels() compiles.
+_PTX_OPTIONS = ("debug", "lineinfo", "fastmath", "opt", "forceinline", "launch_bounds")
+
+
+def jit_options(kind: str, name: str) -> tuple[dict, list[str]]:
+    """(compile_ptx keyword arguments, ptxas flags) matching the options of the dispatcher that
+    ``kernels.cuda.get_kernels`` launches (creating it compiles nothing, so no GPU is needed)."""
+    from involution.kernels import cuda as kernels
+
+    options = kernels.get_kernels(kind)[name].targetoptions
+    kwargs = {key: options[key] for key in _PTX_OPTIONS if options.get(key) is not None}
+    flags = [f"--maxrregcount={options['max_registers']}"] if options.get("max_registers") else []
+    return kwargs, flags
+
+
+def launches_with_lto(kind: str, name: str) -> bool:
+    """Whether the launched dispatcher links through nvJitLink with link-time optimisation."""
+    from involution.kernels import cuda as kernels
+
+    return bool(kernels.get_kernels(kind)[name].targetoptions.get("lto")) and have_nvjitlink()
+
+
+def compile_ptx(kind: str, name: str, cc: tuple[int, int], **options) -> str:
+    """PTX of kernel ``name`` for storage ``kind``, as numba-cuda generates it for ``cc``, with
+    the launch signature and (``options``) the dispatcher's code-generation options."""
     from numba import cuda
 
     from involution.kernels import cuda as kernels
 
     fn = kernels.python_functions(kind)[name]
-    ptx, _ = cuda.compile_ptx(fn, kernels.signatures(kind)[name], cc=cc)
+    ptx, _ = cuda.compile_ptx(fn, kernels.signatures(kind)[name], cc=cc, **options)
     return ptx
 
 
-def assemble(ptx: str, arch: str, ptxas: str) -> str:
+def assemble(ptx: str, arch: str, ptxas: str, flags: list[str] | None = None) -> str:
     """``ptxas -v`` of ``ptx`` for ``arch`` (e.g. 'sm_90'): its resource lines."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)
+        cubin = str(Path(tmp) / "kernel.cubin")
         done = subprocess.run(
-            [ptxas, "-v", f"--gpu-name={arch}", str(src), "-o", str(Path(tmp) / "kernel.cubin")],
+            [ptxas, "-v", f"--gpu-name={arch}", *(flags or []), str(src), "-o", cubin],
             capture_output=True,
             text=True,
         )
@@ -164,6 +198,52 @@ def assemble(ptx: str, arch: str, ptxas: str) -> str:
     if done.returncode:
         raise RuntimeError(f"ptxas failed for {arch} (exit {done.returncode}): {text.strip()}")
     return text
+
+
+def compile_ltoir(kind: str, name: str, cc: tuple[int, int], **options) -> bytes:
+    """LTO-IR of kernel ``name`` for ``kind``: what numba-cuda hands nvJitLink at a launch."""
+    from numba import cuda
+
+    from involution.kernels import cuda as kernels
+
+    fn = kernels.python_functions(kind)[name]
+    sig = kernels.signatures(kind)[name]
+    ltoir, _ = cuda.compile(fn, sig, device=False, abi="numba", output="ltoir", cc=cc, **options)
+    return ltoir
+
+
+def have_nvjitlink() -> bool:
+    try:
+        from numba.cuda.cudadrv.driver import _have_nvjitlink
+    except ImportError:
+        return False
+    return bool(_have_nvjitlink())
+
+
+def link_ltoir(ltoir: bytes, arch: str, max_registers: int | None = None) -> str:
+    """nvJitLink's verbose log (ptxas -v lines) of linking ``ltoir`` for ``arch`` with link-time
+    optimisation, the options numba-cuda's launch path uses."""
+    from cuda.bindings import nvjitlink
+
+    options = [f"-arch={arch}", "-lto", "-verbose"]
+    if max_registers:
+        options.append(f"-maxrregcount={max_registers}")
+    handle = nvjitlink.create(len(options), options)
+    try:
+        nvjitlink.add_data(handle, nvjitlink.InputType.LTOIR, ltoir, len(ltoir), "kernel")
+        try:
+            nvjitlink.complete(handle)
+        except nvjitlink.nvJitLinkError as exc:
+            log = bytearray(nvjitlink.get_error_log_size(handle))
+            nvjitlink.get_error_log(handle, log)
+            raise RuntimeError(
+                f"nvJitLink failed for {arch}: {log.decode(errors='replace')}"
+            ) from exc
+        log = bytearray(nvjitlink.get_info_log_size(handle))
+        nvjitlink.get_info_log(handle, log)
+    finally:
+        nvjitlink.destroy(handle)
+    return log.decode(errors="replace").rstrip("\x00")
 
 
 @dataclass
@@ -274,8 +354,15 @@ def launch_threads() -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def collect(kinds: list[str], archs: list[str], ptxas: str) -> list[dict]:
-    """One record per (kernel, storage kind, architecture)."""
+def _one(entries: list[EntryResources], kind: str, name: str, arch: str) -> EntryResources:
+    if len(entries) != 1:
+        raise RuntimeError(f"{kind} {name} {arch}: {len(entries)} entry functions, expected 1")
+    return entries[0]
+
+
+def collect(kinds: list[str], archs: list[str], ptxas: str, with_lto: bool = True) -> list[dict]:
+    """One record per (kernel, storage kind, architecture): ptxas -v of numba-cuda's PTX, and
+    (``with_lto``, where the launches link with LTO) nvJitLink's figures for the same kernel."""
     from involution.kernels import cuda as kernels
 
     threads = launch_threads()
@@ -284,12 +371,19 @@ def collect(kinds: list[str], archs: list[str], ptxas: str) -> list[dict]:
         accumulate = "float64" if kind == "float64" else "float32"
         storage = "int16 (bfloat16 bits)" if kind == "bfloat16" else kind
         for name in KERNELS:
+            options, flags = jit_options(kind, name)
+            lto = with_lto and launches_with_lto(kind, name)
+            cap = kernels.get_kernels(kind)[name].targetoptions.get("max_registers")
             for arch in archs:
                 limits = ARCHS[arch]
-                entries = parse_ptxas(assemble(compile_ptx(kind, name, limits.cc), arch, ptxas))
-                if len(entries) != 1:
-                    raise RuntimeError(f"{kind} {name} {arch}: {len(entries)} entries, expected 1")
-                res = entries[0]
+                ptx = compile_ptx(kind, name, limits.cc, **options)
+                res = _one(parse_ptxas(assemble(ptx, arch, ptxas, flags)), kind, name, arch)
+                linked = None
+                if lto:
+                    ltoir = compile_ltoir(kind, name, limits.cc, **options)
+                    log = link_ltoir(ltoir, arch, cap)
+                    linked = _one(parse_ptxas(log), kind, name, arch)
+                launched = linked or res  # what runs: the LTO link where the launch uses it
                 record = {
                     "kernel": name,
                     "kind": kind,
@@ -297,69 +391,96 @@ def collect(kinds: list[str], archs: list[str], ptxas: str) -> list[dict]:
                     "accumulator": accumulate,
                     "arch": arch,
                     **{k: v for k, v in asdict(res).items() if k not in ("arch",)},
-                    **occupancy(res.registers, threads, res.shared, limits),
+                    "lto": None
+                    if linked is None
+                    else {k: v for k, v in asdict(linked).items() if k not in ("arch", "entry")},
+                    "occupancy_from": "nvJitLink LTO" if linked else "ptxas",
+                    **occupancy(launched.registers, threads, launched.shared, limits),
                     "channel_block": kernels.CHANNEL_BLOCK if name != "grad_kernel" else None,
                 }
                 records.append(record)
+                lto_note = "" if linked is None else f" (LTO link: {linked.registers})"
                 print(
-                    f"[cuda-report] {name:11s} {kind:8s} {arch}: {res.registers:3d} registers, "
-                    f"spills {res.spill_stores}/{res.spill_loads} B, stack {res.stack_frame} B, "
-                    f"occupancy {record['occupancy']:.0%}",
+                    f"[cuda-report] {name:11s} {kind:8s} {arch}: {res.registers:3d} registers"
+                    f"{lto_note}, spills {res.spill_stores}/{res.spill_loads} B, "
+                    f"stack {res.stack_frame} B, occupancy {record['occupancy']:.0%}",
                     flush=True,
                 )
     return records
 
 
+def _local(res: dict | None) -> bool:
+    return bool(res and (res["spill_stores"] or res["spill_loads"] or res["stack_frame"]))
+
+
 def spills(records: list[dict]) -> list[dict]:
-    """The records whose kernel spills registers or keeps a stack frame (local memory)."""
-    return [r for r in records if r["spill_stores"] or r["spill_loads"] or r["stack_frame"]]
+    """The records whose kernel spills registers or keeps a stack frame (local memory), by
+    ptxas or by the LTO link."""
+    return [r for r in records if _local(r) or _local(r.get("lto"))]
+
+
+def _spill_text(r: dict) -> str:
+    parts = []
+    for label, res in (("ptxas", r), ("LTO link", r.get("lto"))):
+        if _local(res):
+            parts.append(
+                f"{label}: {res['spill_stores']} B stored, {res['spill_loads']} B loaded, "
+                f"{res['stack_frame']} B stack"
+            )
+    return f"{r['kernel']} {r['kind']} {r['arch']} ({'; '.join(parts)})"
 
 
 def render(document: dict) -> str:
     """The markdown section of a report document (as written to JSON)."""
     tk = document["toolkit"]
-    threads = document["records"][0]["threads_per_block"] if document["records"] else "-"
+    records = document["records"]
+    threads = records[0]["threads_per_block"] if records else "-"
+    with_lto = any(r.get("lto") for r in records)
     lines = [
         "## CUDA kernels: registers, spills and occupancy (static, no GPU)",
         "",
         f"Generated {document['date'][:10]} with `{document['command']}` (`make cuda-report`); "
         f"records in `{document['json']}`.",
         "",
-        f"- Toolkit: ptxas {tk['ptxas_version']} (`{tk['ptxas']}`), NVVM {tk['nvvm']}; "
-        f"numba {tk['numba']}, numba-cuda {tk['numba-cuda']}, Python {tk['python']}",
-        "- Method: each kernel compiled to PTX by `numba.cuda.compile_ptx` with the signatures "
-        "the `numba_cuda` launches use, assembled by `ptxas -v --gpu-name=<arch>` (what the "
-        "driver does with the PTX at the first launch). Occupancy is theoretical, at the launch "
-        f"configuration of `kernels.cuda.launch_config` ({threads} threads per block for every "
-        "real layer shape; only jobs under 256 threads launch smaller blocks), computed as "
-        "`cuda_occupancy.h` does: registers per warp rounded up to 256 and split over 4 "
-        "sub-partitions, 65536 registers, 64 warps (2048 threads) and 32 blocks per SM, 1 KiB "
-        "of shared memory reserved per block (164 KiB per SM on sm_80, 228 KiB on sm_90).",
+        f"- Toolkit: ptxas {tk['ptxas_version']} (`{tk['ptxas']}`), NVVM {tk['nvvm']}, "
+        f"nvJitLink {tk.get('nvjitlink') or 'absent'}; numba {tk['numba']}, numba-cuda "
+        f"{tk['numba-cuda']}, Python {tk['python']}",
+        "- Method: each kernel compiled by numba-cuda with the signatures and code-generation "
+        "options of the kernels the `numba_cuda` backend launches: to PTX (`numba.cuda.compile_ptx`"
+        ") assembled by `ptxas -v --gpu-name=<arch>`, and to LTO-IR linked by nvJitLink "
+        "(`-lto -verbose`), which is how numba-cuda builds a kernel at its first launch where "
+        "nvJitLink is present (on a GPU, `.ci/gpu-check`'s gpu tests compare these counts with "
+        "what the loaded kernel uses). Spills, stack frame and shared memory are ptxas's; a spill "
+        "in either build is listed below.",
+        "- Occupancy: theoretical, from the registers of the build that is launched (the LTO link "
+        "where used), at the launch configuration of `kernels.cuda.launch_config` "
+        f"({threads} threads per block for every real layer shape; only jobs under 256 threads "
+        "launch smaller blocks), computed as `cuda_occupancy.h` does: registers per warp rounded "
+        "up to 256 and split over 4 sub-partitions, 65536 registers, 64 warps (2048 threads) and "
+        "32 blocks per SM, 1 KiB of shared memory reserved per block (164 KiB per SM on sm_80, "
+        "228 KiB on sm_90).",
         "",
-        "| kernel | storage kind | arch | registers / thread | spill stores (B) | "
-        "spill loads (B) | stack frame (B) | shared (B) | blocks / SM | warps / SM | "
-        "occupancy | limited by |",
-        "|---|---|---|" + "---:|" * 8 + "---|",
+        "| kernel | storage kind | arch | registers / thread (ptxas) | "
+        + ("registers / thread (LTO link) | " if with_lto else "")
+        + "spill stores (B) | spill loads (B) | stack frame (B) | shared (B) | blocks / SM | "
+        "warps / SM | occupancy | limited by |",
+        "|---|---|---|" + "---:|" * (9 if with_lto else 8) + "---|",
     ]
-    for r in document["records"]:
+    for r in records:
+        lto = r.get("lto")
         lines.append(
             f"| {r['kernel']} | {r['kind']} | {r['arch']} | {r['registers']} | "
-            f"{r['spill_stores']} | {r['spill_loads']} | {r['stack_frame']} | {r['shared']} | "
+            + (f"{lto['registers'] if lto else '-'} | " if with_lto else "")
+            + f"{r['spill_stores']} | {r['spill_loads']} | {r['stack_frame']} | {r['shared']} | "
             f"{r['blocks_per_sm']} | {r['warps_per_sm']} | {r['occupancy']:.1%} | "
             f"{', '.join(r['limited_by'])} |"
         )
-    bad = spills(document["records"])
+    bad = spills(records)
     lines += [
         "",
         "Spills: none (every kernel keeps its accumulators in registers)."
         if not bad
-        else "Spills: "
-        + "; ".join(
-            f"{r['kernel']} {r['kind']} {r['arch']} ({r['spill_stores']} B stored, "
-            f"{r['spill_loads']} B loaded, {r['stack_frame']} B stack)"
-            for r in bad
-        )
-        + ".",
+        else "Spills: " + "; ".join(_spill_text(r) for r in bad) + ".",
     ]
     return "\n".join(lines) + "\n"
 
@@ -376,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=None, help="default: cuda_resources.json beside --output"
     )
     parser.add_argument("--ptxas", default=None, help="default: $PTXAS, PATH, the CUDA toolkit")
+    parser.add_argument(
+        "--no-lto", dest="lto", action="store_false", help="skip the nvJitLink (LTO) builds"
+    )
     args = parser.parse_args(argv)
     ptxas = find_ptxas(args.ptxas)
     if ptxas is None:
@@ -390,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     json_path = args.json or args.output.parent / "cuda_resources.json"
-    records = collect(args.kinds, args.archs, ptxas)
+    records = collect(args.kinds, args.archs, ptxas, with_lto=args.lto)
     document = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m involution.bench.cuda_resources"
