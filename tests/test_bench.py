@@ -122,6 +122,10 @@ def test_gpu_rows_ratios_and_targets() -> None:
     table = "\n".join(ops._table(rows, on_gpu=True))
     assert "| vs reference | bandwidth floor (ms) | vs floor |" in table
     assert f"| 1.40 | 0.14 | {floor * 1e3:.2f} | {1.4e-3 / floor:.2f} |" in table
+    from involution.analysis.costs import benchmarks_from_markdown
+
+    read = benchmarks_from_markdown(table)  # the notebooks read the GPU table's medians
+    assert read["median_ms"].round(3).tolist() == [1.0, 10.0, 1.4]
     (target,) = ops._gpu_summary(rows)
     assert target.startswith("- 64, 64, 56x56, 7, 4, bfloat16:")
     assert "x the bandwidth floor (MISSED)" in target  # 1.4 ms against a 0.09 ms floor
