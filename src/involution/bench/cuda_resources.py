@@ -5,15 +5,17 @@
                                               [--ptxas PATH] [--no-lto]
 
 No GPU is needed. Every kernel of ``involution.kernels.cuda`` (forward, grad_input, grad_kernel),
-in every storage kind the ``numba_cuda`` backend launches it with, is compiled to PTX by
-numba-cuda with the signatures the launches use (``kernels.cuda.signatures``) and the
-code-generation options of the dispatchers ``kernels.cuda.get_kernels`` returns (a register cap
-goes to ptxas), and that PTX is assembled by the CUDA toolkit's ``ptxas -v`` for each
-architecture. Where nvJitLink is present numba-cuda builds a launched kernel differently: LTO-IR
-linked by nvJitLink with link-time optimisation; that build is made and reported too (its
-``-verbose`` log has the same ptxas lines), and the occupancy follows the build that runs. The
-``gpu`` test compares these counts with the loaded kernel's on a real device. ``ptxas -v`` reports registers per thread, spill stores and loads,
-the stack frame and shared memory; from those and the launch configuration of
+in every storage kind the ``numba_cuda`` backend launches it with, is compiled by numba-cuda with
+the signatures the launches use (``kernels.cuda.signatures``) and the code-generation options of
+the dispatchers ``kernels.cuda.get_kernels`` returns (a register cap included), for each
+architecture twice:
+
+- to PTX, assembled by the CUDA toolkit's ``ptxas -v``;
+- to LTO-IR, linked by nvJitLink with link-time optimisation, which is how numba-cuda builds a
+  kernel at its first launch wherever nvJitLink is present (its ``-verbose`` log carries the same
+  ptxas lines; the ``gpu`` test compares them with the kernel loaded on a real device).
+
+From the registers of the build that runs and the launch configuration of
 ``kernels.cuda.launch_config`` follows the theoretical occupancy, computed as CUDA's
 ``cuda_occupancy.h`` does (registers are allocated per warp in units of 256 and split over the
 SM's four sub-partitions; blocks are limited by warps, registers, shared memory and the block cap).
