@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-fast lint bench bench-ops clean sweep summarize search lab
+.PHONY: help install train test test-fast lint bench bench-ops cuda-report clean sweep summarize search lab
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -35,10 +35,14 @@ test-fast: $(STAMP) ## the suite without tests marked slow
 lint: $(STAMP) ## ruff check of the package, kernels and tests
 	$(VENV)/bin/ruff check src kernels tests
 
-bench: bench-ops ## all benchmarks; results go to docs/benchmarks.md
+bench: bench-ops cuda-report ## all benchmarks; results go to docs/benchmarks.md
 
 bench-ops: $(STAMP) ## operator benchmark (per backend, vs depthwise conv) -> docs/benchmarks.md
 	$(PY) -m involution.bench.ops $(ARGS)
+
+# ARGS go to the report only when it is the target named (make bench ARGS="--reps 25" is bench-ops')
+cuda-report: $(STAMP) ## CUDA kernels' registers/spills/occupancy via ptxas (no GPU) -> docs/benchmarks.md
+	$(PY) -m involution.bench.cuda_resources $(if $(filter cuda-report,$(MAKECMDGOALS)),$(ARGS))
 
 # Sweeps (conf/sweep/*.yaml): Hydra multiruns under multirun/<task>/<date>/<time>/<job>; the summary
 # table and "N ok, M failed" are printed at the end (exit status 1 when a job failed). On digits

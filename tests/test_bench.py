@@ -1,6 +1,7 @@
 """``make bench-ops`` end to end on a tiny shape: the section it writes, and that it replaces only
-its own section of the output file. Runs in a subprocess because the benchmark changes glibc's
-heap settings for its whole process."""
+its own section of the output file (runs in a subprocess because the benchmark changes glibc's
+heap settings for its whole process); the bandwidth floor, the GPU columns and targets from
+given timings, and the refusal of bad options."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from involution.bench import ops
 from involution.bench.ops import BEGIN, END, write_section
 
 
@@ -67,3 +70,106 @@ def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
     text = path.read_text()
     assert "first" not in text and "second" in text
     assert text.index("intro") < text.index(BEGIN) < text.index("second") < text.index("tail")
+
+
+def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
+    """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not)."""
+    text = _bench(tmp_path, "--batches", "2", "--dtypes", "float32", "bfloat16")
+    rows = [
+        line.split("|") for line in text.splitlines() if line.startswith("| 2, 16, 9x9, 3, 1 |")
+    ]
+    got = [(row[2].strip(), row[3].strip()) for row in rows]
+    assert got == [
+        ("float32", "depthwise conv2d"),
+        ("float32", "reference"),
+        ("float32", "numba_cpu"),
+        ("bfloat16", "depthwise conv2d"),
+        ("bfloat16", "reference"),
+    ]
+    assert all(float(row[4]) > 0 for row in rows)
+    assert "vs floor" not in text  # the CPU table keeps its columns
+
+
+def test_floor_bytes_hand_count() -> None:
+    # N=64, C=64, 56x56, K=7, G=4. Feature map: 64*64*56*56 = 12,845,056 elements; kernel map:
+    # 64*4*7*7*56*56 = 39,337,984. Forward: x + kernel read, out written (2 maps + 1 kernel map);
+    # backward: grad_out + x + kernel read, grad_x + grad_kernel written (3 maps + 2 kernel maps).
+    # 5 * 12,845,056 + 3 * 39,337,984 = 182,239,232 elements = 728,956,928 bytes in float32.
+    assert ops.floor_bytes(64, 64, 56, 7, 4) == 728_956_928
+    assert ops.floor_bytes(64, 64, 56, 7, 2) == 728_956_928 // 2
+    # the stem: N=8, C=32, 112x112, K=3, G=2: maps of 3,211,264, kernel maps of 1,806,336
+    assert ops.floor_bytes(8, 32, 112, 3, 4) == 4 * (5 * 3_211_264 + 3 * 1_806_336)
+
+
+def _cand(name: str, *times: float, dtype: str = "bfloat16") -> ops.Candidate:
+    return ops.Candidate(name, lambda: None, dtype, list(times))
+
+
+def test_gpu_rows_ratios_and_targets() -> None:
+    cands = [
+        _cand("depthwise conv2d", 1.0e-3, 1.2e-3, 0.8e-3),
+        _cand("reference", 10e-3, 10e-3),
+        _cand("numba_cuda", 1.4e-3, 1.4e-3, 1.5e-3),
+    ]
+    bandwidth = 4e12
+    rows = ops.shape_rows(cands, (64, 64, 56, 7), torch.bfloat16, bandwidth, with_reference=True)
+    floor = 728_956_928 / 2 / bandwidth
+    cuda_row = rows[2]
+    assert cuda_row["ratio"] == pytest.approx(1.4)
+    assert cuda_row["x_reference"] == pytest.approx(0.14)
+    assert cuda_row["floor"] == pytest.approx(floor)
+    assert cuda_row["x_floor"] == pytest.approx(1.4e-3 / floor)
+    table = "\n".join(ops._table(rows, on_gpu=True))
+    assert "| vs reference | bandwidth floor (ms) | vs floor |" in table
+    assert f"| 1.40 | 0.14 | {floor * 1e3:.2f} | {1.4e-3 / floor:.2f} |" in table
+    from involution.analysis.costs import benchmarks_from_markdown
+
+    read = benchmarks_from_markdown(table)  # the notebooks read the GPU table's medians
+    assert read["median_ms"].round(3).tolist() == [1.0, 10.0, 1.4]
+    (target,) = ops._gpu_summary(rows)
+    assert target.startswith("- 64, 64, 56x56, 7, 4, bfloat16:")
+    assert "x the bandwidth floor (MISSED)" in target  # 1.4 ms against a 0.09 ms floor
+    assert "7.1x faster than the reference (ok)" in target
+    assert "1.40x the depthwise conv (ok)" in target
+    cpu_rows = ops.shape_rows(cands, (8, 64, 56, 7), torch.float32, None, with_reference=False)
+    assert "x_reference" not in cpu_rows[2] and "x_floor" not in cpu_rows[2]
+    assert ops._gpu_summary(cpu_rows) == []  # batch 8: no target
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--shapes", "20x9x3"], "--shapes"),
+        (["--shapes", "16x9"], "--shapes"),
+        (["--dtypes", "int8"], "--dtypes"),
+        (["--batches", "0"], "--batches"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bench_ops_refuses_bad_options(argv, says, capsys, tmp_path: Path) -> None:
+    out = tmp_path / "b.md"
+    with pytest.raises(SystemExit) as exit_:
+        ops.main([*argv, "--output", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert says in err, err
+    assert not out.exists()
+
+
+def test_sections_copy_between_files(tmp_path: Path, capsys) -> None:
+    from involution.bench import sections
+
+    source, target = tmp_path / "gpu.md", tmp_path / "docs.md"
+    sections.write_section(source, "gpu table", "involution.bench.ops.gpu")
+    sections.write_section(source, "cuda report", "involution.bench.cuda_resources")
+    sections.write_section(target, "cpu table", "involution.bench.ops")
+    sections.write_section(target, "old gpu table", "involution.bench.ops.gpu")
+    assert sections.main([str(source), str(target), "--only", "involution.bench.ops.gpu"]) == 0
+    found = sections.read_sections(target.read_text())
+    assert found == {
+        "involution.bench.ops": "cpu table\n",
+        "involution.bench.ops.gpu": "gpu table\n",
+    }
+    with pytest.raises(SystemExit):
+        sections.main([str(source), str(target), "--only", "involution.bench.models"])
+    assert "has no section involution.bench.models" in capsys.readouterr().err

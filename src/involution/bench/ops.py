@@ -1,11 +1,13 @@
 """Operator benchmark: involution forward+backward per backend next to a same-shape depthwise conv.
 
-    python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--no-compile] [--heap steady|default]
+    python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--batches 8 ...]
+                                   [--dtypes float32 ...] [--no-compile] [--heap steady|default]
                                    [--output docs/benchmarks.md]
 
-At the RedNet-50 shapes (batch 8, float32; K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7,
-and the stem's C=32@112 with K=3) every candidate runs forward+backward (gradients for the input
-and the kernel) on the same tensors, interleaved round-robin in one process, and the table reports
+At the RedNet-50 shapes (K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7, and the stem's C=32@112
+with K=3; on the CPU batch 8 in float32, on a GPU batch 8 and 64 in float32, float16 and bfloat16)
+every candidate runs forward+backward (gradients for the input and the kernel) on the same tensors,
+interleaved round-robin in one process, and the table reports
 
 - the median (and fastest) wall time of forward+backward,
 - the peak memory the step adds over what its inputs already hold (CPU: peak resident set,
@@ -13,10 +15,11 @@ and the kernel) on the same tensors, interleaved round-robin in one process, and
 - the ratio to the depthwise ``F.conv2d`` (KxK, groups=C, the practical yardstick: it moves fewer
   bytes because its kernel is shared across space).
 
-Candidates: depthwise conv, ``reference`` (unfold), ``torch.compile(reference)``, ``numba_cpu``;
-on a GPU also ``numba_cuda`` in float32 and float16 at batch 8 and 64, with the memory-bandwidth
-floor: the bytes forward+backward must move at least once (x, kernel and grad_out read twice each,
-out, grad_x and grad_kernel written once) divided by the measured device-to-device copy bandwidth.
+Candidates: depthwise conv, ``reference`` (unfold), ``torch.compile(reference)``, and the Numba
+backend of the device (``numba_cpu`` or ``numba_cuda``) in the dtypes it supports. On a GPU the
+table adds the ratio to the unfold reference and to the memory-bandwidth floor: the bytes
+forward+backward must move at least once (``floor_bytes``) over the device-to-device copy
+bandwidth measured in the same run.
 
 The results replace this benchmark's own section of the output file (between its markers), so
 other benchmarks can keep theirs in the same file.
@@ -42,14 +45,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from involution.bench import sections
 from involution.ops import involution2d
 from involution.reference import involution2d_reference
 
-BEGIN = "<!-- BEGIN involution.bench.ops -->"
-END = "<!-- END involution.bench.ops -->"
+SECTION = "involution.bench.ops"  # the CPU table
+GPU_SECTION = "involution.bench.ops.gpu"  # the GPU table: both can live in docs/benchmarks.md
+BEGIN, END = sections.markers(SECTION)
 
 # (channels, size, kernel size); groups = channels / 16
 REDNET50_SHAPES = [(64, 56, 7), (128, 28, 7), (256, 14, 7), (512, 7, 7), (32, 112, 3)]
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+GPU_DTYPES = ["float32", "float16", "bfloat16"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,13 +241,63 @@ def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
     return cands, tensors
 
 
-def _floor_bytes(batch, channels, size, k, elem) -> int:
+def floor_bytes(batch: int, channels: int, size: int, k: int, elem: int) -> int:
+    """Bytes one forward+backward must move at the least (stride 1, G = C/16): each operand read
+    once and each result written once, wherever it is computed.
+
+    forward reads x and the kernel map and writes out; backward, which runs later and cannot share
+    the forward's reads, reads grad_out, x and the kernel map and writes grad_x and grad_kernel:
+    5 feature maps + 3 kernel maps. (Our three kernels read grad_out once more, in grad_input and
+    in grad_kernel: 6 + 3, about 1.07x the floor at RedNet-50's 7x7 shapes.)"""
     groups = channels // 16
     fmap = batch * channels * size * size
     kmap = batch * groups * k * k * size * size
-    # forward: x, kernel read, out written; grad_input: grad_out, kernel read, grad_x written;
-    # grad_kernel: grad_out, x read, grad_kernel written
-    return elem * (2 * fmap + 2 * kmap + fmap + 2 * fmap + fmap + kmap)
+    forward = fmap + kmap + fmap  # x, kernel read; out written
+    backward = fmap + fmap + kmap + fmap + kmap  # grad_out, x, kernel read; grad_x, grad_kernel
+    return elem * (forward + backward)
+
+
+def shape_rows(
+    cands: list[Candidate],
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    bandwidth: float | None,
+    with_reference: bool,
+) -> list[dict]:
+    """Table rows of the candidates measured at one (N, C, S, K) and dtype: times, the ratio to
+    the depthwise conv, and (``with_reference``) to the unfold reference; with a ``bandwidth``
+    (bytes/s) also the floor's time and the ratio to it."""
+    batch, channels, size, k = shape
+
+    def median(name: str) -> float | None:
+        found = next((c for c in cands if c.name.startswith(name) and c.times), None)
+        return statistics.median(found.times) if found else None
+
+    base, ref = median("depthwise"), median("reference")
+    floor = None
+    if bandwidth:
+        elem = torch.empty((), dtype=dtype).element_size()
+        floor = floor_bytes(batch, channels, size, k, elem) / bandwidth
+    rows = []
+    for cand in cands:
+        mid = statistics.median(cand.times) if cand.times else None
+        row = {
+            "shape": f"{batch}, {channels}, {size}x{size}, {k}, {channels // 16}",
+            "dtype": cand.dtype,
+            "name": cand.name,
+            "median": mid,
+            "min": min(cand.times) if cand.times else None,
+            "peak": cand.peak,
+            "ratio": mid / base if (mid and base) else None,
+            "error": cand.error,
+        }
+        if with_reference:
+            row["x_reference"] = mid / ref if (mid and ref) else None
+        if floor is not None:
+            row["floor"] = floor
+            row["x_floor"] = mid / floor if mid else None
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,15 +343,23 @@ def _machine(device: torch.device) -> str:
     return "; ".join(parts)
 
 
+def _gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_properties(device).name
+
+
 def _fmt_ms(t: float | None) -> str:
     return "-" if t is None else f"{t * 1e3:.2f}"
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _fmt_mib(b: int | None) -> str:
     return "-" if b is None else f"{b / 2**20:.1f}"
 
 
-def _table(rows: list[dict], with_floor: bool) -> list[str]:
+def _table(rows: list[dict], on_gpu: bool) -> list[str]:
     head = [
         "shape (N, C, HxW, K, G)",
         "dtype",
@@ -304,8 +369,8 @@ def _table(rows: list[dict], with_floor: bool) -> list[str]:
         "peak extra memory (MiB)",
         "vs depthwise conv",
     ]
-    if with_floor:
-        head += ["bandwidth floor (ms)", "vs floor"]
+    if on_gpu:
+        head += ["vs reference", "bandwidth floor (ms)", "vs floor"]
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
@@ -320,8 +385,9 @@ def _table(rows: list[dict], with_floor: bool) -> list[str]:
             _fmt_mib(r["peak"]),
         ]
         cells.append("-" if r["ratio"] is None else f"{r['ratio']:.2f}")
-        if with_floor:
+        if on_gpu:
             cells += [
+                _fmt_ratio(r.get("x_reference")),
                 _fmt_ms(r.get("floor")),
                 "-" if r.get("x_floor") is None else f"{r['x_floor']:.2f}",
             ]
@@ -342,18 +408,42 @@ def _summary(rows: list[dict]) -> list[str]:
     return out
 
 
-def write_section(path: Path, body: str) -> None:
+def _gpu_summary(rows: list[dict]) -> list[str]:
+    """The GPU targets per shape: numba_cuda at batch 64 in float32 and bfloat16."""
+    out = []
+    for r in rows:
+        targeted = r["dtype"] in ("float32", "bfloat16") and r["shape"].startswith("64,")
+        if r["name"] != "numba_cuda" or not targeted or r["median"] is None:
+            continue
+        checks = []
+        if r.get("x_floor") is not None:
+            ok = "ok" if r["x_floor"] <= 2 else "MISSED"
+            checks.append(f"{r['x_floor']:.2f}x the bandwidth floor ({ok})")
+        if r.get("x_reference"):
+            speedup = 1 / r["x_reference"]
+            ok = "ok" if speedup >= 5 else "MISSED"
+            checks.append(f"{speedup:.1f}x faster than the reference ({ok})")
+        if r.get("ratio") is not None:
+            ok = "ok" if r["ratio"] <= 1.5 else "MISSED"
+            checks.append(f"{r['ratio']:.2f}x the depthwise conv ({ok})")
+        out.append(f"- {r['shape']}, {r['dtype']}: " + ", ".join(checks))
+    return out
+
+
+def write_section(path: Path, body: str, section: str = SECTION) -> None:
     """Replace (or append) this benchmark's section of ``path``, leaving the rest untouched."""
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    sections.write_section(path, body, section)
+
+
+def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``backend`` runs ``dtype`` on ``device`` (the op's own dispatch rules)."""
+    from involution.ops._library import resolve_backend
+
+    try:
+        resolve_backend(backend, device, dtype)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _load() -> str:
@@ -363,11 +453,10 @@ def _load() -> str:
 def run(args: argparse.Namespace) -> str:
     load_start = _load()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    shapes = (
-        REDNET50_SHAPES
-        if not args.shapes
-        else [tuple(int(v) for v in s.split("x")) for s in args.shapes]
-    )
+    shapes = args.shapes or REDNET50_SHAPES
+    on_gpu = device.type == "cuda"
+    batches = args.batches or ([8, 64] if on_gpu else [8])
+    dtypes = [getattr(torch, d) for d in (args.dtypes or (GPU_DTYPES if on_gpu else ["float32"]))]
     rows: list[dict] = []
     bandwidth = None
     heap = "glibc defaults"
@@ -378,17 +467,20 @@ def run(args: argparse.Namespace) -> str:
             if steady_heap()
             else "glibc defaults (mallopt unavailable)"
         )
-    if device.type == "cuda":
+    if on_gpu:
         bandwidth = copy_bandwidth(device)
+        print(f"[bench-ops] device-to-device copy: {bandwidth / 1e9:.0f} GB/s", flush=True)
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
-        configs = [(8, torch.float32), (8, torch.float16), (64, torch.float32), (64, torch.float16)]
-        backends = ["reference", "numba_cuda"]
+        numba_backend = "numba_cuda"
     else:
         sync = lambda: None  # noqa: E731
-        configs = [(8, torch.float32)]
-        backends = ["reference", "numba_cpu"]
+        numba_backend = "numba_cpu"
+    configs = [(batch, dtype) for batch in batches for dtype in dtypes]
     for channels, size, k in shapes:
         for batch, dtype in configs:
+            backends = ["reference"] + (
+                [numba_backend] if _runs(numba_backend, device, dtype) else []
+            )
             cands, _tensors = _steps(
                 batch, channels, size, k, device, dtype, backends, args.compile
             )
@@ -403,41 +495,21 @@ def run(args: argparse.Namespace) -> str:
                         cand.peak = cuda_peak_memory(cand.step, device)
                     else:
                         cand.peak = peak_memory(cand.step)
-            base = next((c for c in cands if c.name.startswith("depthwise") and c.times), None)
-            base_median = statistics.median(base.times) if base else None
-            floor = None
-            if bandwidth:
-                floor = (
-                    _floor_bytes(
-                        batch, channels, size, k, torch.empty((), dtype=dtype).element_size()
-                    )
-                    / bandwidth
-                )
-            for cand in cands:
-                median = statistics.median(cand.times) if cand.times else None
-                row = {
-                    "shape": f"{batch}, {channels}, {size}x{size}, {k}, {channels // 16}",
-                    "dtype": cand.dtype,
-                    "name": cand.name,
-                    "median": median,
-                    "min": min(cand.times) if cand.times else None,
-                    "peak": cand.peak,
-                    "ratio": median / base_median if (median and base_median) else None,
-                    "error": cand.error,
-                }
-                if floor is not None:
-                    row["floor"] = floor
-                    row["x_floor"] = median / floor if median else None
+            shape = (batch, channels, size, k)
+            for row in shape_rows(cands, shape, dtype, bandwidth, with_reference=on_gpu):
                 rows.append(row)
+                ratio = row["ratio"] if row["ratio"] is None else round(row["ratio"], 2)
                 print(
-                    f"  {cand.name:28s} median {_fmt_ms(median):>9s} ms  peak {_fmt_mib(cand.peak):>8s} MiB  "
-                    f"x depthwise {row['ratio'] if row['ratio'] is None else round(row['ratio'], 2)}",
+                    f"  {row['name']:28s} median {_fmt_ms(row['median']):>9s} ms  "
+                    f"peak {_fmt_mib(row['peak']):>8s} MiB  x depthwise {ratio}"
+                    + (f"  x floor {row['x_floor']:.2f}" if row.get("x_floor") else ""),
                     flush=True,
                 )
             del cands, _tensors
     command = "python -m involution.bench.ops" + (" " + shlex.join(args.argv) if args.argv else "")
     lines = [
-        "## Operator: involution forward+backward vs depthwise convolution",
+        "## Operator: involution forward+backward vs depthwise convolution"
+        + (f" ({_gpu_name(device)})" if on_gpu else ""),
         "",
         f"Measured {_dt.date.today().isoformat()} with `{command}` (`make bench-ops`).",
         "",
@@ -460,10 +532,15 @@ def run(args: argparse.Namespace) -> str:
         lines.append(f"- Heap: {heap}.")
     if bandwidth:
         lines.append(
-            f"- Bandwidth floor: bytes forward+backward must move once / measured device-to-device copy "
-            f"bandwidth ({bandwidth / 1e9:.0f} GB/s)."
+            "- Bandwidth floor: the bytes forward+backward must move once (x, kernel map read and "
+            "out written by forward; grad_out, x, kernel map read and grad_x, grad_kernel written "
+            "by backward: 5 feature maps + 3 kernel maps) / the device-to-device copy bandwidth "
+            f"measured in this run ({bandwidth / 1e9:.0f} GB/s, bytes read + written). "
+            "Vs reference: time / the unfold reference's time at the same shape and dtype. The "
+            "depthwise conv is torch's F.conv2d with groups=C (cuDNN "
+            f"{torch.backends.cudnn.version()} or torch's own depthwise kernel, as torch picks)."
         )
-    lines += ["", *_table(rows, bandwidth is not None), ""]
+    lines += ["", *_table(rows, on_gpu), ""]
     summary = _summary(rows)
     if summary:
         lines += [
@@ -472,7 +549,36 @@ def run(args: argparse.Namespace) -> str:
             *summary,
             "",
         ]
+    gpu_summary = _gpu_summary(rows)
+    if gpu_summary:
+        lines += [
+            "Targets (numba_cuda forward+backward at batch 64 in float32 and bfloat16: within 2x of "
+            "the bandwidth floor, at least 5x faster than the unfold reference, at most 1.5x the "
+            "depthwise conv):",
+            "",
+            *gpu_summary,
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, size, k = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CxSxK such as 64x56x7, got {text!r}") from None
+    if c < 16 or c % 16 or size < 1 or k < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: C must be a positive multiple of 16 (G = C/16), S and K positive"
+        )
+    return c, size, k
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -481,7 +587,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=11)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
-        "--shapes", nargs="*", help="CxSxK entries, e.g. 64x56x7 (default: RedNet-50)"
+        "--shapes",
+        nargs="*",
+        type=_shape,
+        help="CxSxK entries, e.g. 64x56x7, C a multiple of 16 (default: RedNet-50)",
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=_positive, help="batch sizes (default: 8 on CPU, 8 64 on GPU)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=DTYPES,
+        help="storage dtypes (default: float32 on CPU; float32 float16 bfloat16 on GPU)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
@@ -496,9 +614,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
+    if args.device not in (None, "cpu", "cuda"):
+        parser.error(f"argument --device: must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda requested but torch sees no CUDA device")
     args.argv = argv
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     body = run(args)
-    write_section(args.output, body)
+    write_section(args.output, body, GPU_SECTION if args.device == "cuda" else SECTION)
     print(f"[bench-ops] wrote {args.output}")
 
 

@@ -1,0 +1,65 @@
+"""``.ci/gpu-check``, the one script a GPU session runs: its refusals (one line, exit 2, before any
+work) and, on whatever machine runs the suite, one short end-to-end run into a given folder (on a
+machine without a GPU the gpu tests skip and the benchmark measures the CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from involution.bench.sections import markers
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / ".ci" / "gpu-check"
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["a", "b"], {}, "one argument at most"),
+        (["{tmp}/out"], {"PYTHON": "/nonexistent/python"}, "no Python interpreter"),
+        (["{tmp}/out"], {"BUDGET": "soon"}, "BUDGET must be whole seconds"),
+        (["/proc/gpu-check-out"], {}, "cannot write to the output folder"),
+    ],
+)
+def test_refuses_in_one_line(tmp_path, args, env, says):
+    done = _run(*(a.format(tmp=tmp_path) for a in args), **env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and says in done.stderr
+    assert not (tmp_path / "out" / "summary.txt").exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_into_one_folder(tmp_path):
+    out = tmp_path / "results"
+    done = _run(
+        str(out),
+        REPS="1",
+        BENCH_ARGS="--shapes 16x9x3 --warmup 1 --batches 2",
+        TESTS="tests/test_ops_gpu.py",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    assert "gpu-tests: ok" in summary and "bench-ops: ok" in summary
+    assert "models: " in summary  # ok on a GPU, else skipped with its reason
+    text = (out / "benchmarks.md").read_text()
+    section = "involution.bench.ops" + (".gpu" if "gpu none" not in summary else "")
+    assert markers(section)[0] in text
+    assert "| 2, 16, 9x9, 3, 1 |" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all(p.is_file() for p in out.iterdir()), files
