@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-fast lint bench bench-ops cuda-report clean sweep summarize search lab
+.PHONY: help install train test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize search lab
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -35,10 +35,17 @@ test-fast: $(STAMP) ## the suite without tests marked slow
 lint: $(STAMP) ## ruff check of the package, kernels and tests
 	$(VENV)/bin/ruff check src kernels tests
 
-bench: bench-ops cuda-report ## all benchmarks; results go to docs/benchmarks.md
+# QUICK=1: a smoke of every benchmark in about 3 minutes here (operators: 3 repetitions, no
+# torch.compile; models: 4 models, batch 8, eager, one process each).
+QUICK ?=
+bench: bench-ops bench-models cuda-report ## all benchmarks -> docs/benchmarks.md (QUICK=1: ~3 min)
 
 bench-ops: $(STAMP) ## operator benchmark (per backend, vs depthwise conv) -> docs/benchmarks.md
-	$(PY) -m involution.bench.ops $(ARGS)
+	$(PY) -m involution.bench.ops $(if $(QUICK),--reps 3 --warmup 1 --no-compile) $(ARGS)
+
+# ARGS go to the model benchmark only when it is the target named (as for cuda-report)
+bench-models: $(STAMP) ## models vs torchvision resnet50: train step, inference, memory -> docs/benchmarks.md
+	$(PY) -m involution.bench.models $(if $(QUICK),--quick) $(if $(filter bench-models,$(MAKECMDGOALS)),$(ARGS))
 
 # ARGS go to the report only when it is the target named (make bench ARGS="--reps 25" is bench-ops')
 cuda-report: $(STAMP) ## CUDA kernels' registers/spills/occupancy via ptxas (no GPU) -> docs/benchmarks.md

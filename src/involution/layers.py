@@ -59,9 +59,10 @@ class CeilAvgPool2d(nn.Module):
         s = self.stride
         h, w = x.shape[-2:]
         pad = (0, (-w) % s, 0, (-h) % s)
-        pooled = F.avg_pool2d(F.pad(x, pad), s, s)
         if pad[1] == 0 and pad[3] == 0:
-            return pooled
+            # no padded copy: the pool's backward would keep it alive (as big as x) for nothing
+            return F.avg_pool2d(x, s, s)
+        pooled = F.avg_pool2d(F.pad(x, pad), s, s)
         covered = F.avg_pool2d(F.pad(x.new_ones(1, 1, h, w), pad), s, s)
         return pooled / covered
 

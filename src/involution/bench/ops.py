@@ -31,8 +31,6 @@ import argparse
 import ctypes
 import datetime as _dt
 import gc
-import os
-import platform
 import re
 import shlex
 import statistics
@@ -45,7 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from involution.bench import sections
+from involution.bench import report, sections
 from involution.ops import involution2d
 from involution.reference import involution2d_reference
 
@@ -305,44 +303,6 @@ def shape_rows(
 # ------------------------------------------------------------------------------------------------
 
 
-def _versions() -> str:
-    import numba
-
-    try:
-        from importlib.metadata import version
-
-        numba_cuda = version("numba-cuda")
-    except Exception:  # noqa: BLE001
-        numba_cuda = "n/a"
-    return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}, "
-        f"numba-cuda {numba_cuda}"
-    )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _machine(device: torch.device) -> str:
-    import numba
-
-    parts = [
-        f"{_cpu_name()}, {os.cpu_count()} logical CPUs ({torch.get_num_threads()} torch threads, "
-        f"{numba.get_num_threads()} numba threads), {platform.system()} {platform.release()}"
-    ]
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        parts.append(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB")
-    return "; ".join(parts)
-
-
 def _gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_properties(device).name
 
@@ -446,12 +406,8 @@ def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
-def _load() -> str:
-    return " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
 def run(args: argparse.Namespace) -> str:
-    load_start = _load()
+    load_start = report.load_average()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes or REDNET50_SHAPES
     on_gpu = device.type == "cuda"
@@ -513,9 +469,9 @@ def run(args: argparse.Namespace) -> str:
         "",
         f"Measured {_dt.date.today().isoformat()} with `{command}` (`make bench-ops`).",
         "",
-        f"- Machine: {_machine(device)}",
-        f"- Versions: {_versions()}",
-        f"- Load average (1/5/15 min) at start: {load_start}; at end: {_load()} (other jobs share "
+        f"- Machine: {report.machine(device)}",
+        f"- Versions: {report.versions_line(report.versions())}",
+        f"- Load average (1/5/15 min) at start: {load_start}; at end: {report.load_average()} (other jobs share "
         "this machine: compare within a shape, where all candidates ran interleaved)",
         f"- Method: forward+backward (gradients of input and kernel; of input and weight for the conv), "
         f"stride 1, padding K//2, G = C/16, random data; {args.reps} interleaved repetitions after "

@@ -1,0 +1,116 @@
+"""``make bench-models`` (``involution.bench.models``): rows, ratios and targets from given timings;
+one end-to-end run on small images in fresh worker processes, its JSON records and its section."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from involution.bench import models as bench
+from involution.bench.sections import read_sections
+
+
+def _run(model, batch, train, infer, peak, mode="eager", amp=None, **extra):
+    return {
+        "model": model, "batch": batch, "mode": mode, "amp": amp, "train_s": train,
+        "infer_s": infer, "peak_bytes": peak, "first_train_step_s": 1.0, **extra,
+    }
+
+
+def test_aggregate_takes_median_of_process_medians_and_ratios_to_the_yardstick():
+    results = [
+        _run("torchvision_resnet50", 8, [2.0, 2.2, 2.4], [1.0], 1000),
+        _run("torchvision_resnet50", 8, [1.9, 2.0, 2.1], [1.0], 1000),
+        _run("torchvision_resnet50", 8, [3.0, 3.0, 3.0], [1.0], 1000),
+        _run("rednet50", 8, [1.0, 1.4, 9.0], [0.5], 700),
+        _run("rednet50", 8, [1.5, 1.5, 1.5], [0.6], 800),
+        _run("rednet50", 8, [1.6], [0.7], 900),
+        _run("rednet50", 32, [1.0], [0.5], 700, error="RuntimeError: out of memory"),
+    ]
+    rows = {(r["model"], r["batch"]): r for r in bench.aggregate(results)}
+    tv, red = rows[("torchvision_resnet50", 8)], rows[("rednet50", 8)]
+    assert tv["train_s"] == pytest.approx(2.2)  # medians 2.2, 2.0, 3.0 -> 2.2
+    assert red["train_s"] == pytest.approx(1.5)  # medians 1.4, 1.5, 1.6 -> 1.5
+    assert red["train_s_ratio"] == pytest.approx(1.5 / 2.2)
+    assert red["infer_s_ratio"] == pytest.approx(0.6)
+    assert red["peak_bytes_ratio"] == pytest.approx(0.8)
+    assert red["images_per_s"] == pytest.approx(8 / 1.5) and red["processes"] == 3
+    assert rows[("rednet50", 32)]["error"].startswith("RuntimeError")
+    lines = bench.targets(bench.aggregate(results))
+    assert lines == [
+        "- rednet50 vs torchvision_resnet50, batch 8, eager: train 0.68x (met), "
+        "infer 0.60x (met), peak 0.80x (met)"
+    ]
+
+
+def test_targets_say_missed():
+    results = [
+        _run("resnet26", 8, [1.0], [1.0], 100),
+        _run("rednet26", 8, [0.8], [0.69], 101),
+        _run("torchvision_resnet50", 8, [2.0], [1.0], 200),
+    ]
+    lines = bench.targets(bench.aggregate(results))
+    assert "- rednet26 vs resnet26, batch 8, eager: train 0.80x (MISSED), infer 0.69x (met), " \
+        "peak 1.01x (MISSED)" in lines
+
+
+def test_render_has_one_row_per_model_and_the_failure():
+    results = [
+        _run("torchvision_resnet50", 8, [2.0], [1.0], 2**20 * 800),
+        _run("rednet50", 8, [1.0], [0.5], 2**20 * 700, error="TimeoutExpired | x"),
+    ]
+    meta = {
+        "date": "2026-12-01", "command": "python -m involution.bench.models", "machine": "m",
+        "versions": {"python": "3.11"}, "device": "cpu", "load_start": "1", "load_end": "1",
+        "processes": 1, "warmup": 1, "reps": 1, "image_size": 224,
+        "counts": {"rednet50": {"params": 15_540_000, "macs": 2_650_000_000}},
+    }
+    text = bench.render(meta, bench.aggregate(results))
+    assert "| torchvision_resnet50 | 8 | eager |" in text and "| 800 |" in text
+    assert "rednet50 (failed: TimeoutExpired / x)" in text and "| 15.54 | 2.65 |" in text
+
+
+def test_bench_models_end_to_end(tmp_path: Path):
+    """Two models in their own worker processes at 32x32: the section, the JSON records (every
+    run's raw repetitions kept) and the progress lines."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "involution.bench.models", "--models", "rednet26",
+            "--batches", "2", "--modes", "eager", "--processes", "1", "--reps", "2",
+            "--warmup", "0", "--image-size", "32", "--device", "cpu", "--output", str(out),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[bench-models 1/2" in done.stdout and "[bench-models 2/2" in done.stdout
+    found = read_sections(out.read_text())
+    assert found["other"].strip() == "kept"
+    section = found[bench.SECTION]
+    assert "| rednet26 | 2 | eager |" in section and "| torchvision_resnet50 | 2 | eager |" in section
+    records = json.loads((tmp_path / "benchmarks.models.json").read_text())
+    assert records["meta"]["image_size"] == 32 and records["meta"]["device"] == "cpu"
+    assert {r["model"] for r in records["rows"]} == {"rednet26", "torchvision_resnet50"}
+    for run in records["runs"]:
+        assert "error" not in run, run
+        assert len(run["train_s"]) == 2 and len(run["infer_s"]) == 2
+        assert run["peak_bytes"] > 0  # Linux: the resident set grows during a training step
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--models", "rednet51"], "invalid choice: 'rednet51'"),
+        (["--reps", "0"], "argument --reps: must be >= 1"),
+        (["--batches", "0"], "argument --batches: must be >= 1"),
+    ],
+)
+def test_bench_models_refuses_bad_options(argv, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(argv)
+    assert exited.value.code == 2 and says in capsys.readouterr().err
