@@ -111,3 +111,13 @@ def build_loggers(
                 )
             )
     return loggers
+
+
+def update_summaries(loggers: list[Logger], values: Mapping[str, float]) -> None:
+    """Write final values (e.g. ``best/val/acc_top1``) into each W&B run's summary, where W&B
+    tables, parallel coordinates and the sweep dashboard (involution.dashboard) read them."""
+    if not values:
+        return
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(dict(values))
