@@ -90,8 +90,8 @@ def _job_config(root: Path, frame: pd.DataFrame) -> dict[str, Any]:
 def read_sweep(root: str | Path, project: str | None = None, entity: str | None = None) -> Sweep:
     """The sweep's summary, swept keys, W&B group and project; DashboardError when it has none."""
     root = Path(root)
-    try:
-        frame = sweeps.summarize(root)
+    try:  # the table the sweep ended with (summary.csv), else built now
+        frame = sweeps.load_summary(root)
     except FileNotFoundError as error:
         raise DashboardError(str(error)) from None
     if frame.empty:
@@ -139,7 +139,8 @@ def _plain(value: Any) -> Any:
 
 def _lines(frame: pd.DataFrame, x: str, by: Sequence[str]) -> tuple[list[list[Any]], list[list[float]], list[str]]:
     """xs, ys, keys of ``line_series``: best val top-1 against ``x``, one line per ``by`` value."""
-    done = frame[(frame["status"] == "ok") & frame["best_val_top1"].map(_finite)]
+    # a null x (group_channels=null: one group) has no place on a numeric axis
+    done = frame[(frame["status"] == "ok") & frame["best_val_top1"].map(_finite) & frame[x].map(_finite)]
     xs, ys, keys = [], [], []
     groups = done.groupby(list(by), sort=True, dropna=False) if by else [((), done)]
     for values, part in groups:
@@ -319,7 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     mode = resolve_wandb_mode(args.mode)
     charts = sweep_charts(sweep)
-    run_dir = log_summary_run(sweep, charts, mode)
+    if mode == "disabled":  # WANDB_MODE=disabled: the definition only
+        print(f"W&B is disabled (WANDB_MODE): writing {root / DEFINITION} only", file=sys.stderr)
+        run_dir = None
+    else:
+        run_dir = log_summary_run(sweep, charts, mode)
     entity = sweep.entity
     if mode == "online" and not entity:
         import wandb
@@ -330,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(definition(workspace), indent=2) + "\n")
     print(f"{sweep.name} sweep, W&B group {sweep.group}: {len(sweep.frame)} jobs ({sweeps.count_line(sweep.frame)}), swept {', '.join(sweep.swept)}")
     print(f"dashboard definition: {path}")
+    if mode == "disabled":
+        return 0
     if mode == "online":
         workspace.save()
         (root / URL_FILE).write_text(workspace.url + "\n")
