@@ -27,6 +27,11 @@ def records(wandb_file: Path) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
+def run_filter(workspace) -> list[dict]:
+    """The runset filters of the definition W&B receives."""
+    return dashboard.definition(workspace)["spec"]["section"]["runSets"][0]["filters"]["filters"]
+
+
 @pytest.fixture(scope="module")
 def built(kernel_sweep):
     result, sweep_dir = kernel_sweep
@@ -60,7 +65,7 @@ def test_line_per_reduction_ratio_against_kernel_size(built) -> None:
 @pytest.mark.slow
 def test_workspace_panels_keys_and_run_filter(built) -> None:
     sweep, charts, workspace = built
-    ablation, curves, table = workspace.sections
+    ablation, curves, table = workspace.sections  # the run filter: the sweep's group
     assert [s.name for s in workspace.sections] == [f"Ablation: {', '.join(SWEPT)}", "Training curves", "Summary"]
     kinds = [type(p).__name__ for p in ablation.panels]
     assert kinds == ["CustomChart", "ParallelCoordinatesPlot", "CustomChart", "ScatterPlot"]
@@ -75,11 +80,7 @@ def test_workspace_panels_keys_and_run_filter(built) -> None:
     assert grouped == [wr.Config(f"config.{k}") for k in SWEPT]
     assert all(p.y == ["val/acc_top1"] for p in curves.panels[:2])
     assert [p.table_name for p in table.panels] == [dashboard.TABLE_KEY]
-    # the run filter: the sweep's group, also in the definition W&B receives
-    assert workspace.runset_settings.filters == f"Metric(\"Group\") == '{GROUP}'"
-    spec = dashboard.definition(workspace)
-    filters = spec["spec"]["section"]["runSets"][0]["filters"]["filters"]
-    assert filters == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP, "disabled": False}]
+    assert run_filter(workspace) == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP, "disabled": False}]
 
 
 @pytest.mark.slow
@@ -112,7 +113,7 @@ def test_cli_offline_writes_the_definition_and_says_what_to_sync(kernel_sweep, t
     assert f"wandb sync {copy}/*/wandb/offline-run-* " in result.stdout and f"make dashboard DIR={copy}" in result.stdout
     workspace = dashboard.load_definition(copy / dashboard.DEFINITION)  # a valid W&B view spec
     assert [s.name for s in workspace.sections][1:] == ["Training curves", "Summary"]
-    assert workspace.runset_settings.filters == f"Metric(\"Group\") == '{GROUP}'"
+    assert run_filter(workspace)[0]["value"] == GROUP
     summary_run = records(next(copy.glob("wandb/offline-run-*-sweep-summary-*/run-*.wandb")))
     run = next(r["run"] for r in summary_run if r["type"] == "run")
     assert (run["run_group"], run["job_type"]) == (GROUP, dashboard.JOB_TYPE)
@@ -144,3 +145,21 @@ def test_make_dashboard_passes_the_directory() -> None:
 
     out = subprocess.run(["make", "--no-print-directory", "-n", "dashboard", "DIR=multirun/train/x/y"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.rstrip().splitlines()[-1].endswith("-m involution.dashboard multirun/train/x/y")
+
+
+def test_operator_sweep_gets_bars_and_one_macs_line_per_operator(tmp_path: Path) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "job": [0, 1, 2], "operator": ["involution", "convolution", "attention"], "status": ["ok"] * 3,
+        "best_val_top1": [0.9, 0.8, 0.85], "macs": [2.0e7, 4.0e7, 3.0e7],
+        "name": ["involution-d1-gc16-k7-r4", "convolution-d1-g1-k3", "attention-d1-h8-k7"],
+    })  # fmt: skip
+    sweep = dashboard.Sweep(tmp_path, "operator", "operator-2030-01-02_03-04-05", "involution", None, ["operator"], frame)
+    charts = dashboard.sweep_charts(sweep)
+    assert list(charts) == ["sweep/best_val_top1_by_operator", "sweep/best_val_top1_vs_macs"]
+    bars = charts["sweep/best_val_top1_by_operator"]
+    assert bars.spec.spec_name == "wandb/bar/v0" and sorted(bars.table.data) == [["attention", 0.85], ["convolution", 0.8], ["involution", 0.9]]
+    assert sorted(row[1] for row in charts["sweep/best_val_top1_vs_macs"].table.data) == ["operator=attention", "operator=convolution", "operator=involution"]
+    workspace = dashboard.build_workspace(sweep, charts)
+    assert workspace.sections[0].panels[0].chart_name == "wandb/bar/v0"
