@@ -48,7 +48,7 @@ TEST = "test/acc_top1"
 TABLE_KEY = "sweep/summary"
 DEFINITION = "dashboard.json"
 URL_FILE = "dashboard.url"
-JOB_TYPE = "sweep-summary"
+JOB_TYPE = sweeps.SUMMARY_JOB_TYPE
 
 
 class DashboardError(ValueError):
