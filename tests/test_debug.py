@@ -70,8 +70,10 @@ def test_limit_runs_the_whole_pipeline_on_a_few_batches(limit_run) -> None:
 @pytest.mark.slow
 def test_profiler_writes_its_report_into_the_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_module("involution.train", ["debug=profiler", *TINY_MODEL, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    shorter = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    args = ["debug=profiler", *shorter, *TINY_MODEL, f"hydra.run.dir={run_dir}"]
+    result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (run_dir / "fit-profile.txt").read_text()
     assert "Profiler Report" in report and "run_training_epoch" in report and "SingleDeviceStrategy.training_step" in report
-    assert (run_dir / "test-profile.txt").is_file()
+    assert "Profiler Report" in (run_dir / "test-profile.txt").read_text()
