@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize search lab
+.PHONY: help install train eval test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize dashboard search lab
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -25,6 +25,16 @@ install: $(STAMP) ## create .venv with the pinned dependencies (done by every ta
 
 train: $(STAMP) ## train the default experiment (RedNet-26 on digits); ARGS="..." for Hydra overrides
 	$(PY) -m involution.train $(ARGS)
+
+# Evaluate a checkpoint: ours (<run dir>/checkpoints/*.ckpt, it knows its architecture) or a state
+# dict such as an official mmcls RedNet (give its architecture), e.g.
+#   make eval CKPT=outputs/train/<date>/<time>/checkpoints/last.ckpt
+#   make eval CKPT=rednet50.pth ARGS="model=rednet50 data=imagenet data.data_dir=/data/imagenet"
+# The path is quoted for Hydra, so Lightning names such as epoch=3-step=40.ckpt pass as they are.
+CKPT ?=
+
+eval: $(STAMP) ## evaluate CKPT=<checkpoint> on the test split (ARGS="split=val data=..."); JSON in its run dir
+	$(PY) -m involution.eval $(if $(CKPT),"ckpt_path='$(CKPT)'") $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (GPU tests run only where CUDA is present)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -67,6 +77,9 @@ sweep: $(STAMP) ## Hydra multirun ablation SWEEP=kernel_reduction|group_channels
 
 summarize: $(STAMP) ## (re)build a multirun's summary table: make summarize DIR=multirun/... (default latest)
 	$(PY) -m involution.sweeps summarize $(DIR)
+
+dashboard: $(STAMP) ## W&B workspace of a sweep: make dashboard DIR=multirun/... (default latest); ARGS="--entity ..."
+	$(PY) -m involution.dashboard $(DIR) $(ARGS)
 
 search: $(STAMP) ## Optuna search SEARCH=digits_optuna (conf/hparams_search); ARGS="..."
 	$(PY) -m involution.train hparams_search=$(SEARCH) $(ARGS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +31,36 @@ QUICK_TRAIN = [
     "data.batch_size=16",
     "callbacks.progress_bar.refresh_rate=0",
 ]
+# Tiny widths on top of the quick schedule: a job is a few seconds.
+TINY = [*QUICK_TRAIN, "model.base_width=16", "model.stem_width=8"]
+
+
+def run_module(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m module args`` in ``cwd`` with W&B offline; output captured."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def kernel_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The kernel_reduction sweep narrowed to 2 x 2 on the command line (which wins over its params);
+    W&B offline. Shared by the sweep summary and the dashboard tests."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_dir = root / "multirun" / "2030-01-02" / "03-04-05"
+    args = ["sweep=kernel_reduction", "operator.kernel_size=3,5", "operator.reduction_ratio=2,4", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    return run_module("involution.train", args, cwd=root), sweep_dir
+
+
+@pytest.fixture(scope="session")
+def limit_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """A ``debug=limit`` training run of a tiny RedNet-26 on digits (two epochs of five batches,
+    checkpoints, test): the debug-mode and the evaluation tests read it."""
+    root = tmp_path_factory.mktemp("limit")
+    run_dir = root / "run"
+    args = ["debug=limit", "model.base_width=16", "model.stem_width=8", "data.batch_size=16", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}"]
+    return run_module("involution.train", args, cwd=root), run_dir
 
 
 @pytest.fixture

@@ -273,6 +273,13 @@ def test_wandb_runs_become_the_sweep_table() -> None:
     assert curves["a"]["val/acc_top1"].tolist() == pytest.approx([0.2, 0.6, 0.5]) and "step" in curves["a"]
 
 
+def test_the_dashboards_summary_run_is_not_a_job() -> None:
+    summary_run = FakeRun("kernel_reduction-summary", 0, [0.0])
+    summary_run.job_type = "sweep-summary"
+    table = analysis.load_wandb_sweep("me/involution", group="g1", api=FakeApi([FakeRun("a", 3, [0.5]), summary_run]))
+    assert table["job"].tolist() == ["a"]
+
+
 def test_wandb_errors_are_one_line() -> None:
     with pytest.raises(WandbUnavailableError) as error:
         analysis.load_wandb_sweep("me/nope", api=FakeApi(error=ValueError("Could not find project nope\nmore")))

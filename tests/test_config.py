@@ -28,7 +28,7 @@ def test_every_group_option_composes(compose_train, group: str, option: str) -> 
         cfg = compose_train()  # selected by the defaults list; they only have one option
     else:
         cfg = compose_train([f"{group}={option}"])
-        assert OmegaConf.select(cfg, group) is not None or group == "experiment"
+        assert OmegaConf.select(cfg, group) is not None or group in ("experiment", "debug")  # global packages
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     assert resolved["paths"]["output_dir"].endswith("run")

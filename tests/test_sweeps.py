@@ -4,7 +4,6 @@ per sweep, and survive failing jobs; the joblib launcher and the Optuna sweeper 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,19 +15,10 @@ from omegaconf import OmegaConf
 from involution import sweeps
 from involution.loggers import run_identity
 
-from conftest import QUICK_TRAIN, REPO
+from conftest import REPO, TINY, run_module
 
 WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
-# Tiny widths on top of the quick schedule: a job is a few seconds.
-TINY = [*QUICK_TRAIN, "model.base_width=16", "model.stem_width=8"]
 CSV_ONLY = ["logger=csv"]  # W&B start-up costs seconds per job; only the tests that read W&B pay it
-
-
-def run_module(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def wandb_run(job_dir: Path) -> dict:
@@ -42,15 +32,6 @@ def wandb_run(job_dir: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # End to end
-
-
-@pytest.fixture(scope="module")
-def kernel_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """The kernel_reduction sweep narrowed to 2 x 2 on the command line (which wins over its params)."""
-    root = tmp_path_factory.mktemp("sweep")
-    sweep_dir = root / "multirun" / "2030-01-02" / "03-04-05"
-    args = ["sweep=kernel_reduction", "operator.kernel_size=3,5", "operator.reduction_ratio=2,4", f"hydra.sweep.dir={sweep_dir}", *TINY]
-    return run_module("involution.train", args, cwd=root), sweep_dir
 
 
 def test_sweep_summary_has_one_row_per_job(kernel_sweep) -> None:

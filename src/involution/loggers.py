@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +112,14 @@ def build_loggers(
                 )
             )
     return loggers
+
+
+@rank_zero_only  # other ranks hold a dummy experiment without a summary
+def update_summaries(loggers: list[Logger], values: Mapping[str, float]) -> None:
+    """Write final values (e.g. ``best/val/acc_top1``) into each W&B run's summary, where W&B
+    tables, parallel coordinates and the sweep dashboard (involution.dashboard) read them."""
+    if not values:
+        return
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(dict(values))

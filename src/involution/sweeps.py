@@ -48,6 +48,9 @@ COLUMNS = (
     "params", "macs", "wall_time_s", "error", "overrides", "name", "group", "run_dir",
 )
 TEXT_COLUMNS = ("status", "error", "overrides", "name", "group", "run_dir")
+# The W&B job type of the run that holds a sweep's own charts and table (involution.dashboard);
+# readers of a sweep's runs leave it out.
+SUMMARY_JOB_TYPE = "sweep-summary"
 # Overrides that choose what to sweep rather than being swept.
 _NOT_SWEPT = ("sweep", "hparams_search")
 

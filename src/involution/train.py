@@ -24,10 +24,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from involution import sweeps
+from involution import console, sweeps
 from involution.data.base import ClassificationDataModule
 from involution.lit import ImageClassifier
-from involution.loggers import build_loggers, run_identity
+from involution.loggers import build_loggers, run_identity, update_summaries
 from involution.models import count_macs
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ def build_run(cfg: DictConfig) -> Run:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (resuming from ``ckpt_path`` if set), test the best checkpoint, return all final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("print_config", True):
+        console.print_config_tree(cfg, save_dir=cfg.paths.output_dir)
     run = build_run(cfg)
     log.info("model: %.2f M params, %.3f G multiply-adds per image", run.summary["params"] / 1e6, run.summary["macs"] / 1e9)
     started = time.perf_counter()
@@ -109,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({key: float(value) for key, value in result.items()})
     metrics["wall_time_s"] = time.perf_counter() - started
     metrics.update(params=float(run.summary["params"]), macs=float(run.summary["macs"]))
+    update_summaries(run.trainer.loggers, {k: v for k, v in metrics.items() if k.startswith("best/")})
     for logger in run.trainer.loggers:
         logger.finalize("success")
     if run.trainer.is_global_zero:

@@ -366,6 +366,8 @@ def load_wandb_sweep(
         runs = list(api.runs(project, filters=filters))
     except Exception as error:  # unknown project, permission, timeout: all one line
         raise WandbUnavailableError(f"W&B project {project!r}: {first_line(error)}") from None
+    # the dashboard's summary run (sweep charts, no training) is not a job of the sweep
+    runs = [run for run in runs if getattr(run, "job_type", None) != _sweeps().SUMMARY_JOB_TYPE]
     if not runs:
         where = f" in group {group!r}" if group else ""
         raise WandbUnavailableError(f"W&B project {project!r} has no runs{where}")
