@@ -221,9 +221,9 @@ class _Regenerate:
 def _regenerated_when_saved(shape: torch.Size, make):
     """Saved-tensor hooks under which the aggregation's saved kernel (the 6-D operand of this
     ``shape``: the generated kernel, or the cast of it that the op's autocast rule made) is
-    replaced by ``make``, called again when backward unpacks it. In a plain backward grad mode is off there, so the regenerated
-    kernel carries no graph; with ``create_graph=True`` it is on, and double backward
-    differentiates through ``make``."""
+    replaced by ``make``, called again when backward unpacks it. In a plain backward grad mode
+    is off there, so the regenerated kernel carries no graph; with ``create_graph=True`` it is
+    on, and double backward differentiates through ``make``."""
 
     def pack(saved: torch.Tensor):
         if saved.dim() == 6 and saved.shape == shape:
