@@ -305,6 +305,15 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
+def save(output: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> Path:
+    """The JSON records and the markdown section of the runs so far."""
+    meta = {**meta, "load_end": report.load_average()}
+    rows = aggregate(results)
+    json_path = report.write_records(output, NAME, {"meta": meta, "rows": rows, "runs": results})
+    sections.write_section(output, render(meta, rows), SECTION)
+    return json_path
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every worker run, round by round (models alternate within a round)."""
     amps = args.amp if args.device == "cuda" else [None]
@@ -380,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     meta["image_size"] = args.image_size
     meta["counts"] = {name: counts(name, args.image_size) for name in args.models}
     specs = plan(args)
-    results = []
+    results: list[dict[str, Any]] = []
+    json_path = None
     started = time.perf_counter()
     for index, spec in enumerate(specs, 1):
         result = run_worker(spec, args.timeout)
@@ -403,10 +413,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{what}: {summary}",
             flush=True,
         )
-    meta["load_end"] = report.load_average()
+        # rewritten after every run, so that a time limit (e.g. .ci/gpu-check's) keeps what is done
+        json_path = save(args.output, meta, results)
     rows = aggregate(results)
-    json_path = report.write_records(args.output, NAME, {"meta": meta, "rows": rows, "runs": results})
-    sections.write_section(args.output, render(meta, rows), SECTION)
     print(f"[bench-models] wrote {args.output} and {json_path}")
     for line in targets(rows):
         print(line)
