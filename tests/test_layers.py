@@ -236,3 +236,26 @@ def test_conv_bn_relu_keeps_sequential_names_and_runs_extra_modules():
     want = block[3](block[2](block[1](block[0](x))))
     torch.testing.assert_close(block(x), want, rtol=1e-12, atol=1e-12)
     assert copy.deepcopy(block)(x).shape == (1, 4, 4, 4)
+
+
+def test_folded_weights_are_kept_for_inference_and_refolded_when_anything_changes():
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    bn = _randomised_bn(4).eval()
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        first = conv_bn(x, conv, bn)
+        kept = bn.__dict__["_folded_cache"][1][0]
+        conv_bn(x, conv, bn)
+        assert bn.__dict__["_folded_cache"][1][0] is kept  # no refold while nothing changed
+        conv.weight.mul_(2)  # an optimizer step, load_state_dict, ...: in place
+        torch.testing.assert_close(conv_bn(x, conv, bn), bn(conv(x)), rtol=1e-12, atol=1e-12)
+        bn.running_var.add_(1.0)
+        torch.testing.assert_close(conv_bn(x, conv, bn), bn(conv(x)), rtol=1e-12, atol=1e-12)
+        bn.running_mean = bn.running_mean + 1  # a replaced tensor
+        torch.testing.assert_close(conv_bn(x, conv, bn), bn(conv(x)), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(first, conv_bn(x, conv, bn).detach())
+    assert "_folded_cache" not in str(bn.state_dict().keys())
+    # with grad mode on, the fold is recomputed inside the graph, so gradients reach the weights
+    out = conv_bn(x, conv, bn)
+    out.sum().backward()
+    assert conv.weight.grad is not None and bn.weight.grad is not None

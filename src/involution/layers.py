@@ -90,12 +90,31 @@ def uses_running_stats(bn: nn.BatchNorm2d) -> bool:
     return not bn.training and bn.running_var is not None and bn.running_mean is not None
 
 
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fold_batch_norm``, kept between calls where nothing needs its graph (no grad mode, not
+    traced): folding every pair on every forward cost RedNet-50 about a tenth of its inference
+    time. The cache lives on ``bn`` (not in its state dict) and is refolded when any input tensor
+    is replaced (``.to()``, ...) or changed in place (optimizer steps, ``load_state_dict``): its
+    key is each input's version counter and address."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return fold_batch_norm(conv, bn)
+    inputs = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = (bn.eps,) + tuple(
+        (t._version, t.data_ptr(), t.dtype, t.device) for t in inputs if t is not None
+    )
+    cached = bn.__dict__.get("_folded_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, fold_batch_norm(conv, bn))
+        bn.__dict__["_folded_cache"] = cached
+    return cached[1]
+
+
 def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
     """``bn(conv(x))``; in eval mode as one convolution with the BN folded in (one pass over the
     output instead of two). Training mode runs the two modules as they are."""
     if not uses_running_stats(bn):
         return bn(conv(x))
-    weight, bias = fold_batch_norm(conv, bn)
+    weight, bias = _folded(conv, bn)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
