@@ -74,20 +74,25 @@ def test_render_has_one_row_per_model_and_the_failure():
     assert "rednet50 (failed: TimeoutExpired / x)" in text and "| 15.54 | 2.65 |" in text
 
 
-def test_bench_models_end_to_end(tmp_path: Path):
-    """Two models in their own worker processes at 32x32: the section, the JSON records (every
-    run's raw repetitions kept) and the progress lines."""
-    out = tmp_path / "benchmarks.md"
-    out.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
+def _bench_models(out: Path, *argv: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [
-            sys.executable, "-m", "involution.bench.models", "--models", "rednet26",
-            "--batches", "2", "--modes", "eager", "--processes", "1", "--reps", "2",
-            "--warmup", "0", "--image-size", "32", "--device", "cpu", "--output", str(out),
+            sys.executable, "-m", "involution.bench.models", "--modes", "eager",
+            "--processes", "1", "--warmup", "0", "--image-size", "32", "--device", "cpu",
+            "--output", str(out), *argv,
         ],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_bench_models_end_to_end(tmp_path: Path):
+    """Two models in their own worker processes at 32x32: the section, the JSON records (every
+    run's raw repetitions kept) and the progress lines; --merge keeps the rows not remeasured."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
+    done = _bench_models(out, "--models", "rednet26", "--batches", "2", "--reps", "2")
     assert "[bench-models 1/2" in done.stdout and "[bench-models 2/2" in done.stdout
     found = read_sections(out.read_text())
     assert found["other"].strip() == "kept"
@@ -100,6 +105,12 @@ def test_bench_models_end_to_end(tmp_path: Path):
         assert "error" not in run, run
         assert len(run["train_s"]) == 2 and len(run["infer_s"]) == 2
         assert run["peak_bytes"] > 0  # Linux: the resident set grows during a training step
+    _bench_models(out, "--models", "rednet26", "--batches", "1", "--reps", "1", "--merge")
+    merged = json.loads((tmp_path / "benchmarks.models.json").read_text())
+    assert sorted((r["model"], r["batch"]) for r in merged["rows"]) == [
+        ("rednet26", 1), ("rednet26", 2), ("torchvision_resnet50", 1), ("torchvision_resnet50", 2)
+    ]
+    assert "merged with the rows of" in read_sections(out.read_text())[bench.SECTION]
 
 
 @pytest.mark.parametrize(

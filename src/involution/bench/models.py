@@ -224,7 +224,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "## Models: training step, inference and memory against torchvision's ResNet-50",
         "",
-        f"Measured {meta['date']} with `{meta['command']}` (`make bench`).",
+        f"Measured {meta['date']} with `{meta['command']}` (`make bench`)"
+        + (f", merged with the rows of `{meta['merged']}`." if meta.get("merged") else "."),
         "",
         f"- Machine: {meta['machine']}",
         f"- Versions: {report.versions_line(meta['versions'])}",
@@ -305,6 +306,10 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _row_key(run: dict[str, Any]) -> tuple:
+    return (run["model"], run["batch"], run["mode"], run.get("amp"))
+
+
 def save(output: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> Path:
     """The JSON records and the markdown section of the runs so far."""
     meta = {**meta, "load_end": report.load_average()}
@@ -349,6 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the recorded runs of (model, batch, mode, amp) rows this call does not measure",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker)
@@ -390,6 +400,11 @@ def main(argv: list[str] | None = None) -> None:
     meta["counts"] = {name: counts(name, args.image_size) for name in args.models}
     specs = plan(args)
     results: list[dict[str, Any]] = []
+    if args.merge and report.records_path(args.output, NAME).exists():
+        measured = {_row_key(spec) for spec in specs}
+        previous = report.read_records(report.records_path(args.output, NAME))
+        results = [run for run in previous["runs"] if _row_key(run) not in measured]
+        meta["merged"] = previous["meta"]["command"]
     json_path = None
     started = time.perf_counter()
     for index, spec in enumerate(specs, 1):
