@@ -1,10 +1,11 @@
 """A Lightning callback that injects one fault into a training run, for the tests of resume,
 preemption, divergence and faults inside a batch.
 
-Selected with ``+callbacks.fault._target_=faults.Fault`` (``tests/`` on PYTHONPATH) and armed by
-environment variables, so that the very same command line runs again without the fault:
-``INVOLUTION_FAULT`` (sigkill | sigterm | sigusr1 | error | oom | nan_weights) and
-``INVOLUTION_FAULT_STEP`` (the optimizer step at which it strikes).
+Selected with ``+callbacks.fault._target_=faults.Fault`` (``tests/`` on PYTHONPATH). ``kind``
+(sigkill | sigterm | sigusr1 | error | oom | nan_weights | none) and ``step`` (the optimizer step
+at which it strikes) come from the config (``+callbacks.fault.kind=error``, one per sweep job) or,
+when not given there, from the environment variables ``INVOLUTION_FAULT`` and
+``INVOLUTION_FAULT_STEP``, so that the very same command line runs again without the fault.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from lightning.pytorch.callbacks import Callback
 
 
 class Fault(Callback):
-    def __init__(self) -> None:
-        self.kind = os.environ.get("INVOLUTION_FAULT", "")
-        self.step = int(os.environ.get("INVOLUTION_FAULT_STEP", "-1"))
+    def __init__(self, kind: str | None = None, step: int | None = None) -> None:
+        self.kind = kind if kind is not None else os.environ.get("INVOLUTION_FAULT", "none")
+        self.step = step if step is not None else int(os.environ.get("INVOLUTION_FAULT_STEP", "-1"))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step != self.step:

@@ -66,18 +66,22 @@ class RunGuard(Callback):
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.received = signum  # acted upon at the end of the batch, when the state is consistent
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not self.signals or not hasattr(signal, "SIGUSR1"):
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning's own signal handlers are in place (they are set up after `setup`)
+        if not self.signals or not hasattr(signal, "SIGUSR1"):
             return
         current = signal.getsignal(signal.SIGUSR1)
         if current in (None, signal.SIG_DFL):  # not owned by Lightning's SLURM auto-requeue
             self._previous_usr1 = current
             signal.signal(signal.SIGUSR1, self._on_signal)
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _restore_handler(self) -> None:
         if self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handler()
 
     def _pending(self, trainer: L.Trainer) -> int | None:
         if self.received is not None:
@@ -99,6 +103,7 @@ class RunGuard(Callback):
         raise Preempted(signum, trainer.global_step, path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()  # Lightning calls no teardown hook after an exception
         # SIGTERM noticed by Lightning outside a training batch (validation, epoch end)
         if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
             if trainer.state.fn == "fit" and not trainer.sanity_checking:

@@ -87,9 +87,10 @@ def run_identity(
 
 
 def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
-    """Lightning's CSVLogger in ``<save_dir>/csv``; when a run resumes from the checkpoint of step
-    ``resume_step`` the rows logged up to that step are kept (Lightning would delete the file) and
-    the later ones, which the resumed run logs again, are dropped."""
+    """Lightning's CSVLogger in ``<save_dir>/csv``; when a run resumes from the checkpoint taken
+    after ``resume_step`` optimizer steps, the rows of the steps before (logged with steps
+    ``0 .. resume_step - 1``) are kept (Lightning would delete the file) and the later ones, which
+    the resumed run logs again, are dropped."""
     logger = CSVLogger(save_dir=save_dir, name="csv", version="")
     path = Path(logger.log_dir) / "metrics.csv"
     kept: list[dict[str, str]] = []
@@ -98,7 +99,7 @@ def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
-            kept = [row for row in reader if row.get("step") and int(float(row["step"])) <= resume_step]
+            kept = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
     writer = logger.experiment  # creating the writer deletes an existing metrics.csv
     if header:
         with path.open("w", newline="") as handle:

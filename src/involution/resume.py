@@ -21,8 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.utilities.types import _Stateful
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import OmegaConf
 
 from involution import sweeps
@@ -64,6 +68,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(directory)
         except OSError:
             pass
+
+
+class LoaderStateOnResume(Callback):
+    """Hands the training loader its checkpointed position (``involution.data.base.ResumableLoader``).
+
+    Lightning restores loader states only while building the loader after the loops are restored;
+    a module that asks ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` (ours:
+    the schedule length) has the loader built earlier, and the states would be dropped. They are
+    applied here, after the restore and before the first batch is drawn.
+    """
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, Any]] = []
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit = checkpoint.get("loops", {}).get("fit_loop", {})
+        self.states = list(fit.get("state_dict", {}).get("combined_loader", []))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        states, self.states = self.states, []
+        loaders = trainer.train_dataloader
+        if not states or loaders is None:
+            return
+        flat = CombinedLoader(loaders).flattened if not isinstance(loaders, CombinedLoader) else loaders.flattened
+        stateful = [loader for loader in flat if isinstance(loader, _Stateful)]
+        for loader, state in zip(stateful, states):
+            loader.load_state_dict(state)
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:

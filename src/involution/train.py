@@ -126,7 +126,7 @@ def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> Run:
     run_id = identity(cfg)
     loggers = build_loggers(cfg.logger, run_id, list(cfg.tags), wandb_id=wandb_id, resume_step=resume_step)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    callbacks.append(RunGuard())
+    callbacks += [RunGuard(), resume.LoaderStateOnResume()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
     summary = {"params": params, "macs": macs, "input_size": list(image), **run_id}
     for logger in loggers:
