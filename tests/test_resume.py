@@ -30,13 +30,13 @@ from conftest import REPO
 
 TESTS = Path(__file__).resolve().parent
 WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
-# A digits run that learns in seconds: 4 epochs x 10 steps at 16x16, checkpoints every 4 steps.
-STEPS = 40
+# A digits run that learns in seconds: 3 epochs x 8 steps at 16x16, checkpoints every 4 steps.
+STEPS = 24
 SMALL = [
-    "trainer.max_epochs=4", "trainer.limit_train_batches=10", "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=1",
     "data.batch_size=32", "data.image_size=16", "model.base_width=16", "model.stem_width=8",
     "callbacks.progress_bar.refresh_rate=0", "callbacks.step_checkpoint.every_n_train_steps=4",
-    "test=false", "+callbacks.fault._target_=faults.Fault",
+    "module.lr=1.6", "module.warmup_epochs=0.25", "test=false", "+callbacks.fault._target_=faults.Fault",
 ]  # fmt: skip
 
 
@@ -48,9 +48,9 @@ def run_train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedPro
     )
 
 
-def val_top1(run_dir: Path) -> float:
-    rows = [r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("val/acc_top1")]
-    return float(rows[-1]["val/acc_top1"])
+def val_top1(run_dir: Path, key: str = "val/acc_top1") -> float:
+    rows = [r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get(key)]
+    return float(rows[-1][key])
 
 
 def logged_steps(run_dir: Path, key: str = "train/loss_step") -> list[int]:
@@ -232,7 +232,7 @@ def test_sweep_records_divergence_and_faults_and_goes_on(fault_sweep) -> None:
     frame = sweeps.load_summary(sweep_dir)
     assert list(frame["status"]) == ["ok", "diverged", "failed", "failed"]
     reference = sweep_dir / "0"
-    assert val_top1(reference) > 0.3 and logged_steps(reference) == list(range(STEPS))
+    assert val_top1(reference) > 0.2 and logged_steps(reference) == list(range(STEPS))  # it learns
 
     diverged = sweeps.read_record(sweep_dir / "1")
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
@@ -250,10 +250,18 @@ def test_sweep_records_divergence_and_faults_and_goes_on(fault_sweep) -> None:
 
 
 def _wandb_history(log: Path) -> tuple[str, list[dict]]:
+    """(run id, history rows) of one offline segment, read with W&B's own reader. The id is the
+    one in the segment's directory name (offline-run-<time>-<id>): a segment cut short by SIGKILL
+    may hold no run record; when the record is there, it must say the same."""
+    records = _records(log)
+    run_id = log.parent.name.rsplit("-", 1)[-1]
+    assert all(r["run"]["run_id"] == run_id for r in records if r["type"] == "run")
+    return run_id, [r["history"]["item"] for r in records if r["type"] == "history"]
+
+
+def _records(log: Path) -> list[dict]:
     out = subprocess.run([WANDB, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, check=True)
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-    run = next(r["run"] for r in records if r["type"] == "run")
-    return run["run_id"], [r["history"]["item"] for r in records if r["type"] == "history"]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 @pytest.mark.slow
@@ -261,7 +269,7 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     _, sweep_dir = fault_sweep
     reference = val_top1(sweep_dir / "0")
     rng = random.Random()
-    term_at = rng.randrange(5, 18)
+    term_at = rng.randrange(5, 14)
     kill_at = rng.randrange(term_at + 3, STEPS - 2)
     run_dir = tmp_path / "run"
     command = [f"hydra.run.dir={run_dir}", *SMALL]
@@ -281,12 +289,15 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     record = sweeps.read_record(run_dir)
     assert record["status"] == "ok" and record["resumes"] == 2
     assert abs(val_top1(run_dir) - reference) <= 0.005, note
+    # not just close: the resumed run computed what the uninterrupted one did
+    assert val_top1(run_dir, "val/loss") == pytest.approx(val_top1(sweep_dir / "0", "val/loss"), rel=1e-5), note
     assert logged_steps(run_dir) == list(range(STEPS)), note  # CSV: each step once, in order
 
     logs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 3
     segments = [_wandb_history(log) for log in logs]
     assert len({run_id for run_id, _ in segments}) == 1  # one W&B run, continued twice
+    assert any(r["type"] == "run" for r in _records(logs[2]))
     steps = [[item["trainer/global_step"] for item in history if "train/loss_step" in item] for _, history in segments]
     assert steps[0] == list(range(term_at + 1)) and steps[1][0] == term_at + 1, note  # SIGTERM: each step once
     assert steps[2][-1] == STEPS - 1 and set().union(*map(set, steps)) == set(range(STEPS))

@@ -61,6 +61,7 @@ class RunGuard(Callback):
         self.signals = signals
         self.received: int | None = None
         self.saved_step: int | None = None
+        self._stop: Preempted | None = None
         self._previous_usr1: Any = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -96,18 +97,36 @@ class RunGuard(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         signum = self._pending(trainer)
-        if signum is None:
+        if signum is None or self._stop is not None:
             return
         path = self._save(trainer)
         log.warning("%s: checkpoint of step %d saved to %s; stopping", signal.Signals(signum).name, trainer.global_step, path)
-        raise Preempted(signum, trainer.global_step, path)
+        # Raised at the next hook: Lightning logs this batch's metrics after on_train_batch_end,
+        # and they belong to the steps before the checkpoint (a resumed run does not log them again).
+        self._stop = Preempted(signum, trainer.global_step, path)
+
+    def _stop_now(self, trainer: L.Trainer) -> None:
+        if self._stop is not None:
+            _flush(trainer)
+            raise self._stop
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._stop_now(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:  # validation after the checkpoint runs again on resume
+            self._stop_now(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_now(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handler()  # Lightning calls no teardown hook after an exception
-        # SIGTERM noticed by Lightning outside a training batch (validation, epoch end)
-        if isinstance(exception, SIGTERMException) and self.saved_step != trainer.global_step:
-            if trainer.state.fn == "fit" and not trainer.sanity_checking:
+        if isinstance(exception, SIGTERMException | Preempted):
+            # SIGTERM noticed by Lightning outside a training batch (validation, epoch end)
+            if self.saved_step != trainer.global_step and trainer.state.fn == "fit" and not trainer.sanity_checking:
                 self._save(trainer)
+            _flush(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for name, parameter in pl_module.named_parameters():
@@ -119,3 +138,10 @@ class RunGuard(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 checkpoint[WANDB_ID_KEY] = str(logger.version)
+        # the metrics files on disk cover every step before the checkpoint, whatever kills the run
+        _flush(trainer)
+
+
+def _flush(trainer: L.Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.save()

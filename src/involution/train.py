@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -96,8 +97,8 @@ def trainer_plugins() -> list[Any]:
 def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> Run:
     """Instantiate data, model, callbacks, loggers and trainer; raise SetupError on a bad config.
 
-    ``ckpt_path``: the checkpoint the run will resume from; it must fit the model, and it gives
-    the W&B run to continue and the step up to which the CSV history is kept.
+    ``ckpt_path``: the checkpoint the run will resume from; it must fit the model, and when it is
+    the run's own it gives the W&B run to continue and the step up to which the CSV history is kept.
     """
     validation.check_config(cfg)
     try:
@@ -119,7 +120,9 @@ def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> Run:
         except (CheckpointFileError, FileNotFoundError) as error:
             raise SetupError(f"resuming: {error}") from error
         validation.check_fits(state.get("state_dict", {}), module.state_dict(), repr(ckpt_path))
-        wandb_id, resume_step = state.get(WANDB_ID_KEY), int(state.get("global_step", 0))
+        if Path(ckpt_path).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve()):
+            # this run's own checkpoint: the same W&B run and metrics files continue
+            wandb_id, resume_step = state.get(WANDB_ID_KEY), int(state.get("global_step", 0))
     image = (1, datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     params = sum(p.numel() for p in module.model.parameters())
     macs = count_macs(module.model, image)
