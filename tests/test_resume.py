@@ -300,4 +300,6 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     assert any(r["type"] == "run" for r in _records(logs[2]))
     steps = [[item["trainer/global_step"] for item in history if "train/loss_step" in item] for _, history in segments]
     assert steps[0] == list(range(term_at + 1)) and steps[1][0] == term_at + 1, note  # SIGTERM: each step once
-    assert steps[2][-1] == STEPS - 1 and set().union(*map(set, steps)) == set(range(STEPS))
+    # the last segment starts at the checkpoint before the SIGKILL (what the killed process had not
+    # yet handed to W&B is lost with it: SIGKILL leaves no time to flush)
+    assert steps[2][0] == max(term_at + 1, kill_at // 4 * 4) and steps[2] == list(range(steps[2][0], STEPS)), note

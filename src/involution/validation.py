@@ -66,9 +66,13 @@ def closest_key(key: str, cfg: DictConfig) -> str | None:
         near = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1, cutoff=0.6)
         if near:
             return f"{parent}.{near[0]}" if parent else near[0]
-    keys = [k for k in _flatten(cfg) if not k.startswith("hydra.")]
-    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    return near[0] if near else None
+    # elsewhere: a leaf spelled almost alike under another parent (``model.lr`` -> ``module.lr``)
+    by_leaf: dict[str, str] = {}
+    for full in _flatten(cfg):
+        if not full.startswith("hydra."):
+            by_leaf.setdefault(full.rpartition(".")[2], full)
+    near = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.8)
+    return by_leaf[near[0]] if near else None
 
 
 def _target_signature(node: Any) -> dict[str, Any]:

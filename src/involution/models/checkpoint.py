@@ -114,8 +114,9 @@ def read_checkpoint(source: PathLike, mmap: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head == _ZIP_MAGIC)
     except pickle.UnpicklingError as error:
         text = str(error)
-        found = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL [\w.]+", text)
         reason = found.group(0) if found else (text.strip().splitlines() or ["unpickling failed"])[0]
+        reason = reason.replace("unsupported GLOBAL", "Unsupported global: GLOBAL")
         raise CheckpointFileError(
             f"checkpoint {path!r} cannot be loaded with weights_only=True: it holds pickled code or "
             f"objects other than tensors and plain containers ({reason}); re-save it with plain dicts"
