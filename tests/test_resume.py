@@ -22,7 +22,7 @@ from omegaconf import open_dict, read_write
 from torch.utils.data import Dataset
 
 from involution import resume, sweeps
-from involution.data.base import EpochSampler, ResumableLoader
+from involution.data.base import EpochSampler, ResumableLoader, SeededItems
 from involution.guards import Preempted
 from involution.train import train, trainer_plugins
 
@@ -76,8 +76,9 @@ class _Noisy(Dataset):
 
 
 def test_loader_resumes_mid_epoch_with_the_same_batches_and_augmentations() -> None:
-    def loader() -> ResumableLoader:
-        return ResumableLoader(_Noisy(), batch_size=4, sampler=EpochSampler(_Noisy(), num_replicas=1, rank=0, seed=3))
+    def loader(workers: int = 0) -> ResumableLoader:
+        sampler = EpochSampler(_Noisy(), num_replicas=1, rank=0, seed=3)
+        return ResumableLoader(SeededItems(_Noisy()), batch_size=4, sampler=sampler, num_workers=workers)
 
     torch.manual_seed(0)
     first = loader()
@@ -98,6 +99,12 @@ def test_loader_resumes_mid_epoch_with_the_same_batches_and_augmentations() -> N
     # the next epoch is whole again, and another order
     second.sampler.set_epoch(3)
     assert len(list(second)) == 10
+    # augmentations do not depend on the process's RNG stream, nor on worker processes
+    torch.manual_seed(999)
+    third = loader(workers=2)
+    third.sampler.set_epoch(2)
+    third.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(rest, third))
 
 
 def test_atomic_checkpoint_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:

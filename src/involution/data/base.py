@@ -1,11 +1,12 @@
 """Shared DataLoader plumbing for the image-classification data modules.
 
-The training loader is resumable: its order is a function of (seed, epoch) only, and it tells
-Lightning (through ``state_dict``/``load_state_dict``, which Lightning stores in every checkpoint)
-how many batches of the epoch it has handed out and the RNG state at that point, so a run resumed
-from a mid-epoch checkpoint sees exactly the batches, in the order and with the augmentations,
-that the uninterrupted run would have seen (exactly with ``num_workers=0``; with worker processes
-the augmentations of the rest of that epoch come from other worker seeds).
+The training loader is resumable: its order and every item's augmentation are functions of
+(seed, epoch, index) only (each item is drawn under its own seed, so no global RNG stream is
+involved, in the main process or in workers), and it tells Lightning (``state_dict`` /
+``load_state_dict``, stored in every checkpoint) how many batches of the epoch it has handed out.
+A run resumed from any checkpoint, mid-epoch included, sees exactly the batches, in the order and
+with the augmentations, that the uninterrupted run saw. The process RNG states are saved with it
+and restored too (nothing in training draws from them any more, but user code may).
 """
 
 from __future__ import annotations
@@ -22,17 +23,37 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 class EpochSampler(DistributedSampler):
     """A seeded permutation per epoch (``set_epoch``, called by Lightning), optionally without its
-    first ``start`` indices (the part of the epoch a resumed run has already trained on).
+    first ``start`` indices (the part of the epoch a resumed run has already trained on). It yields
+    ``(index, item seed)`` pairs for :class:`SeededItems`.
 
     A DistributedSampler, so that Lightning keeps it under DDP instead of swapping in its own.
     """
 
     start = 0
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
         start, self.start = self.start, 0
-        return iter(indices[start:])
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 1)
+        seeds = torch.randint(0, 2**62, (len(self.dataset),), generator=generator).tolist()  # type: ignore[arg-type]
+        return iter([(index, seeds[index]) for index in indices[start:]])
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` computed under ``torch.manual_seed(item seed)``: random augmentations
+    become a function of the item and the epoch, not of a shared RNG stream."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -85,18 +106,12 @@ class ResumableLoader(DataLoader):
             and restore["epoch"] == sampler.epoch
             and restore["batches"] > 0
         )
-        if restore is not None and not same_epoch:
-            # The checkpoint closed its epoch: the RNG continues from there, and creating the
-            # iterator (which draws a seed) is part of the next epoch, as in the uninterrupted run.
-            _set_rng_state(restore["rng"])
         skip = restore["batches"] if same_epoch else 0
         if skip:
             sampler.start = skip * (self.batch_size or 1)
         self._epoch_batches = skip
         iterator = super().__iter__()
-        if same_epoch:
-            # Mid-epoch: the uninterrupted run created its iterator at the start of the epoch, so
-            # the state saved after batch `skip` is restored after this iterator's creation.
+        if restore is not None:
             _set_rng_state(restore["rng"])
         for batch in iterator:
             self._epoch_batches += 1
@@ -139,7 +154,7 @@ class ClassificationDataModule(L.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
         drop_last = len(dataset) // replicas > self.batch_size  # type: ignore[arg-type]
-        return ResumableLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
+        return ResumableLoader(SeededItems(dataset), sampler=sampler, drop_last=drop_last, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
