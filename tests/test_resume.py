@@ -36,7 +36,7 @@ SMALL = [
     "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=1",
     "data.batch_size=32", "data.image_size=16", "model.base_width=16", "model.stem_width=8",
     "callbacks.progress_bar.refresh_rate=0", "callbacks.step_checkpoint.every_n_train_steps=4",
-    "module.lr=1.6", "module.warmup_epochs=0.25", "test=false", "+callbacks.fault._target_=faults.Fault",
+    "module.lr=0.8", "module.warmup_epochs=0.25", "test=false", "+callbacks.fault._target_=faults.Fault",
 ]  # fmt: skip
 
 
@@ -239,7 +239,8 @@ def test_sweep_records_divergence_and_faults_and_goes_on(fault_sweep) -> None:
     frame = sweeps.load_summary(sweep_dir)
     assert list(frame["status"]) == ["ok", "diverged", "failed", "failed"]
     reference = sweep_dir / "0"
-    assert val_top1(reference) > 0.2 and logged_steps(reference) == list(range(STEPS))  # it learns
+    assert val_top1(reference) > 0.2 and val_top1(reference, "val/loss") < 2.2  # it learns (chance: 0.1, 2.3)
+    assert logged_steps(reference) == list(range(STEPS))
 
     diverged = sweeps.read_record(sweep_dir / "1")
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
