@@ -307,7 +307,10 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     assert len({run_id for run_id, _ in segments}) == 1  # one W&B run, continued twice
     assert any(r["type"] == "run" for r in _records(logs[2]))
     steps = [[item["trainer/global_step"] for item in history if "train/loss_step" in item] for _, history in segments]
-    assert steps[0] == list(range(term_at + 1)) and steps[1][0] == term_at + 1, note  # SIGTERM: each step once
+    # SIGTERM: every step up to the checkpoint logged once, none of them again after it (the killed
+    # segment's rows may not have reached its file at all: SIGKILL leaves no time to flush)
+    assert steps[0] == list(range(term_at + 1)) and all(s > term_at for seg in steps[1:] for s in seg), note
+    assert not steps[1] or steps[1][0] == term_at + 1, note
     # the last segment starts at the checkpoint before the SIGKILL (what the killed process had not
     # yet handed to W&B is lost with it: SIGKILL leaves no time to flush)
     assert steps[2][0] == max(term_at + 1, kill_at // 4 * 4) and steps[2] == list(range(steps[2][0], STEPS)), note
