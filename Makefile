@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install train eval test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize dashboard search lab
+.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize dashboard search lab
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ install: $(STAMP) ## create .venv with the pinned dependencies (done by every ta
 
 train: $(STAMP) ## train the default experiment (RedNet-26 on digits); ARGS="..." for Hydra overrides
 	$(PY) -m involution.train $(ARGS)
+
+resume: $(STAMP) ## continue the newest unfinished run under outputs/train (its own overrides; ARGS="..." added)
+	$(PY) -m involution.train resume=latest $(ARGS)
 
 # Evaluate a checkpoint: ours (<run dir>/checkpoints/*.ckpt, it knows its architecture) or a state
 # dict such as an official mmcls RedNet (give its architecture), e.g.

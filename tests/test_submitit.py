@@ -48,5 +48,6 @@ def test_slurm_launcher_keys_become_sbatch_options(compose_train, tmp_path: Path
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     executor.update_parameters(**params)
     text = executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
-    for option in ("--partition=gpu", "--gpus-per-node=4", "--nodes=2", "--ntasks-per-node=4", "--time=90"):
+    # --signal: SIGUSR1 before the time limit, for Lightning's SLURM auto-requeue (not submitit's USR2)
+    for option in ("--partition=gpu", "--gpus-per-node=4", "--nodes=2", "--ntasks-per-node=4", "--time=90", "--signal=USR1@120"):
         assert f"#SBATCH {option}" in text, option

@@ -69,8 +69,11 @@ def test_wandb_offline_run_holds_val_metrics_and_config(quick_run: Path) -> None
     assert {"involution", "kernel_size=7", "reduction_ratio=4", "group_channels=16"} <= set(run["tags"])
     config_updates = [r["config"] for r in records if r["type"] == "config"]
     text = json.dumps(config_updates)
-    for key in ("params", "macs", "operator", "kernel_size", "optimized_metric"):
+    for key in ("params", "macs", "operator", "kernel_size", "optimized_metric", '"seed"'):
         assert key in text, f"{key} missing from the W&B run config"
+    # every seed the run uses: the global one and the data split/order one
+    config = (quick_run / ".hydra" / "config.yaml").read_text()
+    assert "seed: 42" in config and config.count("seed:") >= 2
 
 
 def test_run_directory_holds_resolved_config(quick_run: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from involution.guards import Diverged
 from involution.models import create_model
 
 
@@ -66,8 +67,8 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{split} loss is {loss.item()} at step {self.global_step}")
+        if not torch.isfinite(loss):  # stop at once: nothing of this step reaches the weights or a checkpoint
+            raise Diverged(f"{split} loss is {loss.item()} at step {self.global_step}", self.global_step)
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
         for k in self.top_ks:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -85,13 +87,46 @@ def run_identity(
     return {"name": name, "group": group, "tags": tags}
 
 
+def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
+    """Lightning's CSVLogger in ``<save_dir>/csv``; when a run resumes from the checkpoint taken
+    after ``resume_step`` optimizer steps, the rows of the steps before (logged with steps
+    ``0 .. resume_step - 1``) are kept (Lightning would delete the file) and the later ones, which
+    the resumed run logs again, are dropped."""
+    logger = CSVLogger(save_dir=save_dir, name="csv", version="")
+    path = Path(logger.log_dir) / "metrics.csv"
+    kept: list[dict[str, str]] = []
+    header: list[str] = []
+    if resume_step is not None and path.is_file():
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            kept = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
+    writer = logger.experiment  # creating the writer deletes an existing metrics.csv
+    if header:
+        with path.open("w", newline="") as handle:
+            out = csv.DictWriter(handle, fieldnames=header)
+            out.writeheader()
+            out.writerows(kept)
+        writer.metrics_keys = sorted(header)
+    return logger
+
+
 def build_loggers(
-    logger_cfg: Mapping[str, Any], identity: Mapping[str, Any], extra_tags: list[str]
+    logger_cfg: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    extra_tags: list[str],
+    wandb_id: str | None = None,
+    resume_step: int | None = None,
 ) -> list[Logger]:
-    """CSV always; W&B unless the config has no ``wandb`` entry or its mode resolves to disabled."""
+    """CSV always; W&B unless the config has no ``wandb`` entry or its mode resolves to disabled.
+
+    A resumed run (from the checkpoint of step ``resume_step``) keeps its CSV rows up to that step
+    and, given ``wandb_id`` (the id its checkpoint carries), continues that W&B run
+    (``wandb.init(id=..., resume="allow")``) instead of opening a new one.
+    """
     loggers: list[Logger] = []
     if "csv" in logger_cfg:
-        loggers.append(CSVLogger(save_dir=logger_cfg["csv"]["save_dir"], name="csv", version=""))
+        loggers.append(csv_logger(logger_cfg["csv"]["save_dir"], resume_step))
     wandb_cfg = logger_cfg.get("wandb")
     if wandb_cfg is not None:
         mode = resolve_wandb_mode(wandb_cfg.get("mode", "auto"))
@@ -109,6 +144,7 @@ def build_loggers(
                     save_dir=wandb_cfg["save_dir"],
                     offline=mode == "offline",
                     settings=wandb.Settings(init_timeout=float(wandb_cfg.get("init_timeout", 30)), silent=True),
+                    **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
                 )
             )
     return loggers

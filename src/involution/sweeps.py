@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 RECORD = "job.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-STATUSES = ("ok", "failed", "running", "missing")
+# ok: finished; failed: an error (job.json says which); diverged: NaN/Inf loss or weights;
+# preempted: stopped by SIGTERM/SIGUSR1 after a checkpoint (resume=auto continues it).
+STATUSES = ("ok", "failed", "diverged", "preempted", "running", "missing")
 # The summary's fixed columns (the swept keys come after ``job``, one column each, named as the key).
 COLUMNS = (
     "job", "status", "best_val_top1", "best_val_top5", "test_top1", "val_top1", "epochs",
@@ -183,10 +185,13 @@ def check_finite(metrics: Mapping[str, float]) -> None:
 
 
 class JobRecorder:
-    """Writes ``job.json``: ``status: running`` at the start, then ``ok`` or ``failed`` with the error.
+    """Writes ``job.json``: ``status: running`` at the start, then ``ok``, ``failed``, ``diverged`` or
+    ``preempted`` with the error.
 
     Fields: status, error, job, overrides, run_dir, name, group, host, pid, started, finished,
-    wall_time_s (the whole job: setup, fit and test), params, macs, metrics (``train()``'s dict).
+    wall_time_s (the whole job: setup, fit and test), params, macs, metrics (``train()``'s dict),
+    checkpoint (the last checkpoint, for diverged and preempted runs), resumes (how many times the
+    run directory has been continued; the previous records' start times are in ``history``).
     Only rank 0 writes (DDP ranks > 0 and SLURM tasks > 0 hold no recorder file).
     """
 
@@ -198,8 +203,15 @@ class JobRecorder:
             "run_dir": str(Path(run_dir).resolve()), "name": identity.get("name", ""),
             "group": identity.get("group", ""), "host": socket.gethostname(), "pid": os.getpid(),
             "started": _now(), "finished": None, "wall_time_s": None,
-            "params": None, "macs": None, "metrics": {},
+            "params": None, "macs": None, "metrics": {}, "checkpoint": None,
         }
+        previous = read_record(run_dir) if rank == 0 else None
+        if previous is not None:  # the same run directory continued (resume=auto, a requeue)
+            self.record["resumes"] = int(previous.get("resumes", 0)) + 1
+            self.record["history"] = [
+                *previous.get("history", []),
+                {key: previous.get(key) for key in ("status", "error", "started", "finished", "pid")},
+            ]
         self._write()
 
     def _write(self) -> None:
@@ -218,10 +230,15 @@ class JobRecorder:
     def ok(self, metrics: Mapping[str, float]) -> None:
         self._finish("ok", "", metrics)
 
-    def failed(self, error: BaseException, metrics: Mapping[str, float] | None = None) -> str:
+    def failed(self, error: BaseException, metrics: Mapping[str, float] | None = None, status: str = "failed") -> str:
         message = one_line(error)
-        self._finish("failed", message, metrics or {})
+        self._finish(status, message, metrics or {})
         return message
+
+    def stopped(self, status: str, error: BaseException, checkpoint: str | Path | None) -> str:
+        """``diverged`` or ``preempted``, with the checkpoint the run can continue from."""
+        self.record["checkpoint"] = str(checkpoint) if checkpoint else None
+        return self.failed(error, status=status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +309,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_alive(record: Mapping[str, Any]) -> bool:
+    """Whether the process a job.json names still runs (False for another host: unknown there)."""
+    pid = int(record.get("pid", 0) or 0)
+    return pid > 0 and record.get("host") == socket.gethostname() and _pid_alive(pid)
 
 
 def job_row(num: int, job_dir: Path, expected: list[str] | None, finished: bool) -> dict[str, Any]:
@@ -398,7 +421,8 @@ def count_line(frame: pd.DataFrame) -> str:
     """``"14 ok, 2 failed"`` (+ running / missing when there are any)."""
     n = counts(frame)
     extra = [f"{n[s]} {s}" for s in ("running", "missing") if n[s]]
-    return ", ".join([f"{n['ok']} ok", f"{n['failed']} failed", *extra])
+    stopped = [f"{n[s]} {s}" for s in ("diverged", "preempted") if n[s]]
+    return ", ".join([f"{n['ok']} ok", f"{n['failed']} failed", *stopped, *extra])
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
@@ -438,7 +462,8 @@ class SummaryCallback(Callback):
         root = Path(str(config.hydra.sweep.dir))
         frame = summarize(root, finished=True)
         print(f"\n{to_markdown(frame)}\n\nsummary: {root / SUMMARY_CSV}\n{count_line(frame)}", flush=True)
-        if self.exit_on_failure and counts(frame)["failed"]:
+        n = counts(frame)
+        if self.exit_on_failure and (n["failed"] or n["diverged"] or n["preempted"]):
             raise SystemExit(1)
 
 
@@ -465,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{to_markdown(frame)}\n\nsummary: {root / SUMMARY_CSV}\n{count_line(frame)}")
-    return 1 if counts(frame)["failed"] else 0
+    n = counts(frame)
+    return 1 if n["failed"] or n["diverged"] or n["preempted"] else 0
 
 
 if __name__ == "__main__":

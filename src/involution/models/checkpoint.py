@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,6 +71,59 @@ class CheckpointMismatchError(RuntimeError):
                 )
             )
         super().__init__("\n".join(parts))
+        self.source = source
+
+    def one_line(self, limit: int = 400) -> str:
+        """The same report on one line (the first few keys of each kind), for command-line errors."""
+
+        def few(items: list[str]) -> str:
+            shown = ", ".join(items[:3])
+            return shown + (f", ... (+{len(items) - 3})" if len(items) > 3 else "")
+
+        parts = []
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys ({few(self.unexpected)})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys ({few(self.missing)})")
+        if self.mismatched:
+            shapes = [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]
+            parts.append(f"{len(shapes)} shape mismatches ({few(shapes)})")
+        line = f"checkpoint {self.source} is of another architecture: " + "; ".join(parts)
+        return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class CheckpointFileError(RuntimeError):
+    """The file is not a readable checkpoint; the message is one line naming it and why."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_PICKLE_PROTO = b"\x80"  # the legacy format (and plain pickles) start with a protocol opcode
+
+
+def read_checkpoint(source: PathLike, mmap: bool = False) -> Any:
+    """``torch.load(source, weights_only=True)`` with one-line errors for the usual bad files:
+    missing, not a torch.save file, truncated or corrupt, holding pickled code or objects."""
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist or is not a file")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != _ZIP_MAGIC and not head.startswith(_PICKLE_PROTO):
+        raise CheckpointFileError(f"{path!r} is not a checkpoint (not a file written by torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head == _ZIP_MAGIC)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL [\w.]+", text)
+        reason = found.group(0) if found else (text.strip().splitlines() or ["unpickling failed"])[0]
+        reason = reason.replace("unsupported GLOBAL", "Unsupported global: GLOBAL")
+        raise CheckpointFileError(
+            f"checkpoint {path!r} cannot be loaded with weights_only=True: it holds pickled code or "
+            f"objects other than tensors and plain containers ({reason}); re-save it with plain dicts"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointFileError(f"checkpoint {path!r} is truncated or corrupt ({first})") from None
 
 
 def _is_conv_module(module: nn.Module) -> bool:
@@ -115,14 +169,7 @@ def official_names(model: nn.Module) -> dict[str, str]:
 
 
 def _load(source: PathLike) -> Any:
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise RuntimeError(
-            f"checkpoint {os.fspath(source)!r} cannot be loaded with weights_only=True: it holds "
-            "objects other than tensors and plain containers (e.g. an OmegaConf config among the "
-            f"hyperparameters). Re-save it with plain dicts. Original error: {error}"
-        ) from None
+    return read_checkpoint(source)
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

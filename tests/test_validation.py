@@ -1,0 +1,255 @@
+"""Bad input: every case is one line naming the key or file and what is allowed, found before
+training starts, and none of them touches an existing run directory or checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from involution.models import create_model
+from involution.train import SetupError, build_run
+from involution.validation import check_config, check_overrides, run_cli
+
+SMALL_MODEL = ["data.image_size=16", "model.base_width=16", "model.stem_width=8"]
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error)
+    assert "\n" not in message and message.strip(), message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: wrong types and mistyped keys
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs=abc: expected an int or null, got the string 'abc'"),
+        ("trainer.precision=fast", "trainer.precision=fast: expected"),
+        ("operator.kernel_size=seven", "operator.kernel_size=seven: expected an int"),
+        ("data.batch_size=1.5", "data.batch_size=1.5: expected an int"),
+        ("module.lr=high", "module.lr=high: expected a number"),
+        ("module.nesterov=maybe", "module.nesterov=maybe: expected true or false"),
+        ("callbacks.step_checkpoint.every_n_train_steps=often", "every_n_train_steps=often: expected an int"),
+        ("seed=[1,2]", "seed=[1, 2]: expected an int"),
+    ],
+)
+def test_wrong_type_names_the_key_and_the_type(override: str, expected: str) -> None:
+    with pytest.raises(SetupError) as error:
+        check_overrides([override])
+    assert expected in one_line(error.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "closest"),
+    [("trainer.max_epoch=3", "trainer.max_epochs"), ("operator.kernal_size=3", "operator.kernel_size"),
+     ("model.lr=0.1", "module.lr"), ("module.learning_rate=0.1", None), ("data.batchsize=8", "data.batch_size")],
+)  # fmt: skip
+def test_mistyped_key_names_the_closest_valid_key(override: str, closest: str | None) -> None:
+    with pytest.raises(SetupError) as error:
+        check_overrides([override])
+    message = one_line(error.value)
+    key = override.partition("=")[0]
+    assert message.startswith(f"{key} is not a config key") and f"+{key}=" in message
+    assert (f"did you mean {closest}?" in message) if closest else "did you mean" not in message
+
+
+def test_valid_overrides_and_sweeps_pass_and_bad_sweep_values_do_not() -> None:
+    check_overrides([
+        "trainer.max_epochs=3", "operator.group_channels=null", "module.warmup_epochs=0.5", "trainer.precision=16-mixed",
+        "trainer.limit_train_batches=0.25", "data=cifar10", "data.download=true", "+new_key=1", "model.checkpoint=/x.pth",
+        "hydra.run.dir=/tmp/x", "tags=[a,b]", "resume=never", "hydra/launcher=slurm", "experiment=cifar10",
+    ])  # fmt: skip
+    check_overrides(["-m", "operator.kernel_size=3,5", "data=digits,synthetic"])
+    with pytest.raises(SetupError, match="operator.kernel_size=abc: expected an int"):
+        check_overrides(["-m", "operator.kernel_size=3,abc"])
+
+
+def test_cli_wrapper_prints_one_line_and_never_starts_the_task(capsys) -> None:
+    started = []
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: started.append(1), "train", argv=["trainer.max_epochs=abc"])
+    assert stop.value.code == 2 and not started
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["error: trainer.max_epochs=abc: expected an int or null, got the string 'abc'"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-range values, directories, resume
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("operator.kernel_size=4", "operator.kernel_size"),
+        ("operator.kernel_size=-3", "operator.kernel_size"),
+        ("operator.group_channels=0", "operator.group_channels"),
+        ("operator.reduction_ratio=0", "operator.reduction_ratio"),
+        ("operator.dilation=0", "operator.dilation"),
+        ("model.base_width=0", "model.base_width"),
+        ("model.stem_width=-8", "model.stem_width"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.image_size=4", "data.image_size"),
+        ("module.lr=0", "module.lr"),
+        ("module.lr=-0.1", "module.lr"),
+        ("module.momentum=1.5", "module.momentum"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("callbacks.step_checkpoint.every_n_train_steps=-1", "callbacks.step_checkpoint.every_n_train_steps"),
+    ],
+)
+def test_out_of_range_value_names_the_key_and_the_range(compose_train, override: str, key: str) -> None:
+    with pytest.raises(SetupError) as error:
+        check_config(compose_train([override]))
+    message = one_line(error.value)
+    assert message.startswith(f"{key} must be ") and ", got " in message
+
+
+def test_width_not_divisible_by_group_channels_is_found_while_building(compose_train) -> None:
+    with pytest.raises(SetupError) as error:
+        build_run(compose_train([*SMALL_MODEL, "operator.group_channels=5"]))
+    assert "operator.group_channels" in one_line(error.value)
+
+
+def test_output_directory_that_cannot_be_created_or_written(compose_train, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(SetupError) as error:
+        check_config(compose_train([f"paths.output_dir={blocker / 'run'}"]))
+    assert one_line(error.value) == f"paths.output_dir={blocker / 'run'}: cannot be created, {blocker} is a file, not a directory"
+    with pytest.raises(SetupError, match=r"paths.output_dir=/proc/involution-run: cannot be written"):
+        check_config(compose_train(["paths.output_dir=/proc/involution-run"]))
+
+
+def test_resume_never_refuses_a_directory_with_checkpoints(compose_train, tmp_path: Path) -> None:
+    cfg = compose_train(["resume=never"])
+    check_config(cfg)  # an empty run directory is fine
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(SetupError, match="resume=never, but .* already holds checkpoints"):
+        check_config(cfg)
+    with pytest.raises(SetupError, match="resume=elsewhere: inside a config it must be one of auto, never"):
+        check_config(compose_train(["resume=elsewhere"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data directories
+
+
+def _image_folder(root: Path, corrupt: bool = False) -> Path:
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 20), (i * 90, 30, 60)).save(folder / f"{i}.png")
+    if corrupt:
+        (root / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    return root
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no images", "corrupt"])
+def test_bad_data_directory_names_it(compose_train, tmp_path: Path, case: str) -> None:
+    data = tmp_path / "images"
+    if case == "empty":
+        (data / "train").mkdir(parents=True)
+        (data / "val").mkdir()
+    elif case == "no images":
+        (data / "train" / "cat").mkdir(parents=True)
+        (data / "val" / "cat").mkdir(parents=True)
+    elif case == "corrupt":
+        _image_folder(data, corrupt=True)
+    cfg = compose_train(["data=imagenet", f"data.data_dir={data}", "data.image_size=16", "data.num_workers=0"])
+    with pytest.raises(SetupError) as error:
+        build_run(cfg)
+    message = one_line(error.value)
+    assert f"data.data_dir={str(data)!r}" in message or "data.data_dir:" in message
+    if case == "corrupt":
+        assert f"unreadable or corrupt image {data / 'train' / 'dog' / '1.png'}" in message
+
+
+def test_good_image_folder_builds(compose_train, tmp_path: Path) -> None:
+    data = _image_folder(tmp_path / "images")
+    run = build_run(compose_train(["data=imagenet", f"data.data_dir={data}", "data.image_size=16", "data.num_workers=0",
+                                   "model.base_width=16", "model.stem_width=8", "logger=csv"]))  # fmt: skip
+    assert run.datamodule.num_classes == 2 and len(run.datamodule.train_set) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+@pytest.fixture
+def small_state() -> dict:
+    return create_model("rednet26", num_classes=10, in_channels=1, stem="small", base_width=16, stem_width=8).state_dict()
+
+
+def test_bad_checkpoint_files_are_one_line_each(compose_train, tmp_path: Path, small_state) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a checkpoint\n")
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": small_state}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    code = tmp_path / "code.pth"
+    torch.save({"state_dict": small_state, "hook": os.system}, code)
+    cases = {
+        text: "is not a checkpoint (not a file written by torch.save)",
+        truncated: "is truncated or corrupt",
+        code: "cannot be loaded with weights_only=True: it holds pickled code",
+        tmp_path / "absent.pth": "does not exist",
+    }
+    for path, expected in cases.items():
+        for key in ("model.checkpoint", "ckpt_path"):
+            with pytest.raises(SetupError) as error:
+                check_config(compose_train([*SMALL_MODEL, f"{key}={path}"]))
+            message = one_line(error.value)
+            assert message.startswith(f"{key}={path}: ") and expected in message, message
+            if path == code:  # the refused global is named
+                assert "Unsupported global: GLOBAL posix.system" in message or "GLOBAL os.system" in message
+    build_run(compose_train([*SMALL_MODEL, f"model.checkpoint={good}", "logger=csv"]))  # the good one loads
+
+
+def test_checkpoint_of_another_architecture_lists_the_keys(compose_train, tmp_path: Path, small_state) -> None:
+    other = create_model("rednet38", num_classes=10, in_channels=1, stem="small", base_width=16, stem_width=8)
+    path = tmp_path / "rednet38.pth"
+    torch.save({"state_dict": other.state_dict()}, path)
+    with pytest.raises(SetupError) as error:
+        build_run(compose_train([*SMALL_MODEL, f"model.checkpoint={path}", "logger=csv"]))
+    message = one_line(error.value)
+    assert message.startswith("model.checkpoint: checkpoint") and "another architecture" in message
+    assert "unexpected keys (layer1.1." in message
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: an existing run directory is left as it was
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cli_bad_value_leaves_an_existing_run_directory_untouched(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's checkpoint")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    before = _snapshot(run_dir)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", "involution.train", f"hydra.run.dir={run_dir}", "operator.kernel_size=4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["error: operator.kernel_size must be an odd positive int, got 4"], result.stderr
+    assert _snapshot(run_dir) == before
