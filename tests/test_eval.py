@@ -147,7 +147,9 @@ def test_cli_missing_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run_module("involution.eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false"], cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ckpt_path=") and "no such file" in lines[0], result.stderr
+    # the preflight checks (involution.validation) answer before eval.py's own check runs
+    assert len(lines) == 1 and lines[0].startswith("error: ckpt_path="), result.stderr
+    assert str(tmp_path / "nope.ckpt") in lines[0] and "does not exist" in lines[0], result.stderr
 
 
 def test_make_eval_quotes_the_checkpoint_for_hydra(compose_eval) -> None:

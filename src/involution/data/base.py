@@ -49,7 +49,11 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> Any:
+    def __getitem__(self, item: tuple[int, int] | int) -> Any:
+        if isinstance(item, int):
+            # a sampler Lightning put in place of ours (overfit_batches turns shuffling off with a
+            # SequentialSampler): plain indices, augmentations from the process RNG as usual
+            return self.dataset[item]
         index, seed = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
