@@ -118,15 +118,15 @@ def test_bench_models_end_to_end(tmp_path: Path):
         assert "error" not in run, run
         assert len(run["train_s"]) == 2 and len(run["infer_s"]) == 2
         assert run["peak_bytes"] > 0  # Linux: the resident set grows during a training step
-    _bench_models(out, "--models", "rednet26", "--batches", "1", "--reps", "1", "--merge")
+    _bench_models(out, "--models", "rednet26", "--batches", "3", "--reps", "1", "--merge")
     merged = json.loads((tmp_path / "benchmarks.models.json").read_text())
     assert sorted((r["model"], r["batch"]) for r in merged["rows"]) == [
-        ("rednet26", 1), ("rednet26", 2), ("torchvision_resnet50", 1), ("torchvision_resnet50", 2)
+        ("rednet26", 2), ("rednet26", 3), ("torchvision_resnet50", 2), ("torchvision_resnet50", 3)
     ]
     assert "merged with the rows of" in read_sections(out.read_text())[bench.SECTION]
     out.write_text("# Benchmarks\n")
     bench.main(["--render", "--output", str(out)])  # the section again, from the records alone
-    assert "| rednet26 | 1 | eager |" in read_sections(out.read_text())[bench.SECTION]
+    assert "| rednet26 | 3 | eager |" in read_sections(out.read_text())[bench.SECTION]
 
 
 @pytest.mark.parametrize(
