@@ -64,6 +64,9 @@ def resolve_wandb_mode(mode: str) -> str:
 _SHORT = {"kernel_size": "k", "reduction_ratio": "r", "group_channels": "gc", "dilation": "d", "groups": "g", "heads": "h"}
 
 
+_NOT_ARCHITECTURE = ("name", "backend", "recompute_kernel")
+
+
 def run_identity(
     operator: Mapping[str, Any], task_name: str, experiment: str | None, sweep: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -74,7 +77,8 @@ def run_identity(
     is named from its swept values (``involution-k3-r8``; ``lr0.2`` for ``module.lr=0.2``) and tagged
     ``sweep=<name>``.
     """
-    hyper = sorted((key, value) for key, value in operator.items() if key not in ("name", "backend"))
+    # the architecture's hyperparameters: how the op computes (backend, recompute_kernel) is not one
+    hyper = sorted((key, value) for key, value in operator.items() if key not in _NOT_ARCHITECTURE)
     name = "-".join([str(operator["name"]), *(f"{_SHORT.get(key, key)}{value}" for key, value in hyper)])
     tags = [str(operator["name"]), *(f"{key}={value}" for key, value in hyper)]
     group = f"{task_name}-{experiment}" if experiment else task_name
