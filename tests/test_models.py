@@ -320,10 +320,11 @@ def test_bad_hyperparameters_name_stage_and_key(name, overrides, message):
         meta_model(name, **overrides)
 
 
-@pytest.mark.parametrize("memory_format", ["auto", "channels_last", "contiguous"])
+@pytest.mark.parametrize("memory_format", ["keep", "auto", "channels_last", "contiguous"])
 def test_memory_format_changes_layout_not_values(memory_format):
-    """CPU default (auto): the network computes channels_last; every format gives the same
-    values in float64, in training (with gradients) and in eval mode (BN folded)."""
+    """auto on the CPU and channels_last compute channels_last, keep (the default) the input's
+    format; every format gives the same values in float64, in training (with gradients) and in
+    eval mode (BN folded)."""
     torch.manual_seed(0)
     reference = create_model("rednet26", num_classes=7, stem="small", memory_format="contiguous")
     model = create_model("rednet26", num_classes=7, stem="small", memory_format=memory_format)
@@ -336,6 +337,7 @@ def test_memory_format_changes_layout_not_values(memory_format):
         reference.train(train), model.train(train)
         torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
     channels_last = seen[0].is_contiguous(memory_format=torch.channels_last)
-    assert channels_last == (memory_format != "contiguous")
+    assert channels_last == (memory_format in ("auto", "channels_last"))
+    assert create_model("rednet26").memory_format == "keep"
     with pytest.raises(ValueError, match="memory_format must be one of"):
         create_model("rednet26", memory_format="nhwc")

@@ -11,7 +11,7 @@ from torch import nn
 from involution.models.blocks import Bottleneck
 from involution.models.stems import make_stem
 
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+MEMORY_FORMATS = ("keep", "auto", "channels_last", "contiguous")
 
 STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     26: (1, 2, 4, 1),
@@ -25,10 +25,12 @@ STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
 def in_memory_format(x: torch.Tensor, memory_format: str) -> torch.Tensor:
     """The input in the memory format a network computes in.
 
-    ``auto``: channels_last on the CPU, where oneDNN's convolutions and the Numba involution
-    kernels both work natively in NHWC, so the whole network runs without a transpose (see the
-    model benchmark in docs/benchmarks.md); elsewhere the input's own format (the CUDA involution
-    kernels are NCHW, so on a GPU channels_last is the caller's choice). ``channels_last`` and
+    ``keep`` (the default): the input's own format. ``auto``: channels_last on the CPU, where
+    oneDNN's convolutions and the Numba involution kernels both work natively in NHWC (RedNet-50's
+    first training steps at 224x224 0.90x torchvision ResNet-50's time against ~1.04x in NCHW,
+    docs/benchmarks.md), the input's own format elsewhere (the CUDA kernels are NCHW). Not the
+    default yet: on the digits recipe (32x32 inputs) training epochs after the warm-up ran ~20x
+    slower channels_last than NCHW, a slowdown not yet explained. ``channels_last`` and
     ``contiguous`` force one.
     """
     if memory_format == "channels_last" or (memory_format == "auto" and x.device.type == "cpu"):
@@ -58,7 +60,7 @@ class BottleneckNet(nn.Module):
         base_width: int = 64,
         stem_width: int = 64,
         zero_init_residual: bool = True,
-        memory_format: str = "auto",
+        memory_format: str = "keep",
     ) -> None:
         super().__init__()
         if depth not in STAGE_DEPTHS:
