@@ -63,19 +63,21 @@ def limit_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return run_module("involution.train", args, cwd=root), run_dir
 
 
+def compose_entry(config_name: str, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """An entry config (train, eval) composed as its entry point does, with Hydra's runtime set:
+    output dir ``run_dir``, job number 0."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="involution.conf", version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """compose_train(overrides) -> the train config, with Hydra's runtime set to a temporary run dir."""
-
-    def _compose(overrides: list[str] | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="involution.conf", version_base="1.3"):
-            cfg = compose("train", overrides=overrides or [], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
+    yield lambda overrides=None: compose_entry("train", tmp_path / "run", overrides or [])
     GlobalHydra.instance().clear()

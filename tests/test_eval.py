@@ -11,17 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from involution.eval import METRICS_JSON, build_evaluation, evaluate
 from involution.models import create_model
 from involution.models.checkpoint import official_names
 from involution.train import SetupError
 
-from conftest import REPO, run_module
+from conftest import REPO, compose_entry, run_module
 
 # The architecture of the limit_run fixture, for files that do not carry it.
 TINY_ARCH = ["experiment=digits", "model.base_width=16", "model.stem_width=8"]
@@ -30,18 +29,8 @@ TINY_ARCH = ["experiment=digits", "model.base_width=16", "model.stem_width=8"]
 @pytest.fixture
 def compose_eval(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """compose_eval(overrides) -> the eval config with Hydra's runtime set (CSV logger only)."""
-
-    def _compose(overrides: list[str]) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="involution.conf", version_base="1.3"):
-            cfg = compose("eval", overrides=["logger=csv", "print_config=false", *overrides], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "eval")
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _compose
+    base = ["logger=csv", "print_config=false"]
+    yield lambda overrides: compose_entry("eval", tmp_path / "eval", [*base, *overrides])
     GlobalHydra.instance().clear()
 
 
