@@ -6,7 +6,8 @@ into the module that sits in the middle of a bottleneck block.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -127,6 +128,73 @@ class ConvBNReLU(nn.Sequential):
         for module in list(self)[2:]:
             x = module(x)
         return x
+
+
+class _RunningStatsKept:
+    """Leaves the running statistics of the BNs among ``modules`` as they are on entry: a region's
+    recomputation runs its BNs in training mode a second time, which would otherwise update
+    their running mean, variance and batch count twice per step. (The recomputed outputs are
+    the forward's: a training-mode BN normalises with the batch's own statistics.) Re-entrant:
+    gradcheck and ``retain_graph`` run one recomputation several times."""
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        self.buffers = [
+            buf
+            for m in modules
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if buf is not None
+        ]
+
+    def __enter__(self) -> None:
+        self.saved = [buf.clone() for buf in self.buffers]
+
+    def __exit__(self, *exc_info) -> None:
+        # through .data: no version bump. The recomputed BNs saved these buffers for their
+        # (double) backward, which in training mode never reads their values; a version bump
+        # would make autograd refuse that backward
+        for buf, value in zip(self.buffers, self.saved, strict=True):
+            buf.data.copy_(value)
+        self.saved = []
+
+
+def recomputed(
+    module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """``fn(x)``, a computation of ``module``, keeping for backward only ``x`` and the parameters
+    (``torch.utils.checkpoint``): backward runs ``fn`` again to get the rest. The recomputation
+    uses the parameter tensors of this forward (the ones ``torch.func.functional_call`` passed,
+    say, not whatever the module holds by then) and leaves the running statistics of the
+    module's BNs as the forward updated them."""
+    if not torch.is_grad_enabled():
+        return fn(x)
+    if torch.compiler.is_compiling():
+        # compiled: AOTAutograd's partitioner recomputes inside the backward graph, and the
+        # functionalised forward updates the running statistics once
+        return checkpoint(fn, x, use_reentrant=False)
+
+    def contexts():
+        return contextlib.nullcontext(), _RunningStatsKept(module.modules())
+
+    names, values = zip(*module.named_parameters(), strict=True)
+    call = _Call(module, fn)
+
+    def region(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        named = {f"module.{name}": value for name, value in zip(names, values, strict=True)}
+        return torch.func.functional_call(call, named, (x,))
+
+    return checkpoint(region, x, *values, use_reentrant=False, context_fn=contexts)
+
+
+class _Call(nn.Module):
+    """``fn`` (a method of ``module``) as a module's forward, for ``functional_call``."""
+
+    def __init__(self, module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.module, self.fn = module, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
 class Involution2d(nn.Module):

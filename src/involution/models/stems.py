@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
-from involution.layers import ConvBNReLU, make_spatial_op
+from involution.layers import ConvBNReLU, make_spatial_op, recomputed
 
 STEMS = ("rednet", "resnet", "small")
 
@@ -18,6 +19,29 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: 
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+class RedNetStem(nn.Sequential):
+    """The official RedNet stem as ``nn.Sequential`` (parameter names ``0.*`` to ``4.*`` of the
+    official checkpoints). With ``recompute=True`` its first four layers (conv, involution and
+    their BN/ReLU, all at half the input's resolution and cheap: 3 input channels, a 3x3
+    window) are recomputed in backward instead of keeping their five maps: at 224x224 they are
+    the network's largest activations, and the reason a RedNet stem kept more than ResNet's."""
+
+    def __init__(self, *layers: nn.Module, recompute: bool = False) -> None:
+        super().__init__(*layers)
+        self.recompute = recompute
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        for module in list(self)[:4]:
+            x = module(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = recomputed(self, self._head, x) if self.recompute else self._head(x)
+        for module in list(self)[4:]:
+            x = module(x)
+        return x
 
 
 def make_stem(
@@ -32,16 +56,21 @@ def make_stem(
     """
     if kind == "rednet":
         stem_op = {**operator, "kernel_size": 3}
+        recompute = False
         if stem_op.get("name") == "involution":
             stem_op.setdefault("group_channels", 16)
+            # the stem recomputes its involution with the rest of its head (one region)
+            recompute = stem_op.get("recompute_kernel", True)
+            stem_op["recompute_kernel"] = False
         return (
-            nn.Sequential(
+            RedNetStem(
                 conv_bn_relu(in_channels, width // 2, 3, stride=2),
                 make_spatial_op(stem_op, width // 2),
                 nn.BatchNorm2d(width // 2),
                 nn.ReLU(inplace=True),
                 conv_bn_relu(width // 2, width, 3),
                 nn.MaxPool2d(3, 2, 1),
+                recompute=recompute,
             ),
             4,
         )
