@@ -50,9 +50,8 @@ class Backend(Protocol):
 BACKENDS: tuple[Backend, ...] = (_numba_cuda, _numba_cpu, _reference)  # type: ignore[assignment]
 
 
-
 def names() -> tuple[str, ...]:
-    """ "auto" and the name of each backend, in ``BACKENDS`` order."""
+    """The names a caller may ask for: "auto", then each backend's ``NAME`` in order."""
     return ("auto", *(b.NAME for b in BACKENDS))
 
 
