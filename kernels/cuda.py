@@ -23,7 +23,8 @@ the kernel map, the input and the output are coalesced):
 - ``grad_input``: the same shape of work on the input grid, as a gather: input pixel (y, x) sums
   the taps (u, v) whose output pixel i = (y + ph - u*dh) / sh, j = (x + pw - v*dw) / sw is whole
   and in range. No atomics.
-- ``grad_kernel``: a thread owns one kernel element (n, g, u, v, i, j) and sums the group's channels.
+- ``grad_kernel``: a thread owns one kernel element (n, g, u, v, i, j) and sums the group's
+  channels.
 
 Launch with ``launch_config(total)`` on the caller's stream: ``kernel[grid, block, stream](...)``.
 The simulator (``NUMBA_ENABLE_CUDASIM=1``) runs the same Python code for the float kinds.

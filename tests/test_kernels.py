@@ -1,7 +1,7 @@
 """The torch-free kernels in ``involution.kernels`` (the ``kernels/`` folder of the repository).
 
 - CPU: both layouts of the three kernels against a NumPy transcription of the definition,
-  called with NumPy arrays only;
+  called with NumPy arrays only; the layout policy; the package imports without torch;
 - CUDA: every kernel compiled for real to PTX (``numba.cuda.compile_ptx``, NVVM from the CUDA
   toolkit; no GPU needed) for compute capabilities 8.0 and 9.0 in every storage kind: any typing or
   lowering error fails here, which the simulator (pure Python) would not catch.
@@ -9,11 +9,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from involution.kernels import cpu
 from involution.kernels import cuda as cuda_kernels
+
+from conftest import REPO
 
 
 def numpy_forward(x, k, stride, padding, dilation):
@@ -167,3 +172,11 @@ def test_cuda_source_expansion():
         assert "LOAD(" not in source and "STORE(" not in source
     assert "float16(value)" in cuda_kernels.kernel_source("float16")
     assert "int_as_float" in cuda_kernels.kernel_source("bfloat16")
+
+
+def test_kernels_import_without_torch():
+    code = (
+        "import sys, involution.kernels.cpu, involution.kernels.cuda; "
+        "bad = [m for m in ('torch',) if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

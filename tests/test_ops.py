@@ -4,9 +4,12 @@
   odd/even sizes, strides 1/2/3, dilations 1/2, K in {1,3,5,7} (and a non-square kernel), G in
   {1, C}, batch 1, contiguous / channels_last / non-contiguous operands, float32 and float64;
 - gradcheck (and gradgradcheck: the gradients are themselves registered ops) in float64;
+- the backends: ``auto``'s order and its one-line list of refusals, the registry as the one list,
+  a backend added by one registry entry (the registration names none), numba_cpu's layout hook;
 - the torch.library registration: opcheck, torch.compile(fullgraph=True), autocast, FLOP counts,
   meta tensors;
-- bad arguments raise a one-line TypeError/ValueError naming the argument;
+- bad arguments raise a one-line TypeError/ValueError naming the argument, the same one from
+  ``involution2d``, ``window_dot`` and ``window_dot_key_grad`` for the arguments they share;
 - memory: no KxK-times-the-input temporary on the Numba CPU path;
 - the CUDA simulator suite (tests/test_ops_cudasim.py) in a subprocess with NUMBA_ENABLE_CUDASIM=1.
 """
@@ -19,82 +22,25 @@ import sys
 
 import pytest
 import torch
+from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 from torch.utils.flop_counter import FlopCounterMode
 
 from involution.layers import Involution2d
-from involution.ops import BACKENDS, involution2d, resolve_backend
-from involution.reference import involution2d_reference, output_size
+from involution.ops import (
+    BACKENDS,
+    _backends,
+    _reference,
+    involution2d,
+    involution2d_reference,
+    resolve_backend,
+    window_dot,
+    window_dot_key_grad,
+)
+from involution.ops._formats import is_channels_last
 
 from conftest import REPO
 
 CPU_BACKENDS = ["reference", "numba_cpu"]
-
-# (N, C, G, H, W, (KH, KW), stride, dilation): the numba_cpu layout each case exercises is noted
-# (NHWC kernels run when a group has >= 8 channels and output rows are short).
-CASES = [
-    (2, 4, 1, 7, 6, (3, 3), 1, 1),  # odd x even, one group
-    (1, 4, 4, 8, 9, (5, 5), 2, 1),  # batch 1, G = C, stride 2
-    (2, 6, 6, 9, 7, (7, 7), 3, 2),  # K 7, stride 3, dilation 2, G = C
-    (2, 16, 1, 6, 7, (5, 5), 2, 2),  # 16 channels per group, K 5 (NHWC)
-    (1, 12, 1, 10, 8, (1, 1), 1, 1),  # K 1, 12 per group (NCHW: too few taps)
-    (2, 8, 8, 5, 5, (5, 5), 1, 2),  # G = C, dilation 2 with padding 4 > half the image
-    (1, 24, 2, 11, 12, (7, 7), 1, 1),  # K 7, 12 per group: one 8-block + 4 remainder (NHWC)
-    (1, 16, 16, 7, 8, (3, 3), 3, 1),  # G = C, stride 3
-    (1, 3, 1, 6, 5, (5, 5), 2, 2),  # odd channel count
-    (1, 16, 1, 4, 40, (3, 3), 1, 1),  # wide rows, 16 per group, K 3 (NCHW)
-    (2, 8, 2, 9, 10, (3, 5), (2, 1), (1, 2)),  # non-square kernel, per-axis stride/dilation
-    (1, 8, 1, 9, 7, (5, 7), 2, 1),  # non-square, exactly one 8-block (NHWC), stride 2
-]
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def make_case(case, dtype=torch.float64, layout="contiguous", seed=0):
-    """Random (never zero) input and kernel for a case, in the requested memory layout."""
-    n, c, g, h, w, (kh, kw), stride, dilation = case
-    stride, dilation = _pair(stride), _pair(dilation)
-    padding = (dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2)
-    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
-    k = torch.randn(n, g, kh, kw, ho, wo, generator=gen, dtype=dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "noncontiguous":
-        # x: a strided slice of a wider tensor; kernel: a permuted view of another layout
-        wide = torch.randn(n, c, h, 2 * w, generator=gen, dtype=dtype)
-        wide[..., ::2] = x
-        x = wide[..., ::2]
-        k = k.permute(0, 1, 4, 5, 2, 3).contiguous().permute(0, 1, 4, 5, 2, 3)
-        assert not x.is_contiguous() and not k.is_contiguous()
-    return x, k, stride, padding, dilation
-
-
-def spec_with_grads(x, k, stride, padding, dilation, grad_out):
-    """Output and gradients by autograd through the unfold spec (independent of the op)."""
-    x = x.detach().clone().requires_grad_()
-    k = k.detach().clone().requires_grad_()
-    out = involution2d_reference(x, k, stride, padding, dilation)
-    gx, gk = torch.autograd.grad(out, (x, k), grad_out)
-    return out.detach(), gx, gk
-
-
-def op_with_grads(x, k, stride, padding, dilation, grad_out, backend):
-    x = x.detach().clone().requires_grad_()
-    k = k.detach().clone().requires_grad_()
-    out = involution2d(x, k, stride, padding, dilation, backend)
-    gx, gk = torch.autograd.grad(out, (x, k), grad_out)
-    return out.detach(), gx, gk
-
-
-def _tolerances(dtype):
-    return (
-        {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
-    )
-
 
 # ------------------------------------------------------------------------------------------------
 # Agreement with the spec
@@ -115,7 +61,7 @@ def test_agrees_with_spec(case, dtype, backend):
     got = op_with_grads(x, k, stride, padding, dilation, grad_out, backend)
     for name, a, b in zip(("out", "grad_input", "grad_kernel"), got, want):
         torch.testing.assert_close(
-            a, b, **_tolerances(dtype), msg=lambda m, name=name: f"{name}: {m}"
+            a, b, **tolerances(dtype), msg=lambda m, name=name: f"{name}: {m}"
         )
 
 
@@ -156,6 +102,75 @@ def test_resolve_backend():
     assert resolve_backend("auto", torch.device("cuda"), torch.float16) == "numba_cuda"
     assert resolve_backend("auto", meta, torch.float32) == "reference"
     assert set(BACKENDS) == {"auto", "reference", "numba_cpu", "numba_cuda"}
+
+
+def test_auto_lists_every_refusal_in_one_line():
+    with pytest.raises(ValueError, match="backend='auto' found no backend") as info:
+        resolve_backend("auto", torch.device("cpu"), torch.int64)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "numba_cuda needs CUDA tensors" in message
+    assert "numba_cpu supports dtypes" in message
+    assert "reference supports dtypes" in message
+
+
+def test_every_backend_implements_the_interface():
+    """The registry is the one list: ``BACKENDS`` (the public names) comes from it, and each
+    entry has what the registration calls."""
+    assert BACKENDS == ("auto", *(b.NAME for b in _backends.BACKENDS))
+    for backend in _backends.BACKENDS:
+        assert _backends.get(backend.NAME) is backend
+        assert all(d.is_floating_point for d in backend.DTYPES), backend.NAME
+        for entry in ("can_run", "grad_out_format", "forward", "grad_input", "grad_kernel"):
+            assert callable(getattr(backend, entry)), (backend.NAME, entry)
+
+
+class _CountingBackend:
+    """A backend defined outside the package: the reference's maths, with its calls counted."""
+
+    NAME = "counting"
+    DTYPES = (torch.float64,)
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.grad_out_channels_last: list[bool] = []
+
+    def can_run(self, device, dtype, explicit):
+        return None if explicit and dtype in self.DTYPES else "runs only when named, float64"
+
+    def grad_out_format(self, input, kernel, stride):
+        self.calls.append("grad_out_format")
+        return torch.channels_last
+
+    def __getattr__(self, name):  # forward, grad_input, grad_kernel
+        def entry(*args):
+            self.calls.append(name)
+            if name != "forward":  # args[0] is the incoming gradient
+                self.grad_out_channels_last.append(is_channels_last(args[0]))
+            return getattr(_reference, name)(*args)
+
+        return entry
+
+
+def test_a_new_backend_is_one_registry_entry(monkeypatch):
+    """The registration names no backend: one more entry in the registry runs the op (forward,
+    both gradients, the window_dot ops), with the backend's own layout hook; "auto" skips it."""
+    counting = _CountingBackend()
+    monkeypatch.setattr(_backends, "BACKENDS", (*_backends.BACKENDS, counting))
+    x, k, stride, padding, dilation = make_case(CASES[3], torch.float64)
+    grad_out = torch.randn(*x.shape[:2], *k.shape[-2:], dtype=x.dtype)
+    want = spec_with_grads(x, k, stride, padding, dilation, grad_out)
+    got = op_with_grads(x, k, stride, padding, dilation, grad_out, "counting")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert counting.calls == ["forward", "grad_out_format", "grad_input", "grad_kernel"]
+    assert counting.grad_out_channels_last == [True, True]  # the hook's format, for both ops
+    window_dot(grad_out, x, k.shape[2:4], stride, padding, dilation, 1, "counting")
+    window_dot_key_grad(grad_out, k, x.shape[2:], stride, padding, dilation, "counting")
+    assert counting.calls[-2:] == ["grad_kernel", "grad_input"]
+    assert resolve_backend("auto", torch.device("cpu"), torch.float64) == "numba_cpu"
+    with pytest.raises(TypeError, match="^backend='counting' runs only when named, float64$"):
+        resolve_backend("counting", torch.device("cpu"), torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,7 +278,8 @@ def test_torch_compile_fullgraph(compile_backend):
 
 def test_autocast_cpu():
     """Under CPU autocast (bfloat16) the convolutions hand over bfloat16 kernels; the op's autocast
-    rule runs it in float32 on the Numba kernels. Without autocast, the mixed dtypes are an error."""
+    rule runs it in float32 on the Numba kernels. Without autocast, the mixed dtypes are an
+    error."""
     model, x = _model_and_input()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
@@ -417,6 +433,69 @@ def test_bad_arguments(what, call, error, message):
     assert "\n" not in str(info.value)
 
 
+# One bad argument, the same one-line error from every public op: (what, keyword overrides,
+# error, message); the tensors are good, so only the argument check speaks.
+SHARED_BAD = [
+    ("stride 0", {"stride": 0}, ValueError, "stride must be >= 1, got 0"),
+    ("stride pair", {"stride": (1, 0)}, ValueError, r"stride must be >= 1, got \(1, 0\)"),
+    ("negative padding", {"padding": -1}, ValueError, "padding must be >= 0, got -1"),
+    ("dilation 0", {"dilation": 0}, ValueError, "dilation must be >= 1, got 0"),
+    ("stride type", {"stride": "1"}, TypeError, "stride must be an int or a pair of ints, got '1'"),
+    (
+        "backend name",
+        {"backend": "cupy"},
+        ValueError,
+        r"backend must be one of \('auto', 'numba_cuda', 'numba_cpu', 'reference'\), got 'cupy'",
+    ),
+    (
+        "numba_cuda on cpu",
+        {"backend": "numba_cuda"},
+        ValueError,
+        r"backend='numba_cuda' needs CUDA tensors \(device 'cuda'\), got device cpu",
+    ),
+]
+
+
+def _public_ops():
+    """Each public op on good operands (4 channels, 2 groups, 6x6, 3x3 kernel), keywords open."""
+    x, k = _good()
+    return {
+        "involution2d": lambda **kw: involution2d(x, k, **kw),
+        "window_dot": lambda **kw: window_dot(x, x, 3, groups=2, **kw),
+        "window_dot_key_grad": lambda **kw: window_dot_key_grad(x, k, (6, 6), **kw),
+    }
+
+
+@pytest.mark.parametrize(
+    ("what", "overrides", "error", "message"), SHARED_BAD, ids=[b[0] for b in SHARED_BAD]
+)
+def test_public_ops_share_one_argument_check(what, overrides, error, message):
+    messages = set()
+    for op in _public_ops().values():
+        with pytest.raises(error, match=f"^{message}$") as info:
+            op(**overrides)
+        messages.add(str(info.value))
+    assert len(messages) == 1, messages
+
+
+def test_public_ops_name_the_tensor_of_a_wrong_rank_or_shape():
+    x, k = _good()
+    rank_errors = [
+        (lambda: involution2d(x[0], k), r"input must be 4-D \[N,C,H,W\], got shape \(4, 6, 6\)"),
+        (lambda: involution2d(x, k[0]), r"kernel must be 6-D \[N,G,KH,KW,Ho,Wo\], got shape"),
+        (lambda: window_dot(x[0], x, 3), r"query must be 4-D \[N,C,Ho,Wo\], got shape \(4, 6,"),
+        (lambda: window_dot(x, x[0], 3), r"key must be 4-D \[N,C,H,W\], got shape \(4, 6, 6\)"),
+        (lambda: window_dot_key_grad(x, k[0], (6, 6)), r"weights must be 6-D \[N,G,KH,KW,Ho,Wo\]"),
+        (lambda: involution2d(x, k[..., :5]), r"kernel shape must be \(N, G, KH, KW, Ho, Wo\)"),
+        (lambda: window_dot(x, x, 3, stride=2), r"query spatial size \(6, 6\) must be the output"),
+        (lambda: window_dot_key_grad(x, k, (5, 5)), r"do not fit key size \(5, 5\)"),
+    ]
+    for call, message in rank_errors:
+        with pytest.raises(ValueError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------------
 # Memory and packaging
 # ------------------------------------------------------------------------------------------------
@@ -450,14 +529,6 @@ def test_numba_cpu_has_no_kxk_temporaries():
     assert numba_peak < 12 * input_bytes, f"numba_cpu peak {numba_peak / input_bytes:.1f} x input"
 
 
-def test_kernels_import_without_torch():
-    code = (
-        "import sys, involution.kernels.cpu, involution.kernels.cuda; "
-        "bad = [m for m in ('torch',) if m in sys.modules]; assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-
-
 def test_cuda_simulator_suite():
     """numba_cuda under Numba's CUDA simulator (must be enabled before numba.cuda is imported,
     hence a subprocess): gradcheck and agreement with the spec on small shapes."""
@@ -483,17 +554,23 @@ def test_cuda_simulator_suite():
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
 
 
-def test_backward_shares_channels_last_only_when_both_gradients_use_it():
-    """The forward hands its gradient over channels-last only when grad_input and grad_kernel both
-    compute NHWC; on wide maps the kernel gradient stays NCHW, and one shared copy would then cost
-    a second transpose back."""
-    from involution.ops._numba_cpu import backward_shares_nhwc
+def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
+    """numba_cpu's layout hook: the forward hands its gradient over channels-last only when
+    grad_input and grad_kernel both compute NHWC; on wide maps the kernel gradient stays NCHW, and
+    one shared copy would then cost a second transpose back. The other backends never ask."""
+    from involution.ops import _numba_cpu, _numba_cuda
 
     def case(c, g, size, k, stride=1):
         out = (size + 2 * (k // 2) - k) // stride + 1
         return torch.empty(1, c, size, size), torch.empty(1, g, k, k, out, out), (stride, stride)
 
-    assert backward_shares_nhwc(*case(256, 16, 14, 7))  # both NHWC
-    assert not backward_shares_nhwc(*case(64, 4, 56, 7))  # grad_kernel flat NCHW
-    assert backward_shares_nhwc(*case(64, 4, 56, 7, stride=2))  # no flat kernel at stride 2
-    assert not backward_shares_nhwc(*case(32, 2, 112, 3))  # all NCHW at 3x3
+    def shares(*args):
+        return _numba_cpu.grad_out_format(*args) == torch.channels_last
+
+    assert shares(*case(256, 16, 14, 7))  # both NHWC
+    assert not shares(*case(64, 4, 56, 7))  # grad_kernel flat NCHW
+    assert shares(*case(64, 4, 56, 7, stride=2))  # no flat kernel at stride 2
+    assert not shares(*case(32, 2, 112, 3))  # all NCHW at 3x3
+    assert _numba_cpu.grad_out_format(*case(32, 2, 112, 3)) is None
+    for other in (_reference, _numba_cuda):
+        assert other.grad_out_format(*case(256, 16, 14, 7)) is None

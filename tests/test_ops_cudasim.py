@@ -14,13 +14,13 @@ import os
 
 import pytest
 import torch
-from test_ops import make_case, op_with_grads, spec_with_grads
+from helpers import make_case, op_with_grads, spec_with_grads
 
 from involution.ops import involution2d
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
-    reason="runs in a NUMBA_ENABLE_CUDASIM=1 subprocess (tests/test_ops.py::test_cuda_simulator_suite)",
+    reason="runs in a NUMBA_ENABLE_CUDASIM=1 subprocess (test_ops.py::test_cuda_simulator_suite)",
 )
 
 # (N, C, G, H, W, (KH, KW), stride, dilation): tiny, the simulator runs every thread in Python

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ops import CASES, make_case, op_with_grads, spec_with_grads
+from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 
 from involution.layers import Involution2d
 from involution.ops import involution2d
@@ -37,7 +37,7 @@ def test_agrees_with_spec(case, dtype):
     got = op_with_grads(
         *_on(CUDA, x, k), stride, padding, dilation, grad_out.to(CUDA), "numba_cuda"
     )
-    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    tol = tolerances(dtype)
     for a, b in zip(got, want):
         assert a.device.type == "cuda"
         torch.testing.assert_close(a.cpu(), b, **tol)

@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from involution.bench import report, sections
-from involution.ops import involution2d
-from involution.reference import involution2d_reference
+from involution.ops import involution2d, involution2d_reference
 
 SECTION = "involution.bench.ops"  # the CPU table
 GPU_SECTION = "involution.bench.ops.gpu"  # the GPU table: both can live in docs/benchmarks.md
@@ -397,7 +396,7 @@ def write_section(path: Path, body: str, section: str = SECTION) -> None:
 
 def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether ``backend`` runs ``dtype`` on ``device`` (the op's own dispatch rules)."""
-    from involution.ops._library import resolve_backend
+    from involution.ops import resolve_backend
 
     try:
         resolve_backend(backend, device, dtype)

@@ -1,22 +1,31 @@
-"""The involution operator: ``involution2d`` and its backends.
+"""The involution operator: ``involution2d``, the windowed dot product ``window_dot``, and their
+backends.
 
 ``involution2d(input [N,C,H,W], kernel [N,G,KH,KW,Ho,Wo], stride, padding, dilation, backend)``::
 
     out[n,c,i,j] = sum_{u,v} kernel[n, c//(C/G), u, v, i, j] * input[n, c, i*s-p+u*d, j*s-p+v*d]
 
 (zero outside the image; ``padding`` defaults to ``dilation*(K-1)//2``; Ho, Wo follow the
-convolution formula.) Arguments are checked here, in plain Python, then the call goes to one
-``torch.library`` custom op, ``torch.ops.involution.involution2d``, whose gradients are two more
-ops (``involution2d_grad_input``, ``involution2d_grad_kernel``); see ``involution.ops._library``.
+convolution formula.) Arguments are checked once, in plain Python (``_args.normalize``, shared
+with ``window_dot``), then the call goes to one ``torch.library`` custom op,
+``torch.ops.involution.involution2d``, whose gradients are two more ops
+(``involution2d_grad_input``, ``involution2d_grad_kernel``); see ``involution.ops._library``.
 
-Backends (``BACKENDS``):
+Backends (``BACKENDS``; one module each, listed once in ``_backends.BACKENDS``):
 
-- ``"reference"``: unfold/fold (``involution.reference``), any device, any floating dtype; the spec.
-- ``"numba_cpu"``: the parallel Numba kernels of ``involution.kernels.cpu``; float32 and float64.
-- ``"numba_cuda"``: the numba-cuda kernels of ``involution.kernels.cuda`` on torch's CUDA memory and
-  current stream; float32, float16, bfloat16 (accumulating in float32) and float64.
-- ``"auto"``: ``numba_cuda`` for CUDA tensors, ``numba_cpu`` for CPU float32/float64, otherwise
-  ``reference`` (e.g. CPU half precision, meta tensors, other devices).
+- ``"reference"`` (``_reference``): unfold/fold, any device, any floating dtype; the spec
+  (``involution2d_reference``).
+- ``"numba_cpu"`` (``_numba_cpu``): the parallel Numba kernels of ``involution.kernels.cpu``;
+  float32 and float64.
+- ``"numba_cuda"`` (``_numba_cuda``): the numba-cuda kernels of ``involution.kernels.cuda`` on
+  torch's CUDA memory and current stream; float32, float16, bfloat16 (accumulating in float32) and
+  float64.
+- ``"auto"``: the first backend, in the order numba_cuda, numba_cpu, reference, that runs the
+  tensors' device and dtype (so the reference for e.g. CPU half precision or meta tensors).
+
+Each backend module says what it runs (``can_run``), owns its layout policy
+(``grad_out_format``) and implements the three ops; the registration names none. A new backend is
+one new module implementing ``_backends.Backend`` and one entry in ``_backends.BACKENDS``.
 
 The output has the memory format of ``input`` (channels_last in, channels_last out, like
 convolutions); the gradient of ``input`` has the memory format of the incoming gradient.
@@ -26,12 +35,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
-from involution.ops import _library
-from involution.ops._library import CPU_DTYPES, CUDA_DTYPES, autocast_dtype, resolve_backend
-from involution.reference import involution2d_reference, output_size
+from involution.ops import _library, _numba_cpu, _numba_cuda
+from involution.ops._args import normalize, output_size
+from involution.ops._backends import NAMES as BACKENDS
+from involution.ops._backends import resolve_backend
+from involution.ops._reference import involution2d_reference
+from involution.ops.window_dot import window_dot, window_dot_key_grad
 
 __all__ = [
     "BACKENDS",
@@ -41,30 +52,12 @@ __all__ = [
     "involution2d_reference",
     "output_size",
     "resolve_backend",
+    "window_dot",
+    "window_dot_key_grad",
 ]
 
-BACKENDS = ("auto", "reference", "numba_cpu", "numba_cuda")
-
-_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
-    pair = (
-        (value, value)
-        if isinstance(value, int)
-        else tuple(value)
-        if isinstance(value, Sequence)
-        else None
-    )
-    if (
-        pair is None
-        or len(pair) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
-    ):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair  # type: ignore[return-value]
+CPU_DTYPES = _numba_cpu.DTYPES
+CUDA_DTYPES = _numba_cuda.DTYPES
 
 
 def involution2d(
@@ -75,57 +68,68 @@ def involution2d(
     dilation: int | Sequence[int] = 1,
     backend: str = "auto",
 ) -> Tensor:
-    """Involution of ``input`` [N,C,H,W] with per-pixel ``kernel`` [N,G,KH,KW,Ho,Wo] -> [N,C,Ho,Wo].
+    """Involution of ``input`` with a per-pixel, per-group ``kernel`` (Li et al., CVPR 2021).
 
-    ``stride``, ``padding`` and ``dilation`` are ints or (height, width) pairs; ``padding=None``
-    means ``dilation*(K-1)//2`` per axis. The C channels split into G groups of C/G that share
-    the group's kernel. Raises ``TypeError``/``ValueError`` naming the offending argument.
+    ``out[n,c,i,j] = sum_{u,v} kernel[n, c//(C/G), u, v, i, j] * input[n, c, i*s-p+u*d, j*s-p+v*d]``
+    with zero outside the image: the C channels split into G groups of C/G that share their
+    group's KH x KW kernel at each output pixel. Differentiable (twice), ``torch.compile``-able
+    without graph breaks, autocast-aware, and counted by ``torch.utils.flop_counter``.
+
+    Args:
+        input (Tensor[N, C, H, W]): the feature map, any floating dtype.
+        kernel (Tensor[N, G, KH, KW, Ho, Wo]): one KH x KW kernel per sample, group and output
+            pixel; same device and dtype as ``input``; G must divide C.
+        stride (int or Tuple[int, int]): step between windows (>= 1). Default: 1.
+        padding (int or Tuple[int, int], optional): zero padding on each side (>= 0). Default:
+            None, meaning ``dilation * (K - 1) // 2`` per axis (same size at stride 1, odd K).
+        dilation (int or Tuple[int, int]): spacing between kernel taps (>= 1). Default: 1.
+        backend (str): one of ``BACKENDS``: "auto" (default: the fastest that runs the tensors'
+            device and dtype), "numba_cuda", "numba_cpu" or "reference".
+
+    Returns:
+        Tensor[N, C, Ho, Wo]: the output, in ``input``'s memory format (channels_last in,
+        channels_last out); Ho, Wo follow the convolution formula (``output_size``).
+
+    Raises:
+        TypeError: a non-tensor operand, a non-floating or mismatched dtype, a stride, padding or
+            dilation that is not an int or a pair of ints, or a dtype the backend does not run.
+        ValueError: a wrong rank or shape, a negative padding, a stride or dilation below 1, an
+            unknown backend, or a backend that does not run the tensors' device. Every message is
+            one line naming the argument.
+
+    Example:
+        >>> x = torch.randn(2, 16, 8, 8)
+        >>> kernel = torch.randn(2, 4, 3, 3, 8, 8)  # G = 4 groups of 4 channels
+        >>> involution2d(x, kernel).shape
+        torch.Size([2, 16, 8, 8])
+        >>> involution2d(x, kernel[..., ::2, ::2], stride=2).shape
+        torch.Size([2, 16, 4, 4])
     """
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    if not isinstance(kernel, Tensor):
-        raise TypeError(f"kernel must be a torch.Tensor, got {type(kernel).__name__}")
-    if input.dim() != 4:
-        raise ValueError(f"input must be 4-D [N,C,H,W], got shape {tuple(input.shape)}")
-    if kernel.dim() != 6:
-        raise ValueError(f"kernel must be 6-D [N,G,KH,KW,Ho,Wo], got shape {tuple(kernel.shape)}")
-    if input.dtype not in _FLOATING:
-        raise TypeError(f"input dtype must be one of {_FLOATING}, got {input.dtype}")
-    if kernel.device != input.device:
-        raise ValueError(
-            f"kernel must be on the input's device {input.device}, got {kernel.device}"
-        )
-    # Under torch.autocast the op's autocast rule casts both operands first (see _library).
-    dtype = autocast_dtype(input.device.type, input.dtype) or input.dtype
-    kernel_dtype = autocast_dtype(input.device.type, kernel.dtype) or kernel.dtype
-    if kernel_dtype != dtype:
-        raise TypeError(f"kernel dtype must equal input dtype {input.dtype}, got {kernel.dtype}")
-    stride = _pair(stride, "stride", 1)
-    dilation = _pair(dilation, "dilation", 1)
+    args = normalize(
+        [("input", input, "[N,C,H,W]"), ("kernel", kernel, "[N,G,KH,KW,Ho,Wo]")],
+        None,
+        stride,
+        padding,
+        dilation,
+        backend,
+    )
     n, c, h, w = input.shape
-    g, kh, kw = kernel.shape[1], kernel.shape[2], kernel.shape[3]
-    if kh < 1 or kw < 1:
-        raise ValueError(f"kernel size must be >= 1, got kernel shape {tuple(kernel.shape)}")
-    if padding is None:
-        padding = (dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2)
-    padding = _pair(padding, "padding", 0)
+    g, (kh, kw) = kernel.shape[1], args.kernel_size
     if g < 1 or c % g:
         raise ValueError(
             f"kernel groups G={g} (kernel.shape[1]) must divide the input channels C={c}"
         )
-    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    ho, wo = args.output_size((h, w))
     if ho < 1 or wo < 1:
         raise ValueError(
-            f"input spatial size {(h, w)} is too small for kernel {(kh, kw)} with padding {padding} "
-            f"and dilation {dilation}: output size would be {(ho, wo)}"
+            f"input spatial size {(h, w)} is too small for kernel {(kh, kw)} with padding "
+            f"{args.padding} and dilation {args.dilation}: output size would be {(ho, wo)}"
         )
     expected = (n, g, kh, kw, ho, wo)
     if tuple(kernel.shape) != expected:
         raise ValueError(
             f"kernel shape must be (N, G, KH, KW, Ho, Wo) = {expected}, got {tuple(kernel.shape)}"
         )
-    resolved = resolve_backend(backend, input.device, dtype)
-    return _library.involution2d_op(input, kernel, stride, padding, dilation, resolved)
+    return _library.involution2d_op(
+        input, kernel, args.stride, args.padding, args.dilation, args.backend
+    )

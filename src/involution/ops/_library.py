@@ -4,12 +4,15 @@ Three custom ops, each with a fake (meta) implementation, an autograd formula, a
 and a FLOP formula::
 
     involution::involution2d(input, kernel, stride, padding, dilation, backend) -> out
-    involution::involution2d_grad_input(grad_out, kernel, input_size, stride, padding, dilation, backend)
-    involution::involution2d_grad_kernel(grad_out, input, kernel_size, groups, stride, padding, dilation, backend)
+    involution::involution2d_grad_input(grad_out, kernel, input_size, stride, padding, dilation,
+                                        backend)
+    involution::involution2d_grad_kernel(grad_out, input, kernel_size, groups, stride, padding,
+                                         dilation, backend)
 
 They close under differentiation (the gradient of each is made of the three), so double backward
 works, and ``torch.compile`` sees each as one opaque node (no graph break). ``backend`` is a
-concrete backend name here (``"auto"`` is resolved by ``involution2d`` before the call).
+concrete backend name here (``"auto"`` is resolved by the public functions before the call); the
+registration names none: it calls the backend's entry points and its ``grad_out_format`` hook.
 
 Memory formats (the fake implementations promise the same strides):
 - ``involution2d``: the output has the input's memory format (channels_last or contiguous);
@@ -24,62 +27,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from involution.ops import _numba_cpu, _numba_cuda, _reference
-
-CPU_DTYPES = (torch.float32, torch.float64)
-CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-_IMPLS = {"reference": _reference, "numba_cpu": _numba_cpu, "numba_cuda": _numba_cuda}
-
-
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend for ``backend`` on ``device``/``dtype``; raises on a misfit."""
-    if backend == "auto":
-        if device.type == "cuda":
-            return "numba_cuda"
-        if device.type == "cpu" and dtype in CPU_DTYPES:
-            return "numba_cpu"
-        return "reference"
-    if backend == "numba_cpu":
-        if device.type != "cpu":
-            raise ValueError(
-                f"backend='numba_cpu' needs CPU tensors (device 'cpu'), got device {device}"
-            )
-        if dtype not in CPU_DTYPES:
-            raise TypeError(f"backend='numba_cpu' supports dtypes {CPU_DTYPES}, got {dtype}")
-    elif backend == "numba_cuda":
-        if device.type != "cuda" and not (device.type == "cpu" and _numba_cuda.simulator_enabled()):
-            raise ValueError(
-                f"backend='numba_cuda' needs CUDA tensors (device 'cuda'), got device {device}"
-            )
-        if dtype not in CUDA_DTYPES:
-            raise TypeError(f"backend='numba_cuda' supports dtypes {CUDA_DTYPES}, got {dtype}")
-    elif backend != "reference":
-        raise ValueError(
-            f"backend must be one of ('auto', 'reference', 'numba_cpu', 'numba_cuda'), got {backend!r}"
-        )
-    return backend
-
-
-def channels_last(t: Tensor) -> bool:
-    """True for a 4-D tensor laid out NHWC (and not also plainly contiguous)."""
-    return (
-        t.dim() == 4
-        and t.is_contiguous(memory_format=torch.channels_last)
-        and not t.is_contiguous()
-    )
-
-
-def _format(t: Tensor) -> torch.memory_format:
-    return torch.channels_last if channels_last(t) else torch.contiguous_format
-
-
-def _impl(backend: str):
-    try:
-        return _IMPLS[backend]
-    except KeyError:
-        raise ValueError(f"backend must be one of {tuple(_IMPLS)}, got {backend!r}") from None
-
+from involution.ops import _backends
+from involution.ops._args import autocast_dtype
+from involution.ops._formats import memory_format
 
 # ------------------------------------------------------------------------------------------------
 # The three ops
@@ -95,8 +45,9 @@ def involution2d_op(
     dilation: Sequence[int],
     backend: str,
 ) -> Tensor:
-    out = _impl(backend).forward(input, kernel, tuple(stride), tuple(padding), tuple(dilation))
-    return out.contiguous(memory_format=_format(input))
+    impl = _backends.get(backend)
+    out = impl.forward(input, kernel, tuple(stride), tuple(padding), tuple(dilation))
+    return out.contiguous(memory_format=memory_format(input))
 
 
 @involution2d_op.register_fake
@@ -104,7 +55,10 @@ def _(input, kernel, stride, padding, dilation, backend):
     n, c = input.shape[0], input.shape[1]
     ho, wo = kernel.shape[4], kernel.shape[5]
     return torch.empty(
-        (n, c, ho, wo), dtype=input.dtype, device=input.device, memory_format=_format(input)
+        (n, c, ho, wo),
+        dtype=input.dtype,
+        device=input.device,
+        memory_format=memory_format(input),
     )
 
 
@@ -118,10 +72,10 @@ def grad_input_op(
     dilation: Sequence[int],
     backend: str,
 ) -> Tensor:
-    grad = _impl(backend).grad_input(
+    grad = _backends.get(backend).grad_input(
         grad_out, kernel, tuple(input_size), tuple(stride), tuple(padding), tuple(dilation)
     )
-    return grad.contiguous(memory_format=_format(grad_out))
+    return grad.contiguous(memory_format=memory_format(grad_out))
 
 
 @grad_input_op.register_fake
@@ -131,7 +85,7 @@ def _(grad_out, kernel, input_size, stride, padding, dilation, backend):
         (n, c, input_size[0], input_size[1]),
         dtype=grad_out.dtype,
         device=grad_out.device,
-        memory_format=_format(grad_out),
+        memory_format=memory_format(grad_out),
     )
 
 
@@ -146,7 +100,7 @@ def grad_kernel_op(
     dilation: Sequence[int],
     backend: str,
 ) -> Tensor:
-    grad = _impl(backend).grad_kernel(
+    grad = _backends.get(backend).grad_kernel(
         grad_out, input, tuple(kernel_size), groups, tuple(stride), tuple(padding), tuple(dilation)
     )
     return grad.contiguous()
@@ -161,7 +115,8 @@ def _(grad_out, input, kernel_size, groups, stride, padding, dilation, backend):
 # ------------------------------------------------------------------------------------------------
 # Autograd: each gradient is again one of the three ops
 #
-#   d out / d input   = grad_input(grad_out, kernel)      d out / d kernel = grad_kernel(grad_out, input)
+#   d out / d input   = grad_input(grad_out, kernel)
+#   d out / d kernel  = grad_kernel(grad_out, input)
 #   grad_input(go, k):  d/d go = involution2d(gg, k)      d/d k = grad_kernel(go, gg)
 #   grad_kernel(go, x): d/d go = involution2d(x, gg)      d/d x = grad_input(go, gg)
 # ------------------------------------------------------------------------------------------------
@@ -171,19 +126,16 @@ def _setup_forward(ctx, inputs, output) -> None:
     input, kernel, stride, padding, dilation, backend = inputs
     ctx.save_for_backward(input, kernel)
     ctx.args = (list(stride), list(padding), list(dilation), backend)
-    # When both numba_cpu backward ops compute NHWC, handing them the gradient channels-last
-    # saves each its own transpose; when only grad_input does (the kernel gradient stays NCHW on
-    # wide maps), each op is left to lay the gradient out as it needs.
-    ctx.nhwc_hint = backend == "numba_cpu" and _numba_cpu.backward_shares_nhwc(
-        input, kernel, stride
-    )
+    # The backend's layout policy: one copy of the incoming gradient in the format both gradient
+    # ops compute in can be cheaper than letting each lay it out as it needs.
+    ctx.grad_out_format = _backends.get(backend).grad_out_format(input, kernel, tuple(stride))
 
 
 def _backward_forward(ctx, grad_out: Tensor):
     input, kernel = ctx.saved_tensors
     stride, padding, dilation, backend = ctx.args
-    if ctx.nhwc_hint:
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    if ctx.grad_out_format is not None:
+        grad_out = grad_out.contiguous(memory_format=ctx.grad_out_format)
     grad_input = grad_kernel = None
     if ctx.needs_input_grad[0]:
         grad_input = grad_input_op(
@@ -263,15 +215,6 @@ grad_kernel_op.register_autograd(_backward_grad_kernel, setup_context=_setup_gra
 # ------------------------------------------------------------------------------------------------
 
 _LIB = torch.library.Library("involution", "FRAGMENT")  # noqa: TOR901 - registrations below
-
-
-def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype | None:
-    """The dtype the autocast rule casts a ``dtype`` operand to, or None when autocast is off."""
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
-        return None
-    if dtype == torch.float64:
-        return dtype
-    return torch.get_autocast_dtype("cuda") if device_type == "cuda" else torch.float32
 
 
 def _autocast_rule(device_type: str, name: str, op) -> None:

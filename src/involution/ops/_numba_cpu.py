@@ -1,11 +1,11 @@
 """Backend ``numba_cpu``: torch tensors <-> the Numba CPU kernels of ``involution.kernels.cpu``.
 
-The kernels write into torch-allocated outputs through ``Tensor.numpy()`` views (no copies).
-Layout: the kernels come in NCHW and NHWC flavours; ``kernels.cpu.nhwc_is_faster`` picks NHWC when a
-group has at least a vector (8) of channels (RedNet: 16) and the kernel is 5x5 or larger, and
-``kernels.cpu.grad_kernel_nhwc_is_faster`` makes the same choice for the kernel gradient, which
-stays NCHW (flat-plane kernel) at stride 1 on maps 16 or more wide. Operands are brought to the
-chosen layout with one copy each where they are not in it already.
+CPU tensors, float32 and float64. The kernels write into torch-allocated outputs through
+``Tensor.numpy()`` views (no copies). Layout: the kernels come in NCHW and NHWC flavours, and the
+kernels' policy (``involution.kernels.cpu.policy``) picks one per call from the group width, the
+kernel size, the stride and the map width. Operands are brought to the chosen layout with one copy
+each where they are not in it already; ``grad_out_format`` asks the forward's backward for a
+channels-last incoming gradient where both gradient ops would otherwise transpose it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,19 @@ import torch
 from torch import Tensor
 
 from involution.kernels import cpu as kernels
+from involution.ops._formats import is_channels_last
+
+NAME = "numba_cpu"
+DTYPES = (torch.float32, torch.float64)
+
+
+def can_run(device: torch.device, dtype: torch.dtype, explicit: bool) -> str | None:
+    """None for CPU float32/float64 tensors, else why not."""
+    if device.type != "cpu":
+        return f"needs CPU tensors (device 'cpu'), got device {device}"
+    if dtype not in DTYPES:
+        return f"supports dtypes {DTYPES}, got {dtype}"
+    return None
 
 
 def uses_nhwc(input: Tensor, kernel: Tensor) -> bool:
@@ -22,12 +35,8 @@ def uses_nhwc(input: Tensor, kernel: Tensor) -> bool:
     return kernels.nhwc_is_faster(
         input.shape[1] // kernel.shape[1],
         kernel.shape[2] * kernel.shape[3],
-        _is_nhwc(input),
+        is_channels_last(input),
     )
-
-
-def _is_nhwc(t: Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _grad_kernel_uses_nhwc(channels, groups, kernel_size, stride, width, out_width) -> bool:
@@ -36,12 +45,14 @@ def _grad_kernel_uses_nhwc(channels, groups, kernel_size, stride, width, out_wid
     )
 
 
-def backward_shares_nhwc(input: Tensor, kernel: Tensor, stride) -> bool:
-    """Whether both backward ops compute in NHWC: only then is one channels-last copy of the
-    incoming gradient, shared by both, cheaper than letting each op lay it out as it needs."""
-    return uses_nhwc(input, kernel) and _grad_kernel_uses_nhwc(
+def grad_out_format(input: Tensor, kernel: Tensor, stride) -> torch.memory_format | None:
+    """channels_last when both backward ops compute in NHWC: only then is one channels-last copy
+    of the incoming gradient, shared by both, cheaper than letting each op lay it out as it needs
+    (on wide maps the kernel gradient stays NCHW, and a shared copy would cost a transpose back)."""
+    shares = uses_nhwc(input, kernel) and _grad_kernel_uses_nhwc(
         input.shape[1], kernel.shape[1], kernel.shape[2:4], stride, input.shape[3], kernel.shape[5]
     )
+    return torch.channels_last if shares else None
 
 
 def _as(t: Tensor, nhwc: bool):

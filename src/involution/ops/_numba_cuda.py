@@ -1,4 +1,7 @@
-"""Backend ``numba_cuda``: torch CUDA tensors <-> the numba-cuda kernels of ``involution.kernels.cuda``.
+"""Backend ``numba_cuda``: torch CUDA tensors <-> the numba-cuda kernels of ``kernels.cuda``.
+
+CUDA tensors; float32, float16, bfloat16 (accumulating in float32) and float64; every operand is
+computed on contiguous (NCHW) memory.
 
 Tensors are handed to the kernels in place through ``__cuda_array_interface__``
 (``numba.cuda.as_cuda_array``, flattened contiguous views; bfloat16 as its int16 bit pattern) and
@@ -33,6 +36,26 @@ def simulator_enabled() -> bool:
     except ImportError:  # pragma: no cover - numba-cuda is a dependency
         return False
     return bool(config.ENABLE_CUDASIM)
+
+
+NAME = "numba_cuda"
+DTYPES = tuple(_KINDS)
+
+
+def can_run(device: torch.device, dtype: torch.dtype, explicit: bool) -> str | None:
+    """None for CUDA tensors of ``DTYPES``; CPU tensors too under the simulator, when asked for
+    by name (``auto`` never picks a simulated backend), else why not."""
+    simulated = explicit and device.type == "cpu" and simulator_enabled()
+    if device.type != "cuda" and not simulated:
+        return f"needs CUDA tensors (device 'cuda'), got device {device}"
+    if dtype not in DTYPES:
+        return f"supports dtypes {DTYPES}, got {dtype}"
+    return None
+
+
+def grad_out_format(input: Tensor, kernel: Tensor, stride) -> torch.memory_format | None:
+    """None: each op makes its operands contiguous itself."""
+    return None
 
 
 def _kernels():

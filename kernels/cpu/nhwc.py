@@ -1,0 +1,157 @@
+"""NHWC kernels (x [N, H, W, C]): for >= 8 channels per group (RedNet has 16) and 5x5 and up.
+
+The vector dimension is the group's channels, so the speed does not depend on the image width:
+each output pixel accumulates its taps in registers, 8 channels at a time (``_fma8``), with the
+valid taps looked up in small per-axis tables (``tap_table``, ``gather_table``), so the innermost
+work has no bounds test. The 8-scalar accumulator tuples become vector FMAs only with LLVM's SLP
+vectoriser on, which ``involution.kernels.cpu.dispatch`` switches on when it compiles them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from involution.kernels.cpu.tables import FASTMATH, col_ranges, gather_table, tap_table
+
+VEC = 8  # channels per register block (one AVX2 register of float32)
+
+
+@njit(inline="always", cache=True)
+def _fma8(acc, k, xs):  # pragma: no cover - compiled
+    """acc + k * xs[0:8] on a tuple of 8 scalars (kept in registers). ``xs`` is a view that starts
+    at the block: constant indices need no negative-index fix-up, so the 8 loads are consecutive
+    and LLVM turns them into one vector load + FMA."""
+    return (
+        acc[0] + k * xs[0],
+        acc[1] + k * xs[1],
+        acc[2] + k * xs[2],
+        acc[3] + k * xs[3],
+        acc[4] + k * xs[4],
+        acc[5] + k * xs[5],
+        acc[6] + k * xs[6],
+        acc[7] + k * xs[7],
+    )
+
+
+@njit(inline="always", cache=True)
+def _store8(acc, out):  # pragma: no cover - compiled
+    out[0] = acc[0]
+    out[1] = acc[1]
+    out[2] = acc[2]
+    out[3] = acc[3]
+    out[4] = acc[4]
+    out[5] = acc[5]
+    out[6] = acc[6]
+    out[7] = acc[7]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def taps_nhwc(src, kernel, dst, rows, cols, kernel_at_src):  # pragma: no cover - compiled
+    """dst[n,y,x,c] = sum over the taps (u, v) with a = rows[y,u] >= 0 and b = cols[x,v] >= 0 of
+    kernel[n,g,u,v,(a,b) if kernel_at_src else (y,x)] * src[n,a,b,c]: the forward (tables from
+    ``tap_table``, the kernel follows the output) and grad_input (tables from ``gather_table``, a
+    gather: the kernel follows grad_out) in NHWC."""
+    n_batch, dst_h, dst_w, channels = dst.shape
+    groups, kh, kw = kernel.shape[1:4]
+    cpg = channels // groups
+    nblocks = cpg // VEC
+    zero = np.zeros(1, dst.dtype)[0]
+    for task in prange(n_batch * dst_h):
+        n = task // dst_h
+        y = task % dst_h
+        sn = src[n]
+        for g in range(groups):  # group outer: its KH*KW kernel rows stay in L1 across the row
+            kk = kernel[n, g]
+            for xc in range(dst_w):
+                dpix = dst[n, y, xc]
+                for b in range(nblocks):
+                    c0 = g * cpg + b * VEC
+                    acc = (zero, zero, zero, zero, zero, zero, zero, zero)
+                    for u in range(kh):
+                        a = rows[y, u]
+                        if a < 0:
+                            continue
+                        for v in range(kw):
+                            bc = cols[xc, v]
+                            if bc < 0:
+                                continue
+                            ka = a if kernel_at_src else y
+                            kb = bc if kernel_at_src else xc
+                            acc = _fma8(acc, kk[u, v, ka, kb], sn[a, bc, c0 : c0 + VEC])
+                    _store8(acc, dpix[c0 : c0 + VEC])
+                for c in range(g * cpg + nblocks * VEC, (g + 1) * cpg):
+                    acc1 = zero
+                    for u in range(kh):
+                        a = rows[y, u]
+                        if a < 0:
+                            continue
+                        for v in range(kw):
+                            bc = cols[xc, v]
+                            if bc < 0:
+                                continue
+                            ka = a if kernel_at_src else y
+                            kb = bc if kernel_at_src else xc
+                            acc1 += kk[u, v, ka, kb] * sn[a, bc, c]
+                    dpix[c] = acc1
+
+
+@njit(cache=True)
+def forward_nhwc(x, kernel, out, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+    """out [N,Ho,Wo,C] = involution of x [N,H,W,C] with kernel [N,G,KH,KW,Ho,Wo]."""
+    height, width = x.shape[1:3]
+    kh, kw, ho, wo = kernel.shape[2:]
+    rows = tap_table(ho, kh, sh, ph, dh, height)
+    cols = tap_table(wo, kw, sw, pw, dw, width)
+    taps_nhwc(x, kernel, out, rows, cols, False)
+
+
+@njit(cache=True)
+def grad_input_nhwc(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):  # pragma: no cover
+    """grad_x [N,H,W,C] from grad_out [N,Ho,Wo,C]: a gather per input pixel, taps from tables."""
+    height, width = grad_x.shape[1:3]
+    kh, kw, ho, wo = kernel.shape[2:]
+    rows = gather_table(height, kh, sh, ph, dh, ho)
+    cols = gather_table(width, kw, sw, pw, dw, wo)
+    taps_nhwc(grad_out, kernel, grad_x, rows, cols, True)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def grad_kernel_nhwc(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+    """grad_k[n,g,u,v,i,j] = dot(grad_out[n,i,j,group g], x[n,ih,jw,group g]) (NHWC operands)."""
+    n_batch, height, width, channels = x.shape
+    groups, kh, kw, ho, wo = grad_k.shape[1:]
+    cpg = channels // groups
+    zero = np.zeros(1, grad_k.dtype)[0]
+    cols = col_ranges(kw, pw, dw, sw, width, wo)
+    for task in prange(n_batch * groups * ho):
+        n = task // (groups * ho)
+        g = (task // ho) % groups
+        i = task % ho
+        c0 = g * cpg
+        for u in range(kh):
+            ih = i * sh - ph + u * dh
+            inside = ih >= 0 and ih < height
+            for v in range(kw):
+                off = v * dw - pw
+                lo, hi = cols[v, 0], cols[v, 1]
+                if not inside:
+                    lo = 0
+                    hi = 0
+                grow = grad_k[n, g, u, v, i]
+                for j in range(lo):
+                    grow[j] = 0
+                for j in range(hi, wo):
+                    grow[j] = 0
+                if hi <= lo:
+                    continue
+                xrow = x[n, ih]
+                gorow = grad_out[n, i]
+                for j in range(lo, hi):
+                    a = gorow[j, c0 : c0 + cpg]
+                    b = xrow[j * sw + off, c0 : c0 + cpg]
+                    s = zero
+                    for t in range(cpg):
+                        s += a[t] * b[t]
+                    grow[j] = s
+

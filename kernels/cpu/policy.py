@@ -1,0 +1,48 @@
+"""Layout and plane-flattening policy of the CPU kernels: which kernel family runs a call.
+
+Plain Python on shapes, no kernel code. The thresholds were set from the numba_cpu rows of the
+operator benchmark (``make bench-ops``: ``python -m involution.bench.ops``, recorded in
+docs/benchmarks.md, section "Operator: involution forward+backward vs depthwise convolution", at
+RedNet's shapes); to retune one, change it here, rerun that benchmark and compare the rows.
+"""
+
+from __future__ import annotations
+
+from numba import get_num_threads
+
+from involution.kernels.cpu.flat import flat_applies
+from involution.kernels.cpu.nhwc import VEC
+
+# A kernel of at least this many taps (5x5) computes NHWC even from NCHW operands: below it (the
+# 3x3 stem) the two transposes cost more than the NHWC loops save.
+NHWC_MIN_TAPS = 25
+# The kernel gradient stays on the flat-plane NCHW kernel on maps at least this wide, where that
+# kernel beats NHWC and needs no transposed copies of grad_out and x.
+FLAT_GRAD_KERNEL_MIN_WIDTH = 16
+# Elements per flat task and channel: long loops, while the chunk still fits in L1.
+FLAT_TASK_ELEMENTS = 2048
+
+
+def nhwc_is_faster(channels_per_group: int, taps: int, operands_nhwc: bool = False) -> bool:
+    """Layout of the forward and grad_input: NHWC when a group has at least a vector of channels
+    (``VEC``; with narrower groups, e.g. G = C, there is nothing to vectorise across channels) and
+    either the kernel has ``NHWC_MIN_TAPS`` taps or the operands are NHWC already."""
+    return channels_per_group >= VEC and (taps >= NHWC_MIN_TAPS or operands_nhwc)
+
+
+def grad_kernel_nhwc_is_faster(
+    channels_per_group: int, taps: int, stride, width: int, out_width: int
+) -> bool:
+    """Layout of the kernel gradient: like ``nhwc_is_faster``, except that the flat-plane NCHW
+    kernel runs wherever it applies on maps at least ``FLAT_GRAD_KERNEL_MIN_WIDTH`` wide."""
+    if not nhwc_is_faster(channels_per_group, taps):
+        return False
+    return not (flat_applies(stride, width, out_width) and width >= FLAT_GRAD_KERNEL_MIN_WIDTH)
+
+
+def flat_rows_per_task(outer: int, rows: int, width: int) -> int:
+    """Rows per flat task: about ``FLAT_TASK_ELEMENTS`` per chunk, but at least 4 tasks per
+    thread where the tensor allows it, so that all threads stay busy."""
+    by_size = max(1, FLAT_TASK_ELEMENTS // max(width, 1))
+    by_threads = max(1, (outer * rows) // (4 * get_num_threads()))
+    return int(min(by_size, by_threads, rows))
