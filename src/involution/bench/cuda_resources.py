@@ -518,12 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     json_path = args.json or args.output.parent / "cuda_resources.json"
     if args.render:
-        if not json_path.is_file():
-            parser.error(f"argument --render: no records at {json_path}")
-        try:
-            found = report.read_records(json_path)
-        except report.RecordsError as error:
-            parser.error(f"argument --render: {error}")
+        found = report.records_to_render(parser, json_path)
         sections.write_section(args.output, render(found["meta"], found["rows"]), SECTION)
         print(f"[cuda-report] rebuilt the section of {args.output} from {json_path}")
         return 0

@@ -396,12 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.render:
         records = report.records_path(args.output, NAME)
-        if not records.is_file():
-            parser.error(f"argument --render: no records at {records}")
-        try:
-            previous = report.read_records(records)
-        except report.RecordsError as error:
-            parser.error(f"argument --render: {error}")
+        previous = report.records_to_render(parser, records)
         save(args.output, previous["meta"], previous["runs"], previous["meta"].get("load_end"))
         print(f"[bench-models] rebuilt {args.output} from {records}")
         return

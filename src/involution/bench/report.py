@@ -13,6 +13,7 @@ notebooks read the records through it.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -159,3 +160,14 @@ def read_records(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise RecordsError(f"{path}: meta lacks {', '.join(missing)}")
     return document
+
+
+def records_to_render(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The records at ``path`` for a benchmark's ``--render``; a missing or malformed file ends
+    the command with the parser's one-line error naming it."""
+    if not Path(path).is_file():
+        parser.error(f"argument --render: no records at {path}")
+    try:
+        return read_records(path)
+    except RecordsError as error:
+        parser.error(f"argument --render: {error}")

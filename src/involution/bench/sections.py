@@ -3,7 +3,7 @@
 
     python -m involution.bench.sections FROM.md INTO.md [--only NAME ...]
 
-copies sections from one such file into another, e.g. a GPU session's results
+copies sections from one such file into another, e.g. a GPU run's results
 (``gpu-check-out/benchmarks.md``) into docs/benchmarks.md, replacing only the sections copied.
 """
 
