@@ -240,7 +240,7 @@ def load_benchmarks(
 
     Example:
         >>> bench = load_benchmarks()  # doctest: +SKIP
-        >>> bench.pivot_table(index="shape", columns="backend", values="median_ms")  # doctest: +SKIP
+        >>> bench.pivot_table("median_ms", "shape", "backend")  # doctest: +SKIP
     """
     from involution.bench import ops, report
 
