@@ -250,12 +250,18 @@ def test_sections_copy_between_files(tmp_path: Path, capsys) -> None:
     sections.write_section(source, "cuda report", "involution.bench.cuda_resources")
     sections.write_section(target, "cpu table", "involution.bench.ops")
     sections.write_section(target, "old gpu table", "involution.bench.ops.gpu")
+    (tmp_path / "gpu.ops.gpu.json").write_text('{"meta": "the gpu records"}')
+    (tmp_path / "docs.ops.json").write_text('{"meta": "the cpu records"}')
     assert sections.main([str(source), str(target), "--only", "involution.bench.ops.gpu"]) == 0
     found = sections.read_sections(target.read_text())
     assert found == {
         "involution.bench.ops": "cpu table\n",
         "involution.bench.ops.gpu": "gpu table\n",
     }
+    # the records the copied section was rendered from go with it; the others stay
+    assert (tmp_path / "docs.ops.gpu.json").read_text() == '{"meta": "the gpu records"}'
+    assert (tmp_path / "docs.ops.json").read_text() == '{"meta": "the cpu records"}'
+    assert report.records_path(target, "ops.gpu") == tmp_path / "docs.ops.gpu.json"
     with pytest.raises(SystemExit):
         sections.main([str(source), str(target), "--only", "involution.bench.models"])
     assert "has no section involution.bench.models" in capsys.readouterr().err

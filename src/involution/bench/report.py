@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from involution.bench import sections
+
 
 def versions() -> dict[str, str]:
     """Python, torch, numba and numba-cuda versions."""
@@ -91,7 +93,7 @@ class RecordsError(ValueError):
 
 def records_path(markdown: Path, name: str) -> Path:
     """Where benchmark ``name`` keeps its JSON records: beside the markdown it renders."""
-    return markdown.with_name(f"{markdown.stem}.{name}.json")
+    return sections.records_of(markdown, name)
 
 
 def command(module: str, argv: list[str]) -> str:
