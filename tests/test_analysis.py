@@ -423,77 +423,6 @@ def test_images_filters_and_tables(checkpoints) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# costs and benchmarks
-
-
-def test_cost_table_counts_every_family() -> None:
-    table = analysis.cost_table(depths=[26, 50], image_size=64, num_classes=10)
-    assert {"rednet", "resnet"} <= set(table["family"])
-    rednet50 = table[table["model"] == "rednet50"].iloc[0]
-    resnet50 = table[table["model"] == "resnet50"].iloc[0]
-    assert rednet50["operator"] == "involution" and resnet50["operator"] == "convolution"
-    assert rednet50["params"] < resnet50["params"] and rednet50["macs"] > 0
-    with pytest.raises(AnalysisError) as error:
-        analysis.cost_table(families=["vgg"])
-    assert "unknown model families" in one_line(error)
-
-
-def test_spatial_op_costs() -> None:
-    table = analysis.spatial_op_costs(channels=32, size=8).set_index("operator")
-    assert table.loc["convolution 3x3", "params"] == 32 * 32 * 9
-    assert table.loc["depthwise conv 7x7", "params"] == 32 * 49
-    assert table.loc["convolution 3x3", "macs"] == 32 * 32 * 9 * 64
-    assert table.loc["involution 7x7", "params"] > 0
-
-
-LONG = """
-# Benchmarks
-## CPU (2 threads)
-| backend | shape | forward+backward median (ms) | speed-up |
-|---|---|---:|---:|
-| reference | 2x64x28x28 | 12.5 | 1.0x |
-| numba_cpu | 2x64x28x28 | **3.1** | 4.0x |
-## GPU
-| backend | shape | fwd (us) | fwd+bwd (us) |
-|:--|:--|--:|--:|
-| numba_cuda | 32x256x14x14 | 40 | 120 ± 3 |
-"""
-WIDE = """
-| shape (N, C, H, W) | reference (ms) | numba_cpu (ms) | depthwise conv 7x7 (ms) |
-|---|---|---|---|
-| 2x64x28x28 | 12.5 | 3.1 | 2.4 |
-| 8x256x14x14 | 40.2 | n/a | 6.7 |
-"""
-
-
-def test_benchmarks_from_markdown_long_and_wide() -> None:
-    long = analysis.benchmarks_from_markdown(LONG)
-    assert long[["backend", "median_ms"]].values.tolist() == [["reference", 12.5], ["numba_cpu", 3.1], ["numba_cuda", 0.12]]
-    assert long["table"].tolist() == ["CPU (2 threads)", "CPU (2 threads)", "GPU"]
-    wide = analysis.benchmarks_from_markdown(WIDE)
-    assert sorted(set(wide["backend"])) == ["depthwise conv 7x7", "numba_cpu", "reference"]
-    assert len(wide) == 5  # the n/a cell is left out
-    assert analysis.benchmarks_from_markdown("no tables here").empty
-
-
-def test_the_real_benchmarks_file_parses() -> None:
-    path = analysis.project_root() / "docs" / "benchmarks.md"
-    if not path.is_file():
-        pytest.skip("docs/benchmarks.md not written yet (make bench-ops)")
-    table = analysis.benchmarks_from_markdown(path.read_text())
-    assert not table.empty and (table["median_ms"] > 0).all()
-
-
-def test_load_benchmarks_falls_back_to_a_fresh_run(tmp_path: Path) -> None:
-    with pytest.raises(analysis.BenchmarksUnavailableError) as error:
-        analysis.load_benchmarks(tmp_path / "none.md", fresh_if_missing=False)
-    assert "make bench-ops" in one_line(error)
-    fresh = analysis.load_benchmarks(tmp_path / "none.md", shapes=[(1, 16, 8, 8)], repeats=1)
-    assert "reference" in set(fresh["backend"]) and "depthwise conv 7x7" in set(fresh["backend"])
-    assert (fresh["median_ms"] > 0).all() and set(fresh["table"]) == {"fresh"}
-
-
-# ---------------------------------------------------------------------------------------------
 # figures
 
 
@@ -550,7 +479,6 @@ def test_kernel_and_cost_figures(checkpoints, tmp_path: Path) -> None:
         "filters": analysis.plot_conv_filters(analysis.conv_filters(conv)),
         "costs": analysis.plot_costs(costs),
         "ops": analysis.plot_spatial_op_costs(analysis.spatial_op_costs(32, 8)),
-        "bench": analysis.plot_benchmarks(analysis.benchmarks_from_markdown(LONG)),
     }
     for name, figure in figures.items():
         assert_png(analysis.save_figure(figure, tmp_path, name))

@@ -1,10 +1,12 @@
-"""``make bench-ops`` end to end on a tiny shape: the section it writes, and that it replaces only
-its own section of the output file (runs in a subprocess because the benchmark changes glibc's
-heap settings for its whole process); the bandwidth floor, the GPU columns and targets from
-given timings, and the refusal of bad options."""
+"""``make bench-ops`` end to end on a tiny shape: the JSON records and the section rendered from
+them, that it replaces only its own section of the output file (runs in a subprocess because the
+benchmark changes glibc's heap settings for its whole process) and that ``--render`` rebuilds the
+section from the records alone; the bandwidth floor, the GPU columns and targets from given
+timings; the records loader's one-line errors, and the refusal of bad options."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from involution.bench import ops
+from involution.bench import ops, report
 from involution.bench.ops import BEGIN, END, write_section
+from involution.bench.sections import read_sections
 
 
 def _bench(tmp_path: Path, *extra: str) -> str:
@@ -59,6 +62,72 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
         median = row.split("|")[4].strip()
         assert float(median) > 0, row
     assert "numba_cpu" in text.split("Target")[1]  # the verdict line for the one shape
+    records = report.read_records(tmp_path / "benchmarks.ops.json")
+    meta = records["meta"]
+    assert meta["benchmark"] == "ops" and meta["device"] == "cpu" and meta["reps"] == 2
+    assert meta["command"].startswith("python -m involution.bench.ops --device cpu")
+    assert meta["machine"] and meta["versions"]["torch"] == torch.__version__ and meta["date"]
+    assert says.split(": ")[1] in meta["heap"]
+    assert [r["name"] for r in records["rows"]] == names
+    assert all(r["median"] > 0 and r["min"] <= r["median"] for r in records["rows"])
+
+
+def test_render_rebuilds_the_section_from_the_records(tmp_path: Path) -> None:
+    """Writer -> JSON -> markdown: ``--render`` gives back the section the run wrote, byte for byte,
+    and leaves the other sections alone."""
+    out = tmp_path / "benchmarks.md"
+    rendered = _bench(tmp_path)
+    section = read_sections(rendered)[ops.SECTION]
+    out.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
+    ops.main(["--render", "--output", str(out)])
+    found = read_sections(out.read_text())
+    assert found == {"other": "kept\n", ops.SECTION: section}
+    records = json.loads((tmp_path / "benchmarks.ops.json").read_text())
+    records["rows"][0]["median"] = 1.5  # an edited record shows in the next rendering
+    (tmp_path / "benchmarks.ops.json").write_text(json.dumps(records))
+    ops.main(["--render", "--output", str(out)])
+    assert "| depthwise conv2d | 1500.00 |" in read_sections(out.read_text())[ops.SECTION]
+
+
+def test_published_section_is_rendered_from_its_records() -> None:
+    """docs/benchmarks.md's operator section is what its records render (no hand edits)."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    records = report.read_records(docs / "benchmarks.ops.json")
+    published = read_sections((docs / "benchmarks.md").read_text())[ops.SECTION]
+    assert ops.render(records["meta"], records["rows"]).rstrip() + "\n" == published
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "is not JSON (Expecting property name"),
+        ("[1, 2]", "holds a JSON list; expected an object"),
+        ('{"rows": []}', "lacks a 'meta' object and a 'rows' list"),
+        ('{"meta": {"date": "x"}, "rows": []}', "meta lacks benchmark, command, machine"),
+    ],
+)
+def test_malformed_records_are_one_line_naming_the_file(
+    tmp_path: Path, capsys, text: str, says: str
+) -> None:
+    path = tmp_path / "benchmarks.ops.json"
+    path.write_text(text)
+    with pytest.raises(report.RecordsError) as error:
+        report.read_records(path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(str(path)) and says in message
+    with pytest.raises(SystemExit) as exit_:
+        ops.main(["--render", "--output", str(tmp_path / "benchmarks.md")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --render" in err and str(path) in err and says in err
+
+
+def test_render_without_records_says_where_it_looked(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        ops.main(["--render", "--output", str(tmp_path / "b.md")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"no records at {tmp_path / 'b.ops.json'}" in err
+    assert not (tmp_path / "b.md").exists()
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
@@ -105,7 +174,15 @@ def _cand(name: str, *times: float, dtype: str = "bfloat16") -> ops.Candidate:
     return ops.Candidate(name, lambda: None, dtype, list(times))
 
 
-def test_gpu_rows_ratios_and_targets() -> None:
+def _gpu_meta(bandwidth: float) -> dict:
+    return {
+        **report.meta(ops.GPU_NAME, "python -m involution.bench.ops", torch.device("cpu")),
+        "device": "cuda", "gpu": "NVIDIA H200", "load_start": "1 / 1 / 1", "load_end": "1 / 1 / 1",
+        "reps": 3, "warmup": 1, "heap": None, "bandwidth": bandwidth, "cudnn": 91000,
+    }
+
+
+def test_gpu_rows_ratios_and_targets(tmp_path: Path) -> None:
     cands = [
         _cand("depthwise conv2d", 1.0e-3, 1.2e-3, 0.8e-3),
         _cand("reference", 10e-3, 10e-3),
@@ -122,10 +199,19 @@ def test_gpu_rows_ratios_and_targets() -> None:
     table = "\n".join(ops._table(rows, on_gpu=True))
     assert "| vs reference | bandwidth floor (ms) | vs floor |" in table
     assert f"| 1.40 | 0.14 | {floor * 1e3:.2f} | {1.4e-3 / floor:.2f} |" in table
-    from involution.analysis.costs import benchmarks_from_markdown
+    from involution.analysis.costs import load_benchmarks
 
-    read = benchmarks_from_markdown(table)  # the notebooks read the GPU table's medians
+    meta = _gpu_meta(bandwidth)
+    out = tmp_path / "benchmarks.md"
+    ops.save(out, meta, rows)  # what a GPU run writes: benchmarks.ops.gpu.json and its section
+    read = load_benchmarks(tmp_path / "benchmarks.ops.gpu.json")  # what the notebooks read
     assert read["median_ms"].round(3).tolist() == [1.0, 10.0, 1.4]
+    assert set(read["table"]) == {ops.title(meta)} and "(NVIDIA H200)" in ops.title(meta)
+    section = read_sections(out.read_text())[ops.GPU_SECTION]
+    assert "## Operator: involution forward+backward vs depthwise convolution (NVIDIA H200)" in (
+        section
+    )
+    assert table in section and "measured in this run (4000 GB/s" in section
     (target,) = ops._gpu_summary(rows)
     assert target.startswith("- 64, 64, 56x56, 7, 4, bfloat16:")
     assert "x the bandwidth floor (MISSED)" in target  # 1.4 ms against a 0.09 ms floor
@@ -164,12 +250,18 @@ def test_sections_copy_between_files(tmp_path: Path, capsys) -> None:
     sections.write_section(source, "cuda report", "involution.bench.cuda_resources")
     sections.write_section(target, "cpu table", "involution.bench.ops")
     sections.write_section(target, "old gpu table", "involution.bench.ops.gpu")
+    (tmp_path / "gpu.ops.gpu.json").write_text('{"meta": "the gpu records"}')
+    (tmp_path / "docs.ops.json").write_text('{"meta": "the cpu records"}')
     assert sections.main([str(source), str(target), "--only", "involution.bench.ops.gpu"]) == 0
     found = sections.read_sections(target.read_text())
     assert found == {
         "involution.bench.ops": "cpu table\n",
         "involution.bench.ops.gpu": "gpu table\n",
     }
+    # the records the copied section was rendered from go with it; the others stay
+    assert (tmp_path / "docs.ops.gpu.json").read_text() == '{"meta": "the gpu records"}'
+    assert (tmp_path / "docs.ops.json").read_text() == '{"meta": "the cpu records"}'
+    assert report.records_path(target, "ops.gpu") == tmp_path / "docs.ops.gpu.json"
     with pytest.raises(SystemExit):
         sections.main([str(source), str(target), "--only", "involution.bench.models"])
     assert "has no section involution.bench.models" in capsys.readouterr().err

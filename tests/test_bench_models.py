@@ -141,3 +141,14 @@ def test_bench_models_refuses_bad_options(argv, says, capsys):
     with pytest.raises(SystemExit) as exited:
         bench.main(argv)
     assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_render_of_malformed_records_names_the_file(tmp_path: Path, capsys):
+    records = tmp_path / "benchmarks.models.json"
+    records.write_text('{"meta": {"benchmark": "models"}, "rows": []}')
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--render", "--output", str(tmp_path / "benchmarks.md")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2
+    assert f"argument --render: {records}: meta lacks date, command, machine, versions" in err
+    assert not (tmp_path / "benchmarks.md").exists()

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import warnings
@@ -20,9 +19,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from involution.bench import cuda_resources as cr
-from involution.bench.sections import markers, write_section
+from involution.bench import report
+from involution.bench.sections import markers, read_sections, write_section
 from involution.kernels import cuda as kernels
 
 DATA = Path(__file__).parent / "data" / "ptxas"
@@ -134,23 +135,52 @@ def test_command_writes_records_and_its_section(tmp_path):
     write_section(out, "the operator table", "involution.bench.ops")
     argv = ["--kinds", "float32", "--archs", "sm_90", "--no-lto", "--output", str(out)]
     assert cr.main(argv) == 0
-    document = json.loads((tmp_path / "cuda_resources.json").read_text())
-    assert document["command"].endswith(" ".join(argv))
-    assert document["toolkit"]["ptxas_version"].startswith("release ")
-    assert [(r["kernel"], r["kind"], r["arch"]) for r in document["records"]] == [
+    document = report.read_records(tmp_path / "cuda_resources.json")
+    meta, rows = document["meta"], document["rows"]
+    assert meta["benchmark"] == "cuda_resources" and meta["machine"] and meta["date"]
+    assert meta["command"].endswith(" ".join(argv))
+    assert meta["versions"]["ptxas"].startswith("release ") and meta["ptxas"] == PTXAS
+    assert [(r["kernel"], r["kind"], r["arch"]) for r in rows] == [
         (name, "float32", "sm_90") for name in cr.KERNELS
     ]
     text = out.read_text()
     begin, end = markers(cr.SECTION)
     assert "the operator table" in text and text.count(begin) == 1 and text.count(end) == 1
-    rows = [line for line in text.split(begin)[1].splitlines() if line.startswith("| forward ")]
-    assert len(rows) == 1 and "| float32 | sm_90 |" in rows[0]
-    assert document["records"][0]["lto"] is None and "(LTO link)" not in text
+    lines = [line for line in text.split(begin)[1].splitlines() if line.startswith("| forward ")]
+    assert len(lines) == 1 and "| float32 | sm_90 |" in lines[0]
+    assert rows[0]["lto"] is None and "(LTO link)" not in text
     assert "Spills: none" in text
-    # the notebooks read operator timings from every table of this file: none here
-    from involution.analysis.costs import benchmarks_from_markdown
+    # --render: the same section again from the records alone, no ptxas needed
+    out.write_text("# Benchmarks\n")
+    assert cr.main(["--render", "--ptxas", str(tmp_path / "nope"), "--output", str(out)]) == 0
+    assert read_sections(out.read_text()) == {cr.SECTION: read_sections(text)[cr.SECTION]}
+    # the notebooks read operator timings from the operator records only: none written here
+    from involution.analysis import BenchmarksUnavailableError, load_benchmarks
 
-    assert benchmarks_from_markdown(text.split(begin)[1]).empty
+    with pytest.raises(BenchmarksUnavailableError, match="benchmarks.ops.json does not exist"):
+        load_benchmarks(out, fresh_if_missing=False)
+
+
+def test_published_section_is_rendered_from_its_records():
+    """docs/benchmarks.md's CUDA section is what docs/cuda_resources.json renders."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    records = report.read_records(docs / "cuda_resources.json")
+    published = read_sections((docs / "benchmarks.md").read_text())[cr.SECTION]
+    assert cr.render(records["meta"], records["rows"]) == published
+
+
+def test_render_of_malformed_records_names_the_file(tmp_path, capsys):
+    records = tmp_path / "cuda_resources.json"
+    records.write_text('{"meta": {}, "rows": []')
+    with pytest.raises(SystemExit) as exited:
+        cr.main(["--render", "--output", str(tmp_path / "benchmarks.md")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and f"argument --render: {records} is not JSON" in err
+    records.unlink()
+    with pytest.raises(SystemExit):
+        cr.main(["--render", "--output", str(tmp_path / "benchmarks.md")])
+    assert f"no records at {records}" in capsys.readouterr().err
+    assert not (tmp_path / "benchmarks.md").exists()
 
 
 def test_command_without_ptxas_says_so(tmp_path, capsys):
@@ -173,7 +203,6 @@ def test_find_ptxas_honours_the_environment(tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 def test_dispatcher_kernels_use_no_local_memory_on_the_device():
-    torch = pytest.importorskip("torch")
     if not torch.cuda.is_available() or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         pytest.skip("needs a CUDA device")
     from numba import cuda

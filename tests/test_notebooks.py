@@ -28,20 +28,20 @@ FIGURES = {
     "03_operator_costs": ["params_macs_per_depth", "spatial_operator_costs", "operator_benchmark"],
 }
 KERNEL = "involution-tests"
-# A stand-in for docs/benchmarks.md in the format `make bench-ops` writes (a long table).
-BENCHMARKS_MD = """# Operator benchmarks
-
-## CPU
-
-| backend | shape (N, C, H, W) | K | forward+backward median (ms) | vs depthwise conv |
-|---|---|---:|---:|---:|
-| reference | 2x64x28x28 | 7 | 12.5 | 5.1x |
-| numba_cpu | 2x64x28x28 | 7 | 3.1 | 1.3x |
-| depthwise conv | 2x64x28x28 | 7 | 2.4 | 1.0x |
-| reference | 8x256x14x14 | 7 | 40.2 | 6.0x |
-| numba_cpu | 8x256x14x14 | 7 | 9.8 | 1.5x |
-| depthwise conv | 8x256x14x14 | 7 | 6.7 | 1.0x |
-"""
+# A stand-in for docs/benchmarks.ops.json in the records format `make bench-ops` writes.
+BENCHMARK_RECORDS = {
+    "meta": {
+        "benchmark": "ops", "date": "2026-01-01", "command": "python -m involution.bench.ops",
+        "machine": "a test machine", "versions": {"python": "3", "torch": "2"}, "device": "cpu",
+    },
+    "rows": [
+        {"shape": shape, "dtype": "float32", "name": name, "median": ms / 1e3, "min": ms / 1e3,
+         "peak": None, "ratio": None, "error": None}
+        for shape, times in (("2, 64, 28x28, 7, 4", (12.5, 3.1, 2.4)),
+                             ("8, 256, 14x14, 7, 16", (40.2, 9.8, 6.7)))
+        for name, ms in zip(("reference", "numba_cpu", "depthwise conv2d"), times)
+    ],
+}
 
 
 @pytest.fixture(scope="session")
@@ -161,8 +161,8 @@ def test_involution_kernels_notebook(artifacts: Artifacts, kernel_dir: Path, tmp
 @pytest.mark.slow
 def test_operator_costs_notebook(kernel_dir: Path, tmp_path: Path) -> None:
     figdir = tmp_path / "figures"
-    benchmarks = tmp_path / "benchmarks.md"
-    benchmarks.write_text(BENCHMARKS_MD)
+    benchmarks = tmp_path / "benchmarks.ops.json"
+    benchmarks.write_text(json.dumps(BENCHMARK_RECORDS))
     notebook = execute("03_operator_costs", kernel_dir, tmp_path, benchmarks=benchmarks, figdir=figdir)
     assert_figures(figdir, FIGURES["03_operator_costs"])
     bench = notebook.cells[first_cell_with(notebook, "load_benchmarks(")].outputs[0]["data"]["text/plain"]

@@ -6,11 +6,10 @@ multirun, a checkpoint of the wrong model, an unreachable W&B project) raises an
 """
 
 from involution.analysis.costs import (
-    benchmarks_from_markdown,
+    benchmark_table,
     cost_table,
     load_benchmarks,
     quick_benchmark,
-    read_markdown_tables,
     spatial_op_costs,
 )
 from involution.analysis.errors import (
@@ -82,7 +81,7 @@ __all__ = [
     "NotAMultirunError",
     "WandbUnavailableError",
     "ablation_table",
-    "benchmarks_from_markdown",
+    "benchmark_table",
     "capture_kernels",
     "choose_pixels",
     "conv_filters",
@@ -116,7 +115,6 @@ __all__ = [
     "predict",
     "project_root",
     "quick_benchmark",
-    "read_markdown_tables",
     "sample_images",
     "save_figure",
     "show",

@@ -1,11 +1,10 @@
 """What each operator costs: parameters and multiply-adds per model and per spatial operator, and
-the operator benchmark (docs/benchmarks.md, or a fresh small run)."""
+the operator benchmark (its JSON records, docs/benchmarks.ops.json, or a fresh small run)."""
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -117,102 +116,33 @@ def spatial_op_costs(
 # benchmarks
 
 
-_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "ms": 1.0, "s": 1e3}
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+BENCHMARK_COLUMNS = [
+    "backend", "shape", "dtype", "median_ms", "min_ms", "peak_mib", "vs_depthwise", "table"
+]
 
 
-def read_markdown_tables(text: str) -> list[pd.DataFrame]:
-    """Every pipe table in a markdown text, as string DataFrames (``attrs['heading']``: the
-    nearest heading above it)."""
-    tables: list[pd.DataFrame] = []
-    heading = ""
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        line = lines[index].strip()
-        if line.startswith("#"):
-            heading = line.lstrip("#").strip()
-        nxt = lines[index + 1].strip() if index + 1 < len(lines) else ""
-        if line.startswith("|") and re.fullmatch(r"\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?", nxt):
-            header = [c.strip() for c in line.strip("|").split("|")]
-            rows = []
-            index += 2
-            while index < len(lines) and lines[index].strip().startswith("|"):
-                cells = [c.strip() for c in lines[index].strip().strip("|").split("|")]
-                rows.append((cells + [""] * len(header))[: len(header)])
-                index += 1
-            frame = pd.DataFrame(rows, columns=header)
-            frame.attrs["heading"] = heading
-            tables.append(frame)
-            continue
-        index += 1
-    return tables
+def benchmark_table(records: dict[str, Any]) -> pd.DataFrame:
+    """The operator benchmark's records (``bench.report.read_records``) as one row per measured
+    candidate and shape; failed candidates (no time) are left out. Columns: backend, shape,
+    dtype, median_ms, min_ms, peak_mib, vs_depthwise, table (the section's heading)."""
+    from involution.bench.ops import title
 
-
-def _unit_of(text: str) -> str | None:
-    match = re.search(r"(?<![a-zA-Z])(ns|us|µs|μs|ms|s)(?![a-zA-Z])", text)
-    return match.group(1) if match else None
-
-
-def _to_ms(cell: str, header: str) -> float:
-    """'1.23 ms', '1.23', '1.2 ± 0.1', '**0.8**' -> milliseconds (unit from the cell or header)."""
-    match = _NUMBER.search(str(cell).replace(",", ""))
-    if not match:
-        return math.nan
-    unit = _unit_of(str(cell)[match.end() :]) or _unit_of(header) or "ms"
-    return float(match.group()) * _UNITS_MS[unit]
-
-
-def _time_columns(frame: pd.DataFrame) -> list[str]:
-    return [
-        c
-        for c in frame.columns
-        if re.search(r"median|time|\(ms\)|\(us\)|\(µs\)|\bms\b|\bus\b|fwd|bwd|forward|backward", c, re.I)
-        and not re.search(r"speed.?up|ratio|vs\b|x\s*of|relative|%|gb/s|bandwidth|flop", c, re.I)
+    label = title(records["meta"])
+    rows = [
+        {
+            "backend": row["name"],
+            "shape": row["shape"],
+            "dtype": row.get("dtype"),
+            "median_ms": row["median"] * 1e3,
+            "min_ms": row["min"] * 1e3 if row.get("min") is not None else math.nan,
+            "peak_mib": row["peak"] / 2**20 if row.get("peak") is not None else math.nan,
+            "vs_depthwise": row["ratio"] if row.get("ratio") is not None else math.nan,
+            "table": label,
+        }
+        for row in records["rows"]
+        if row.get("median") is not None
     ]
-
-
-def _pick(columns: Sequence[str], *patterns: str) -> str | None:
-    for pattern in patterns:
-        for column in columns:
-            if re.search(pattern, column, re.I):
-                return column
-    return None
-
-
-def benchmarks_from_markdown(text: str) -> pd.DataFrame:
-    """The forward+backward median per backend and shape, from whatever tables ``text`` holds.
-
-    Long tables (a backend column and a time column) and wide tables (one time column per
-    backend) are both read. Result columns: backend, shape, median_ms, table.
-    """
-    records = []
-    for number, frame in enumerate(read_markdown_tables(text)):
-        columns = list(frame.columns)
-        backend_col = _pick(columns, r"backend", r"impl", r"^op(erator)?$", r"method", r"kernel$")
-        shape_col = _pick(columns, r"shape", r"size", r"input", r"config", r"case")
-        times = _time_columns(frame)
-        label = frame.attrs.get("heading") or f"table {number + 1}"
-        if backend_col is not None and times:
-            time_col = _pick(times, r"f(or)?w(ar)?d\s*\+\s*b(ack)?w(ar)?d", r"fwd.?bwd", r"median", r"total") or times[-1]
-            for _, row in frame.iterrows():
-                records.append(
-                    {
-                        "backend": row[backend_col],
-                        "shape": row[shape_col] if shape_col else "",
-                        "median_ms": _to_ms(row[time_col], time_col),
-                        "table": label,
-                    }
-                )
-        elif shape_col is not None and times:
-            for _, row in frame.iterrows():
-                for column in times:
-                    name = re.sub(r"\s*\((ns|us|µs|μs|ms|s)\)\s*|\s*median\s*", " ", column, flags=re.I).strip()
-                    records.append(
-                        {"backend": name or column, "shape": row[shape_col], "median_ms": _to_ms(row[column], column), "table": label}
-                    )
-    table = pd.DataFrame(records, columns=["backend", "shape", "median_ms", "table"])
-    return table[table["median_ms"].notna()].reset_index(drop=True)
+    return pd.DataFrame(rows, columns=BENCHMARK_COLUMNS)
 
 
 def _median_ms(fn: Any, repeats: int) -> float:
@@ -234,7 +164,7 @@ def quick_benchmark(
 ) -> pd.DataFrame:
     """A fresh small forward+backward benchmark on this machine: ``involution2d`` per available
     backend, and the depthwise KxK convolution as the yardstick. Columns as
-    ``benchmarks_from_markdown`` (backend, shape, median_ms, table="fresh")."""
+    backend, shape, median_ms and table="fresh" (as ``load_benchmarks``)."""
     from involution import ops
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,18 +202,74 @@ def quick_benchmark(
     return pd.DataFrame(records, columns=["backend", "shape", "median_ms", "table"])
 
 
-def load_benchmarks(path: PathLike | None = None, fresh_if_missing: bool = True, **fresh: Any) -> pd.DataFrame:
-    """Operator benchmark medians from ``path`` (default ``docs/benchmarks.md``); when the file is
-    missing or holds no readable table, a ``quick_benchmark(**fresh)`` run (or
-    ``BenchmarksUnavailableError`` with ``fresh_if_missing=False``)."""
+def _records_files(path: PathLike | None) -> list[Path]:
+    """The records files to read: ``path`` itself, or the operator records beside a markdown
+    file (``None``: docs/benchmarks.md), the CPU's and (where it exists) the GPU's."""
+    from involution.bench import ops, report
+
     path = Path(path) if path is not None else project_root() / "docs" / "benchmarks.md"
-    reason = f"{path} does not exist"
-    if path.is_file():
-        table = benchmarks_from_markdown(path.read_text(encoding="utf-8"))
-        if not table.empty:
-            return table
-        reason = f"{path} holds no table with a backend and a median time"
+    if path.suffix != ".md":
+        return [path]
+    cpu, gpu = (report.records_path(path, name) for name in (ops.NAME, ops.GPU_NAME))
+    return [cpu, gpu] if gpu.is_file() else [cpu]
+
+
+def load_benchmarks(
+    path: PathLike | None = None, fresh_if_missing: bool = True, **fresh: Any
+) -> pd.DataFrame:
+    """Operator benchmark medians per backend and shape, from the records ``make bench-ops``
+    writes; a small fresh run on this machine when there are none.
+
+    Args:
+        path: a records file (``docs/benchmarks.ops.json``, ``benchmarks.ops.gpu.json``), or a
+            markdown file whose operator records lie beside it; ``None``: the records beside
+            ``docs/benchmarks.md`` (the CPU's, and the GPU's where present).
+        fresh_if_missing: when the records file is missing or holds no measured row, run
+            ``quick_benchmark(**fresh)`` instead (and say so); ``False``: raise.
+        **fresh: arguments of ``quick_benchmark`` (``shapes``, ``repeats``, ...).
+
+    Returns:
+        One row per measured candidate and shape: backend, shape, dtype, median_ms, min_ms,
+        peak_mib, vs_depthwise and table (the benchmark section's heading; "fresh" for a fresh
+        run, which has backend, shape, median_ms and table only).
+
+    Raises:
+        BenchmarksUnavailableError: a records file that is not JSON, not benchmark records, or
+            the records of another benchmark (one line naming the file); with
+            ``fresh_if_missing=False`` also a missing file or one without measured rows.
+
+    Example:
+        >>> bench = load_benchmarks()  # doctest: +SKIP
+        >>> bench.pivot_table("median_ms", "shape", "backend")  # doctest: +SKIP
+    """
+    from involution.bench import ops, report
+
+    tables, reasons = [], []
+    for file in _records_files(path):
+        if not file.is_file():
+            reasons.append(f"{file} does not exist")
+            continue
+        try:
+            records = report.read_records(file)
+        except report.RecordsError as error:
+            raise BenchmarksUnavailableError(str(error)) from None
+        benchmark = records["meta"]["benchmark"]
+        if benchmark not in (ops.NAME, ops.GPU_NAME):
+            raise BenchmarksUnavailableError(
+                f"{file} holds the records of benchmark {benchmark!r}; expected the operator "
+                f"benchmark's ({ops.NAME!r} or {ops.GPU_NAME!r})"
+            )
+        table = benchmark_table(records)
+        if table.empty:
+            reasons.append(f"{file} holds no measured row")
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if not table.empty:
+        return table
+    reason = "; ".join(reasons)
     if not fresh_if_missing:
-        raise BenchmarksUnavailableError(f"{reason}: run `make bench-ops` or use fresh_if_missing=True")
+        raise BenchmarksUnavailableError(
+            f"{reason}: run `make bench-ops` or use fresh_if_missing=True"
+        )
     print(f"{reason}: running a small fresh benchmark instead")
     return quick_benchmark(**fresh)

@@ -2,7 +2,7 @@
 
     python -m involution.bench.cuda_resources [--kinds float32 ...] [--archs sm_80 sm_90]
                                               [--output docs/benchmarks.md] [--json PATH]
-                                              [--ptxas PATH] [--no-lto]
+                                              [--ptxas PATH] [--no-lto] [--render]
 
 No GPU is needed. Every kernel of ``involution.kernels.cuda`` (forward, grad_input, grad_kernel),
 in every storage kind the ``numba_cuda`` backend launches it with, is compiled by numba-cuda with
@@ -20,21 +20,20 @@ From the registers of the build that runs and the launch configuration of
 ``cuda_occupancy.h`` does (registers are allocated per warp in units of 256 and split over the
 SM's four sub-partitions; blocks are limited by warps, registers, shared memory and the block cap).
 
-The records go to a JSON file (values, toolkit versions, date, command) and a markdown section of
-the output file (between this report's own markers), leaving the other sections as they are.
+The records go to a JSON file (``cuda_resources.json`` beside the output: values, machine,
+toolkit versions, date, command, in ``bench.report``'s records format) and the markdown section
+rendered from them to the output file (between this report's own markers), leaving the other
+sections as they are; ``--render`` compiles nothing and rebuilds the section from the records.
 Exit status 1 when any kernel spills (after writing the report), 2 when ptxas cannot be found.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import glob
-import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -42,8 +41,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from involution.bench import sections
+import torch
 
+from involution.bench import report, sections
+
+NAME = "cuda_resources"
 SECTION = "involution.bench.cuda_resources"
 KERNELS = ("forward", "grad_input", "grad_kernel")
 
@@ -432,21 +434,20 @@ def _spill_text(r: dict) -> str:
     return f"{r['kernel']} {r['kind']} {r['arch']} ({'; '.join(parts)})"
 
 
-def render(document: dict) -> str:
-    """The markdown section of a report document (as written to JSON)."""
-    tk = document["toolkit"]
-    records = document["records"]
+def render(meta: dict, records: list[dict]) -> str:
+    """The markdown section of a report's records (``meta`` and ``rows`` as written to JSON)."""
+    found = meta["versions"]
     threads = records[0]["threads_per_block"] if records else "-"
     with_lto = any(r.get("lto") for r in records)
     lines = [
         "## CUDA kernels: registers, spills and occupancy (static, no GPU)",
         "",
-        f"Generated {document['date'][:10]} with `{document['command']}` (`make cuda-report`); "
-        f"records in `{document['json']}`.",
+        f"Generated {meta['date'][:10]} with `{meta['command']}` (`make cuda-report`); "
+        f"records in `{meta['json']}`.",
         "",
-        f"- Toolkit: ptxas {tk['ptxas_version']} (`{tk['ptxas']}`), NVVM {tk['nvvm']}, "
-        f"nvJitLink {tk.get('nvjitlink') or 'absent'}; numba {tk['numba']}, numba-cuda "
-        f"{tk['numba-cuda']}, Python {tk['python']}",
+        f"- Toolkit: ptxas {found['ptxas']} (`{meta['ptxas']}`), NVVM {found['nvvm']}, "
+        f"nvJitLink {found.get('nvjitlink') or 'absent'}; numba {found['numba']}, numba-cuda "
+        f"{found['numba-cuda']}, Python {found['python']}",
         "- Method: each kernel compiled by numba-cuda with the signatures and code-generation "
         "options of the kernels the `numba_cuda` backend launches: to PTX (`numba.cuda.compile_ptx`"
         ") assembled by `ptxas -v --gpu-name=<arch>`, and to LTO-IR linked by nvJitLink "
@@ -487,6 +488,13 @@ def render(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(output: Path, json_path: Path, meta: dict, records: list[dict]) -> Path:
+    """Write the records to ``json_path`` and render their section of ``output`` from them."""
+    report.write_records(json_path, {"meta": meta, "rows": records})
+    sections.write_section(output, render(meta, records), SECTION)
+    return json_path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from involution.kernels import cuda as kernels
@@ -502,7 +510,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-lto", dest="lto", action="store_false", help="skip the nvJitLink (LTO) builds"
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="compile nothing: rebuild the section from the records (--json)",
+    )
     args = parser.parse_args(argv)
+    json_path = args.json or args.output.parent / "cuda_resources.json"
+    if args.render:
+        found = report.records_to_render(parser, json_path)
+        sections.write_section(args.output, render(found["meta"], found["rows"]), SECTION)
+        print(f"[cuda-report] rebuilt the section of {args.output} from {json_path}")
+        return 0
     ptxas = find_ptxas(args.ptxas)
     if ptxas is None:
         where = (
@@ -515,20 +534,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    json_path = args.json or args.output.parent / "cuda_resources.json"
+    meta = report.meta(
+        NAME,
+        report.command("involution.bench.cuda_resources", argv),
+        torch.device("cpu"),  # a static report: the machine that compiled, no GPU involved
+        json=str(json_path),
+        ptxas=ptxas,
+        limits={arch: asdict(ARCHS[arch]) for arch in args.archs},
+    )
+    meta["versions"] = {"ptxas": ptxas_version(ptxas), **_versions()}
     records = collect(args.kinds, args.archs, ptxas, with_lto=args.lto)
-    document = {
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m involution.bench.cuda_resources"
-        + (" " + shlex.join(argv) if argv else ""),
-        "json": str(json_path),
-        "toolkit": {"ptxas": ptxas, "ptxas_version": ptxas_version(ptxas), **_versions()},
-        "limits": {arch: asdict(ARCHS[arch]) for arch in args.archs},
-        "records": records,
-    }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(document, indent=1) + "\n")
-    sections.write_section(args.output, render(document), SECTION)
+    save(args.output, json_path, meta, records)
     print(f"[cuda-report] wrote {json_path} and the section of {args.output}")
     bad = spills(records)
     if bad:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
@@ -340,7 +339,8 @@ def save(
     """The JSON records and the markdown section of the runs so far."""
     meta = {**meta, "load_end": load_end or report.load_average()}
     rows = aggregate(results)
-    json_path = report.write_records(output, NAME, {"meta": meta, "rows": rows, "runs": results})
+    payload = {"meta": meta, "rows": rows, "runs": results}
+    json_path = report.write_records(report.records_path(output, NAME), payload)
     sections.write_section(output, render(meta, rows), SECTION)
     return json_path
 
@@ -396,9 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.render:
         records = report.records_path(args.output, NAME)
-        if not records.is_file():
-            parser.error(f"argument --render: no records at {records}")
-        previous = report.read_records(records)
+        previous = report.records_to_render(parser, records)
         save(args.output, previous["meta"], previous["runs"], previous["meta"].get("load_end"))
         print(f"[bench-models] rebuilt {args.output} from {records}")
         return
@@ -423,18 +421,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"argument --warmup: must be >= 0, got {args.warmup}")
     if YARDSTICK not in args.models:
         args.models.append(YARDSTICK)
-    meta: dict[str, Any] = {
-        "benchmark": NAME,
-        "date": report.today(),
-        "command": "python -m involution.bench.models" + (" " + shlex.join(argv) if argv else ""),
-        "machine": report.machine(torch.device(args.device)),
-        "versions": report.versions(),
-        "device": args.device,
-        "load_start": report.load_average(),
-        "processes": args.processes,
-        "reps": args.reps,
-        "warmup": args.warmup,
-    }
+    meta = report.meta(
+        NAME,
+        report.command("involution.bench.models", argv),
+        torch.device(args.device),
+        device=args.device,
+        load_start=report.load_average(),
+        processes=args.processes,
+        reps=args.reps,
+        warmup=args.warmup,
+    )
     meta["image_size"] = args.image_size
     meta["counts"] = {name: counts(name, args.image_size) for name in args.models}
     specs = plan(args)

@@ -2,7 +2,7 @@
 
     python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--batches 8 ...]
                                    [--dtypes float32 ...] [--no-compile] [--heap steady|default]
-                                   [--output docs/benchmarks.md]
+                                   [--output docs/benchmarks.md] [--render]
 
 At the RedNet-50 shapes (K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7, and the stem's C=32@112
 with K=3; on the CPU batch 8 in float32, on a GPU batch 8 and 64 in float32, float16 and bfloat16)
@@ -21,24 +21,26 @@ table adds the ratio to the unfold reference and to the memory-bandwidth floor: 
 forward+backward must move at least once (``floor_bytes``) over the device-to-device copy
 bandwidth measured in the same run.
 
-The results replace this benchmark's own section of the output file (between its markers), so
-other benchmarks can keep theirs in the same file.
+The results go to JSON records beside the output file (``benchmarks.ops.json`` on the CPU,
+``benchmarks.ops.gpu.json`` on a GPU: values, machine, versions, command, date; read back by
+``bench.report.read_records``), and the section rendered from them replaces this benchmark's own
+section of the output file (between its markers), so other benchmarks can keep theirs in the
+same file. ``--render`` measures nothing and rebuilds the sections from the records.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime as _dt
 import gc
 import re
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +48,11 @@ import torch.nn.functional as F
 from involution.bench import report, sections
 from involution.ops import involution2d, involution2d_reference
 
+NAME = "ops"  # the CPU records: benchmarks.ops.json beside the markdown
+GPU_NAME = "ops.gpu"  # the GPU records: benchmarks.ops.gpu.json
 SECTION = "involution.bench.ops"  # the CPU table
 GPU_SECTION = "involution.bench.ops.gpu"  # the GPU table: both can live in docs/benchmarks.md
+SECTIONS = {NAME: SECTION, GPU_NAME: GPU_SECTION}
 BEGIN, END = sections.markers(SECTION)
 
 # (channels, size, kernel size); groups = channels / 16
@@ -405,7 +410,8 @@ def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> str:
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the benchmark ``args`` describe: (the records' meta, one row per candidate and shape)."""
     load_start = report.load_average()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes or REDNET50_SHAPES
@@ -414,14 +420,16 @@ def run(args: argparse.Namespace) -> str:
     dtypes = [getattr(torch, d) for d in (args.dtypes or (GPU_DTYPES if on_gpu else ["float32"]))]
     rows: list[dict] = []
     bandwidth = None
-    heap = "glibc defaults"
-    if device.type == "cpu" and args.heap == "steady":
-        heap = (
-            "steady: freed blocks stay on the heap (glibc M_MMAP_THRESHOLD and M_TRIM_THRESHOLD "
-            "1 GiB), so no candidate re-faults fresh pages every step"
-            if steady_heap()
-            else "glibc defaults (mallopt unavailable)"
-        )
+    heap = None
+    if device.type == "cpu":
+        heap = "glibc defaults"
+        if args.heap == "steady":
+            heap = (
+                "steady: freed blocks stay on the heap (glibc M_MMAP_THRESHOLD and "
+                "M_TRIM_THRESHOLD 1 GiB), so no candidate re-faults fresh pages every step"
+                if steady_heap()
+                else "glibc defaults (mallopt unavailable)"
+            )
     if on_gpu:
         bandwidth = copy_bandwidth(device)
         print(f"[bench-ops] device-to-device copy: {bandwidth / 1e9:.0f} GB/s", flush=True)
@@ -440,7 +448,8 @@ def run(args: argparse.Namespace) -> str:
                 batch, channels, size, k, device, dtype, backends, args.compile
             )
             print(
-                f"[bench-ops] N={batch} C={channels} {size}x{size} K={k} {dtype}: {len(cands)} candidates",
+                f"[bench-ops] N={batch} C={channels} {size}x{size} K={k} {dtype}: "
+                f"{len(cands)} candidates",
                 flush=True,
             )
             _interleaved(cands, args.reps, args.warmup, sync)
@@ -461,30 +470,59 @@ def run(args: argparse.Namespace) -> str:
                     flush=True,
                 )
             del cands, _tensors
-    command = "python -m involution.bench.ops" + (" " + shlex.join(args.argv) if args.argv else "")
+    meta = report.meta(
+        GPU_NAME if on_gpu else NAME,
+        report.command("involution.bench.ops", args.argv),
+        device,
+        device=device.type,
+        gpu=_gpu_name(device) if on_gpu else None,
+        load_start=load_start,
+        load_end=report.load_average(),
+        reps=args.reps,
+        warmup=args.warmup,
+        heap=heap,
+        bandwidth=bandwidth,
+        cudnn=torch.backends.cudnn.version() if on_gpu else None,
+    )
+    return meta, rows
+
+
+def title(meta: dict[str, Any]) -> str:
+    """The heading of the section of one set of records (the GPU's name on a GPU)."""
+    gpu = meta.get("gpu")
+    return "Operator: involution forward+backward vs depthwise convolution" + (
+        f" ({gpu})" if gpu else ""
+    )
+
+
+def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The markdown section of one set of records (as ``measure`` returns and JSON keeps)."""
+    on_gpu = meta["device"] == "cuda"
+    bandwidth = meta.get("bandwidth")
     lines = [
-        "## Operator: involution forward+backward vs depthwise convolution"
-        + (f" ({_gpu_name(device)})" if on_gpu else ""),
+        f"## {title(meta)}",
         "",
-        f"Measured {_dt.date.today().isoformat()} with `{command}` (`make bench-ops`).",
+        f"Measured {meta['date']} with `{meta['command']}` (`make bench-ops`).",
         "",
-        f"- Machine: {report.machine(device)}",
-        f"- Versions: {report.versions_line(report.versions())}",
-        f"- Load average (1/5/15 min) at start: {load_start}; at end: {report.load_average()} (other jobs share "
-        "this machine: compare within a shape, where all candidates ran interleaved)",
-        f"- Method: forward+backward (gradients of input and kernel; of input and weight for the conv), "
-        f"stride 1, padding K//2, G = C/16, random data; {args.reps} interleaved repetitions after "
-        f"{args.warmup} warm-up runs, all candidates in one process; wall-clock median and minimum. "
-        "Peak extra memory: what one step adds over the tensors it is given "
+        f"- Machine: {meta['machine']}",
+        f"- Versions: {report.versions_line(meta['versions'])}",
+        f"- Load average (1/5/15 min) at start: {meta['load_start']}; at end: "
+        f"{meta['load_end']} (other jobs share this machine: compare within a shape, where all "
+        "candidates ran interleaved)",
+        "- Method: forward+backward (gradients of input and kernel; of input and weight for the "
+        "conv), stride 1, padding K//2, G = C/16, random data; "
+        f"{meta['reps']} interleaved repetitions after {meta['warmup']} warm-up runs, all "
+        "candidates in one process; wall-clock median and minimum. Peak extra memory: what one "
+        "step adds over the tensors it is given "
         + (
             "(`torch.cuda.max_memory_allocated`)."
-            if device.type == "cuda"
+            if on_gpu
             else "(peak resident set, reset via /proc/self/clear_refs, after freed memory is "
             "handed back with malloc_trim)."
         ),
     ]
-    if device.type == "cpu":
-        lines.append(f"- Heap: {heap}.")
+    if meta.get("heap"):
+        lines.append(f"- Heap: {meta['heap']}.")
     if bandwidth:
         lines.append(
             "- Bandwidth floor: the bytes forward+backward must move once (x, kernel map read and "
@@ -493,7 +531,7 @@ def run(args: argparse.Namespace) -> str:
             f"measured in this run ({bandwidth / 1e9:.0f} GB/s, bytes read + written). "
             "Vs reference: time / the unfold reference's time at the same shape and dtype. The "
             "depthwise conv is torch's F.conv2d with groups=C (cuDNN "
-            f"{torch.backends.cudnn.version()} or torch's own depthwise kernel, as torch picks)."
+            f"{meta.get('cudnn')} or torch's own depthwise kernel, as torch picks)."
         )
     lines += ["", *_table(rows, on_gpu), ""]
     summary = _summary(rows)
@@ -515,6 +553,26 @@ def run(args: argparse.Namespace) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def save(output: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    """Write the records beside ``output`` and render their section of ``output`` from them."""
+    name = meta["benchmark"]
+    path = report.write_records(report.records_path(output, name), {"meta": meta, "rows": rows})
+    write_section(output, render(meta, rows), SECTIONS[name])
+    return path
+
+
+def rerender(output: Path) -> list[Path]:
+    """Rebuild every section of ``output`` whose records lie beside it; the records read."""
+    found = []
+    for name, section in SECTIONS.items():
+        path = report.records_path(output, name)
+        if path.is_file():
+            records = report.read_records(path)
+            write_section(output, render(records["meta"], records["rows"]), section)
+            found.append(path)
+    return found
 
 
 def _positive(text: str) -> int:
@@ -568,16 +626,32 @@ def main(argv: list[str] | None = None) -> None:
         "keep glibc's defaults, where each step re-faults its fresh pages ('default')",
     )
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rebuild the sections from the records beside --output "
+        "(benchmarks.ops.json, benchmarks.ops.gpu.json)",
+    )
     args = parser.parse_args(argv)
     if args.device not in (None, "cpu", "cuda"):
         parser.error(f"argument --device: must be cpu or cuda, got {args.device!r}")
+    if args.render:
+        try:
+            rebuilt = rerender(args.output)
+        except report.RecordsError as error:
+            parser.error(f"argument --render: {error}")
+        if not rebuilt:
+            where = report.records_path(args.output, NAME)
+            parser.error(f"argument --render: no records at {where} (nor the GPU's beside it)")
+        print(f"[bench-ops] rebuilt {args.output} from {', '.join(map(str, rebuilt))}")
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda requested but torch sees no CUDA device")
     args.argv = argv
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    body = run(args)
-    write_section(args.output, body, GPU_SECTION if args.device == "cuda" else SECTION)
-    print(f"[bench-ops] wrote {args.output}")
+    meta, rows = measure(args)
+    path = save(args.output, meta, rows)
+    print(f"[bench-ops] wrote {path} and {args.output}")
 
 
 if __name__ == "__main__":

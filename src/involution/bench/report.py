@@ -1,20 +1,30 @@
 """What every benchmark records next to its figures: machine, versions, load, date; JSON records.
 
 Each benchmark writes its JSON records beside the markdown file it renders
-(``docs/benchmarks.<name>.json``) and its own section of that file (``bench.sections``), so that
-benchmarks can be rerun one at a time without touching the others.
+(``docs/benchmarks.<name>.json``) and renders its own section of that file (``bench.sections``)
+from those records, so that benchmarks can be rerun (or re-rendered) one at a time without
+touching the others. One format for every benchmark::
+
+    {"meta": {"benchmark", "date", "command", "machine", "versions", ...}, "rows": [...], ...}
+
+``read_records`` is the one loader: the benchmarks' ``--render`` modes, ``analysis`` and the
+notebooks read the records through it.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
 import platform
+import shlex
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from involution.bench import sections
 
 
 def versions() -> dict[str, str]:
@@ -36,7 +46,10 @@ def versions() -> dict[str, str]:
 
 
 def versions_line(found: dict[str, str]) -> str:
-    return ", ".join(f"{name.capitalize() if name == 'python' else name} {v}" for name, v in found.items())
+    """'Python 3.11.7, torch 2.5.1, ...' from ``versions()``."""
+    return ", ".join(
+        f"{name.capitalize() if name == 'python' else name} {v}" for name, v in found.items()
+    )
 
 
 def cpu_name() -> str:
@@ -71,18 +84,92 @@ def today() -> str:
     return _dt.date.today().isoformat()
 
 
+REQUIRED_META = ("benchmark", "date", "command", "machine", "versions")
+
+
+class RecordsError(ValueError):
+    """A benchmark records file that is not JSON, or not in the records format."""
+
+
 def records_path(markdown: Path, name: str) -> Path:
     """Where benchmark ``name`` keeps its JSON records: beside the markdown it renders."""
-    return markdown.with_name(f"{markdown.stem}.{name}.json")
+    return sections.records_of(markdown, name)
 
 
-def write_records(markdown: Path, name: str, payload: dict[str, Any]) -> Path:
-    path = records_path(markdown, name)
+def command(module: str, argv: list[str]) -> str:
+    """The command line that reproduces a run: ``python -m <module> <argv>``."""
+    return f"python -m {module}" + (" " + shlex.join(argv) if argv else "")
+
+
+def meta(benchmark: str, command: str, device: torch.device, /, **extra: Any) -> dict[str, Any]:
+    """The ``meta`` of a new record: what ran (``command``), where, with which versions, when."""
+    return {
+        "benchmark": benchmark,
+        "date": today(),
+        "command": command,
+        "machine": machine(device),
+        "versions": versions(),
+        **extra,
+    }
+
+
+def write_records(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (``{"meta": ..., "rows": ...}``) to ``path`` as JSON; return ``path``."""
+    missing = [key for key in ("meta", "rows") if key not in payload]
+    if missing:
+        raise RecordsError(f"records for {path} lack {', '.join(missing)}; need meta and rows")
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
 
 
-def read_records(path: Path) -> dict[str, Any]:
-    """A benchmark's JSON records (``{"meta": {...}, "rows": [...]}``)."""
-    return json.loads(Path(path).read_text())
+def read_records(path: str | os.PathLike) -> dict[str, Any]:
+    """A benchmark's JSON records, checked: ``{"meta": {...}, "rows": [...], ...}``.
+
+    Args:
+        path: the records file, e.g. ``docs/benchmarks.ops.json`` (``records_path`` says where a
+            benchmark writes its records).
+
+    Returns:
+        The whole document: ``meta`` (``benchmark``, ``date``, ``command``, ``machine``,
+        ``versions`` and the benchmark's own settings), ``rows`` (one dict per table row) and
+        whatever else the benchmark keeps (e.g. the models' raw ``runs``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RecordsError: ``path`` is not JSON, or not an object with a ``meta`` object holding
+            the keys above and a ``rows`` list; the one-line message names the file.
+
+    Example:
+        >>> records = read_records("docs/benchmarks.ops.json")  # doctest: +SKIP
+        >>> records["meta"]["command"], len(records["rows"])  # doctest: +SKIP
+        ('python -m involution.bench.ops --reps 25', 20)
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RecordsError(f"{path} is not JSON ({error.msg} at line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise RecordsError(f"{path} is not JSON (not UTF-8 text)") from None
+    if not isinstance(document, dict):
+        raise RecordsError(f"{path} holds a JSON {type(document).__name__}; expected an object")
+    found = document.get("meta")
+    if not isinstance(found, dict) or not isinstance(document.get("rows"), list):
+        raise RecordsError(f"{path} lacks a 'meta' object and a 'rows' list (benchmark records)")
+    missing = [key for key in REQUIRED_META if key not in found]
+    if missing:
+        raise RecordsError(f"{path}: meta lacks {', '.join(missing)}")
+    return document
+
+
+def records_to_render(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The records at ``path`` for a benchmark's ``--render``; a missing or malformed file ends
+    the command with the parser's one-line error naming it."""
+    if not Path(path).is_file():
+        parser.error(f"argument --render: no records at {path}")
+    try:
+        return read_records(path)
+    except RecordsError as error:
+        parser.error(f"argument --render: {error}")

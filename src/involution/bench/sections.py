@@ -3,19 +3,24 @@
 
     python -m involution.bench.sections FROM.md INTO.md [--only NAME ...]
 
-copies sections from one such file into another, e.g. a GPU session's results
-(``gpu-check-out/benchmarks.md``) into docs/benchmarks.md, replacing only the sections copied.
+copies sections from one such file into another, e.g. a GPU run's results
+(``gpu-check-out/benchmarks.md``) into docs/benchmarks.md, replacing only the sections copied,
+and with each section the JSON records it was rendered from where they lie beside the source
+(``benchmarks.ops.gpu.json`` for ``involution.bench.ops.gpu``), so that records and markdown
+stay in step.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["markers", "read_sections", "write_section"]
+__all__ = ["markers", "read_sections", "records_of", "write_section"]
 
+_PACKAGE = "involution.bench."
 _SECTION_RE = re.compile(r"<!-- BEGIN (\S+) -->\n(.*?)<!-- END \1 -->", re.S)
 
 
@@ -44,6 +49,12 @@ def write_section(path: Path, body: str, name: str) -> None:
     path.write_text(text)
 
 
+def records_of(markdown: Path, name: str) -> Path:
+    """Where the records of section ``name`` lie beside ``markdown`` (``bench.report``'s rule:
+    ``<stem>.<benchmark>.json``, the benchmark being the section name after the package's)."""
+    return markdown.with_name(f"{markdown.stem}.{name.removeprefix(_PACKAGE)}.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="copy benchmark sections between markdown files")
     parser.add_argument("source", type=Path)
@@ -63,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in wanted:
         write_section(args.target, found[name], name)
         print(f"[sections] {name}: {args.source} -> {args.target}")
+        records = records_of(args.source, name)
+        if records.is_file():
+            copied = records_of(args.target, name)
+            shutil.copyfile(records, copied)
+            print(f"[sections] {name} records: {records} -> {copied}")
     return 0
 
 
