@@ -79,7 +79,7 @@ sweep: $(STAMP) ## Hydra multirun ablation SWEEP=kernel_reduction|group_channels
 	$(PY) -m involution.train sweep=$(SWEEP) $(if $(filter data=% experiment=%,$(ARGS)),,$(SWEEP_SCHEDULE)) $(ARGS)
 
 summarize: $(STAMP) ## (re)build a multirun's summary table: make summarize DIR=multirun/... (default latest)
-	$(PY) -m involution.sweeps summarize $(DIR)
+	$(PY) -m involution.runs summarize $(DIR)
 
 dashboard: $(STAMP) ## W&B workspace of a sweep: make dashboard DIR=multirun/... (default latest); ARGS="--entity ..."
 	$(PY) -m involution.dashboard $(DIR) $(ARGS)

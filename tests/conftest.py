@@ -81,3 +81,15 @@ def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """compose_train(overrides) -> the train config, with Hydra's runtime set to a temporary run dir."""
     yield lambda overrides=None: compose_entry("train", tmp_path / "run", overrides or [])
     GlobalHydra.instance().clear()
+
+
+# W&B start-up costs seconds per job; only the tests that read W&B runs pay it.
+CSV_ONLY = ["logger=csv"]
+
+
+def run_tiny_sweep(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    """``python -m involution.train *args`` as a tiny CSV-only multirun into ``tmp_path/multirun``
+    (args name the sweep: ``-m`` and the swept values, or an ``hparams_search``)."""
+    sweep_dir = tmp_path / "multirun"
+    args = [*args, f"hydra.sweep.dir={sweep_dir}", *CSV_ONLY, *TINY]
+    return run_module("involution.train", args, cwd=tmp_path), sweep_dir

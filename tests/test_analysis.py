@@ -273,6 +273,19 @@ def test_wandb_runs_become_the_sweep_table() -> None:
     assert curves["a"]["val/acc_top1"].tolist() == pytest.approx([0.2, 0.6, 0.5]) and "step" in curves["a"]
 
 
+def test_wandb_top5_is_that_of_the_best_top1_epoch() -> None:
+    """The W&B table reads a run's history as the multirun summary reads metrics.csv."""
+    run = FakeRun("a", 3, [0.2, 0.6, 0.5])
+    top5 = [0.9, 0.8, 0.95]
+    history = pd.DataFrame({"val/acc_top1": run._top1, "val/acc_top5": top5})
+    run.history = lambda keys=None, pandas=True, samples=None: history
+    table = analysis.load_wandb_sweep("me/involution", api=FakeApi([run]))
+    assert table.loc[0, "best_val_top1"] == pytest.approx(0.6)
+    assert table.loc[0, "best_val_top5"] == pytest.approx(0.8)  # not the best top-5, 0.95
+    assert table.loc[0, "val_top1"] == pytest.approx(0.5) and table.loc[0, "epochs"] == 3
+    assert table.loc[0, "test_top1"] == pytest.approx(0.5)  # the run summary's
+
+
 def test_the_dashboards_summary_run_is_not_a_job() -> None:
     summary_run = FakeRun("kernel_reduction-summary", 0, [0.0])
     summary_run.job_type = "sweep-summary"

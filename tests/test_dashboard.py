@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import wandb_workspaces.reports.v2 as wr
 
-from involution import dashboard, sweeps
+from involution import dashboard, runs
 
 from conftest import REPO, run_module
 
@@ -133,9 +133,11 @@ def test_csv_only_sweep_has_no_dashboard(tmp_path: Path) -> None:
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("- operator.kernel_size=3\n")
     (job / ".hydra" / "config.yaml").write_text("logger:\n  csv:\n    save_dir: x\n")
-    (job / sweeps.RECORD).write_text(json.dumps({"status": "ok", "overrides": ["operator.kernel_size=3"], "group": "g", "metrics": {}}))
+    record = {"status": "ok", "group": "g", "metrics": {}}
+    (job / runs.RECORD).write_text(json.dumps({**record, "overrides": ["operator.kernel_size=3"]}))
     (tmp_path / "1").mkdir()
-    (tmp_path / "1" / sweeps.RECORD).write_text(json.dumps({"status": "ok", "overrides": ["operator.kernel_size=5"], "group": "g", "metrics": {}}))
+    overrides = ["operator.kernel_size=5"]
+    (tmp_path / "1" / runs.RECORD).write_text(json.dumps({**record, "overrides": overrides}))
     with pytest.raises(dashboard.DashboardError, match="logged no W&B runs"):
         dashboard.read_sweep(tmp_path)
 

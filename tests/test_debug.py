@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from involution import sweeps
+from involution import runs
 
 from conftest import run_module
 
@@ -39,7 +39,7 @@ def test_fast_dev_run_runs_one_batch_and_logs_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Running in `fast_dev_run` mode: will run the requested loop using 1 batch(es)" in result.stdout + result.stderr
     assert not list(run_dir.glob("checkpoints/best-*.ckpt")) and not (run_dir / "csv" / "metrics.csv").exists()
-    assert sweeps.read_record(run_dir)["status"] == "ok"
+    assert runs.read_record(run_dir)["status"] == "ok"
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import open_dict, read_write
 from torch.utils.data import Dataset
 
-from involution import resume, sweeps
+from involution import resume, runs
 from involution.data.base import EpochSampler, ResumableLoader, SeededItems
 from involution.guards import Preempted
 from involution.train import train, trainer_plugins
@@ -140,7 +140,8 @@ def _fake_run(root: Path, name: str, status: str, overrides: list[str], checkpoi
     if checkpoint:
         (run_dir / "checkpoints").mkdir()
         (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    (run_dir / sweeps.RECORD).write_text(json.dumps({"status": status, "host": "elsewhere", "pid": 1}))
+    record = {"status": status, "host": "elsewhere", "pid": 1}
+    (run_dir / runs.RECORD).write_text(json.dumps(record))
     return run_dir
 
 
@@ -236,13 +237,13 @@ def test_sweep_records_divergence_and_faults_and_goes_on(fault_sweep) -> None:
     result, sweep_dir = fault_sweep
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1 ok, 2 failed, 1 diverged" in result.stdout
-    frame = sweeps.load_summary(sweep_dir)
+    frame = runs.load_summary(sweep_dir)
     assert list(frame["status"]) == ["ok", "diverged", "failed", "failed"]
     reference = sweep_dir / "0"
     assert val_top1(reference) > 0.2 and val_top1(reference, "val/loss") < 2.2  # it learns (chance: 0.1, 2.3)
     assert logged_steps(reference) == list(range(STEPS))
 
-    diverged = sweeps.read_record(sweep_dir / "1")
+    diverged = runs.read_record(sweep_dir / "1")
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
     assert "step 8" in diverged["error"] and f"last good checkpoint {last} (kept)" in diverged["error"]
     assert diverged["checkpoint"] == str(last) and "diverged" in frame.loc[1, "error"]
@@ -251,7 +252,7 @@ def test_sweep_records_divergence_and_faults_and_goes_on(fault_sweep) -> None:
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
     for job, error in ((2, "RuntimeError: injected fault at step 8"), (3, "OutOfMemoryError: CUDA out of memory")):
-        record = sweeps.read_record(sweep_dir / str(job))
+        record = runs.read_record(sweep_dir / str(job))
         assert record["status"] == "failed" and record["error"].startswith(error), record["error"]
         assert checkpoint_step(sweep_dir / str(job) / "checkpoints" / "last.ckpt") == 8  # intact, loadable
         assert (sweep_dir / str(job) / ".hydra" / "config.yaml").is_file()
@@ -285,7 +286,7 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
 
     stopped = run_train(command, tmp_path, INVOLUTION_FAULT="sigterm", INVOLUTION_FAULT_STEP=str(term_at))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    record = sweeps.read_record(run_dir)
+    record = runs.read_record(run_dir)
     assert record["status"] == "preempted" and record["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == term_at + 1, note
 
@@ -294,7 +295,7 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
 
     finished = run_train([f"resume={run_dir}"], tmp_path)  # `make resume` would pick this run too
     assert finished.returncode == 0, finished.stderr[-3000:]
-    record = sweeps.read_record(run_dir)
+    record = runs.read_record(run_dir)
     assert record["status"] == "ok" and record["resumes"] == 2
     assert abs(val_top1(run_dir) - reference) <= 0.005, note
     # not just close: the resumed run computed what the uninterrupted one did

@@ -10,7 +10,7 @@ the dashboard is a saved W&B *workspace view* of that group with three sections:
   top-1 against multiply-adds, one line per operator; the same as a per-run scatter plot.
 - **Training curves**: val top-1 grouped by each swept key (mean and min-max band), and the
   per-run val top-1 and training loss.
-- **Summary**: the sweep's summary table (involution.sweeps.summarize).
+- **Summary**: the sweep's summary table (involution.runs.summarize).
 
 The two line charts and the table are data of the sweep as a whole, not of one run: they are
 logged (``wandb.plot.line_series``, ``wandb.Table``) by one extra run of the group, job type
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from involution import sweeps
+from involution import runs
 from involution.loggers import resolve_wandb_mode
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ TEST = "test/acc_top1"
 TABLE_KEY = "sweep/summary"
 DEFINITION = "dashboard.json"
 URL_FILE = "dashboard.url"
-JOB_TYPE = sweeps.SUMMARY_JOB_TYPE
+JOB_TYPE = runs.SUMMARY_JOB_TYPE
 
 
 class DashboardError(ValueError):
@@ -91,24 +91,24 @@ def read_sweep(root: str | Path, project: str | None = None, entity: str | None 
     """The sweep's summary, swept keys, W&B group and project; DashboardError when it has none."""
     root = Path(root)
     try:  # the table the sweep ended with (summary.csv), else built now
-        frame = sweeps.load_summary(root)
+        frame = runs.load_summary(root)
     except FileNotFoundError as error:
         raise DashboardError(str(error)) from None
     if frame.empty:
         raise DashboardError(f"{root}: no jobs (is it a multirun directory?)")
-    swept = [column for column in frame.columns if column not in sweeps.COLUMNS]
+    swept = [column for column in frame.columns if column not in runs.COLUMNS]
     if not swept:
         raise DashboardError(f"{root}: no swept keys found (multirun.yaml or the jobs' overrides)")
     groups = sorted({g for g in frame["group"] if g})
     if len(groups) != 1:
-        found = ", ".join(groups) or f"none (no job wrote its {sweeps.RECORD})"
+        found = ", ".join(groups) or f"none (no job wrote its {runs.RECORD})"
         raise DashboardError(f"{root}: a dashboard shows one W&B group, the jobs have {found}")
     config = _job_config(root, frame)
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     if wandb_cfg is None and project is None:
         raise DashboardError(f"{root}: the sweep logged no W&B runs (logger has no wandb entry); rerun it with logger=default")
     wandb_cfg = wandb_cfg or {}
-    master = sweeps._load_yaml(root / "multirun.yaml")
+    master = runs.read_yaml(root / "multirun.yaml")
     name = None
     if isinstance(master, dict):
         name = (master.get("sweep") or {}).get("name") or (master.get("hparams_search") or {}).get("name")
@@ -297,7 +297,7 @@ def log_summary_run(sweep: Sweep, charts: dict[str, Any], mode: str) -> Path:
         settings=wandb.Settings(silent=True),
     )
     run.log({TABLE_KEY: summary_table(sweep.frame), **charts})
-    run.summary.update({"jobs": len(sweep.frame), **sweeps.counts(sweep.frame)})
+    run.summary.update({"jobs": len(sweep.frame), **runs.counts(sweep.frame)})
     directory = Path(run.dir).parent
     run.finish()
     return directory
@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", default="auto", choices=("auto", "online", "offline"), help="auto: online when logged in")
     args = parser.parse_args(argv)
     try:
-        root = Path(args.dir) if args.dir else sweeps.latest_multirun()
+        root = Path(args.dir) if args.dir else runs.latest_multirun()
         if not root.is_dir():
             raise DashboardError(f"DIR={root}: no such multirun directory")
         sweep = read_sweep(root, args.project, args.entity)
@@ -333,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = build_workspace(sweep, charts, entity)
     path = root / DEFINITION
     path.write_text(json.dumps(definition(workspace), indent=2) + "\n")
-    print(f"{sweep.name} sweep, W&B group {sweep.group}: {len(sweep.frame)} jobs ({sweeps.count_line(sweep.frame)}), swept {', '.join(sweep.swept)}")
+    jobs = f"{len(sweep.frame)} jobs ({runs.count_line(sweep.frame)})"
+    print(f"{sweep.name} sweep, W&B group {sweep.group}: {jobs}, swept {', '.join(sweep.swept)}")
     print(f"dashboard definition: {path}")
     if mode == "disabled":
         return 0

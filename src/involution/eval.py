@@ -29,12 +29,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from involution import console, sweeps
+from involution import console
 from involution.data.base import ClassificationDataModule
 from involution.lit import ImageClassifier
-from involution.loggers import build_loggers, run_identity, update_summaries
+from involution.loggers import build_loggers, update_summaries
 from involution.models import CheckpointMismatchError, count_macs, load_checkpoint
 from involution.models.checkpoint import extract_state_dict
+from involution.runs.identity import run_identity, split_override
 from involution.train import SetupError, experiment_name, model_arguments
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def overridden_keys() -> set[str]:
     """Config keys and groups named on the command line."""
     if not HydraConfig.initialized():
         return set()
-    return {sweeps.split_override(o)[0] for o in HydraConfig.get().overrides.task}
+    return {split_override(o)[0] for o in HydraConfig.get().overrides.task}
 
 
 def data_choice(cfg: DictConfig) -> str:

@@ -61,36 +61,6 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-_SHORT = {"kernel_size": "k", "reduction_ratio": "r", "group_channels": "gc", "dilation": "d", "groups": "g", "heads": "h"}
-
-
-_NOT_ARCHITECTURE = ("name", "backend", "recompute_kernel")
-
-
-def run_identity(
-    operator: Mapping[str, Any], task_name: str, experiment: str | None, sweep: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """W&B name (e.g. ``involution-k7-r4-gc16-d1``), group and tags from the operator's hyperparameters.
-
-    In a sweep (``sweep``: name, time and this job's swept ``(key, value)`` overrides, from
-    ``involution.sweeps.sweep_context``) all jobs share the group ``<sweep name>-<start time>``, each
-    is named from its swept values (``involution-k3-r8``; ``lr0.2`` for ``module.lr=0.2``) and tagged
-    ``sweep=<name>``.
-    """
-    # the architecture's hyperparameters: how the op computes (backend, recompute_kernel) is not one
-    hyper = sorted((key, value) for key, value in operator.items() if key not in _NOT_ARCHITECTURE)
-    name = "-".join([str(operator["name"]), *(f"{_SHORT.get(key, key)}{value}" for key, value in hyper)])
-    tags = [str(operator["name"]), *(f"{key}={value}" for key, value in hyper)]
-    group = f"{task_name}-{experiment}" if experiment else task_name
-    if sweep:
-        group = f"{sweep['name']}-{sweep['time']}"
-        leaf = [(key.rsplit(".", 1)[-1], value) for key, value in sweep.get("overrides", ()) if key != "operator"]
-        if leaf:
-            name = "-".join([str(operator["name"]), *(f"{_SHORT.get(key, key)}{value}" for key, value in leaf)])
-        tags.append(f"sweep={sweep['name']}")
-    return {"name": name, "group": group, "tags": tags}
-
-
 def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
     """Lightning's CSVLogger in ``<save_dir>/csv``; when a run resumes from the checkpoint taken
     after ``resume_step`` optimizer steps, the rows of the steps before (logged with steps

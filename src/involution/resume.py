@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import OmegaConf
 
-from involution import sweeps
+from involution.runs.records import RECORD, process_alive, read_record
 
 CHECKPOINTS = "checkpoints"
 RESUME_MODES = ("auto", "never")
@@ -122,16 +122,16 @@ def unfinished_runs(base: str | Path) -> list[Path]:
     """Run directories under ``base`` whose job.json is not ok (nor diverged) and that hold a
     checkpoint, newest first; a run whose recorded process is still alive on this host is skipped."""
     found = []
-    for record_path in Path(base).glob("**/" + sweeps.RECORD):
+    for record_path in Path(base).glob("**/" + RECORD):
         run_dir = record_path.parent
-        record = sweeps.read_record(run_dir) or {}
+        record = read_record(run_dir) or {}
         status = record.get("status")
         if status not in UNFINISHED or latest_checkpoint(run_dir) is None:
             continue
-        if status == "running" and sweeps.process_alive(record):
+        if status == "running" and process_alive(record):
             continue
         found.append(run_dir)
-    return sorted(found, key=lambda d: (d / sweeps.RECORD).stat().st_mtime_ns, reverse=True)
+    return sorted(found, key=lambda d: (d / RECORD).stat().st_mtime_ns, reverse=True)
 
 
 class ResumeError(ValueError):

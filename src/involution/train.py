@@ -14,7 +14,8 @@ import logging
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,17 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
-from involution import console, resume, sweeps, validation
+from involution import console, resume, validation
 from involution.data.base import ClassificationDataModule
 from involution.guards import WANDB_ID_KEY, Diverged, Preempted, RunGuard
 from involution.lit import ImageClassifier
-from involution.loggers import build_loggers, run_identity, update_summaries
+from involution.loggers import build_loggers, update_summaries
 from involution.models import CheckpointMismatchError, count_macs
 from involution.models.checkpoint import CheckpointFileError, read_checkpoint
+from involution.runs.identity import run_identity, sweep_context
+from involution.runs.records import JobRecorder, NonFiniteMetrics, check_finite
 from involution.validation import SetupError
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,7 @@ def experiment_name() -> str | None:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The run's W&B name, group and tags (in a multirun: the sweep's group, named from the overrides)."""
-    return run_identity(cfg.operator, cfg.task_name, experiment_name(), sweeps.sweep_context(cfg))
+    return run_identity(cfg.operator, cfg.task_name, experiment_name(), sweep_context(cfg))
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -171,6 +174,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+@contextmanager
+def ddp_children_run_this_job() -> Iterator[None]:
+    """Let Lightning's DDP launcher start this multirun job's other ranks, not the sweep again.
+
+    Lightning starts ranks > 0 by re-running ``sys.argv`` plus ``hydra.run.dir=<HydraConfig
+    run.dir>``; in a multirun job that command is the sweep. For the job's duration the command
+    becomes this job's overrides as a single run, in the job's own directory. Works for jobs that
+    run in the launching process (Hydra's basic launcher); on SLURM srun starts the ranks instead.
+    """
+    hydra_cfg = HydraConfig.get()
+    argv, run_dir = sys.argv, hydra_cfg.run.dir
+    sys.argv = [argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = run_dir
+
+
 def close_wandb_after_failure(preempted: bool = False) -> None:
     """Finish a W&B run a failed job left open, so that the next job of the sweep starts its own
     (a preempted run is marked so in W&B; resuming continues it)."""
@@ -185,21 +210,21 @@ def close_wandb_after_failure(preempted: bool = False) -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: returns ``cfg.optimized_metric`` (Optuna maximises it).
 
-    Every run records its outcome in ``<run dir>/job.json`` (involution.sweeps.JobRecorder). In a
-    multirun a failing job (bad config, NaN, out of memory, any exception) is recorded, returns
+    Every run records its outcome in ``<run dir>/job.json`` (involution.runs.records.JobRecorder).
+    In a multirun a failing job (bad config, NaN, out of memory, any exception) is recorded, returns
     None and the sweep goes on; the sweep's summary lists it.
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    recorder = sweeps.JobRecorder(
+    recorder = JobRecorder(
         cfg.paths.output_dir, OmegaConf.select(hydra_cfg, "job.num", default=None), hydra_cfg.overrides.task,
         identity(cfg), rank_zero_only.rank,
     )
     metrics: dict[str, float] = {}
     try:
-        with sweeps.ddp_children_run_this_job() if multirun else nullcontext():
+        with ddp_children_run_this_job() if multirun else nullcontext():
             metrics = train(cfg)
-        sweeps.check_finite(metrics)
+        check_finite(metrics)
     except SetupError as error:
         recorder.failed(error)
         if multirun:
@@ -215,7 +240,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"preempted: {signal.Signals(signum).name}; checkpoint {checkpoint}; run the same command "
               "again (resume=auto) to continue", file=sys.stderr)
         raise SystemExit(128 + int(signum)) from None
-    except (Diverged, sweeps.NonFiniteMetrics) as error:
+    except (Diverged, NonFiniteMetrics) as error:
         checkpoint = resume.latest_checkpoint(cfg.paths.output_dir)
         kept = f"last good checkpoint {checkpoint} (kept)" if checkpoint else "no checkpoint was written"
         message = f"training diverged: {str(error).splitlines()[0]}; {kept}"

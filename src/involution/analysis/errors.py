@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+# The one-line text of an exception is the run records' (involution.runs.records.one_line);
+# ``first_line`` is the name costs.py and kernels.py import it by.
+from involution.runs.records import one_line as first_line
+
+__all__ = [
+    "AnalysisError",
+    "BenchmarksUnavailableError",
+    "CheckpointError",
+    "NotAMultirunError",
+    "WandbUnavailableError",
+    "first_line",
+]
+
 
 class AnalysisError(Exception):
     """Bad input to an analysis step (wrong directory, wrong checkpoint, unreachable W&B project).
@@ -23,7 +36,8 @@ class NotAMultirunError(AnalysisError):
 
 
 class CheckpointError(AnalysisError):
-    """A checkpoint that is missing, unreadable, not from ``involution.train``, or of the wrong model."""
+    """A checkpoint that is missing, unreadable, not from ``involution.train``, or of the wrong
+    model."""
 
 
 class WandbUnavailableError(AnalysisError):
@@ -32,10 +46,3 @@ class WandbUnavailableError(AnalysisError):
 
 class BenchmarksUnavailableError(AnalysisError):
     """No operator benchmark table to read (and no fresh run asked for)."""
-
-
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message, prefixed by its type when that helps."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

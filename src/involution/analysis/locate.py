@@ -1,4 +1,7 @@
-"""Where things are: the project root, the newest multirun, the newest checkpoint of an operator."""
+"""Where things are: figures, the newest multirun, the newest checkpoint of an operator.
+
+Multirun directories and the project root follow :mod:`involution.runs.locate`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,19 @@ from pathlib import Path
 import yaml
 
 from involution.analysis.errors import CheckpointError, NotAMultirunError
+from involution.runs import locate as runs_locate
+from involution.runs.locate import is_multirun, project_root
 
 PathLike = str | os.PathLike
 
-
-def project_root(start: PathLike | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: the working directory) holding
-    ``pyproject.toml``: Jupyter starts kernels in ``notebooks/``, runs write under the root."""
-    here = Path(start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "pyproject.toml").is_file():
-            return candidate
-    return here
+__all__ = [
+    "figure_dir",
+    "find_checkpoint",
+    "is_multirun",
+    "latest_multirun",
+    "project_root",
+    "run_operator",
+]
 
 
 def figure_dir(figdir: PathLike | None, notebook: str) -> Path:
@@ -29,26 +33,14 @@ def figure_dir(figdir: PathLike | None, notebook: str) -> Path:
     return path
 
 
-def is_multirun(path: PathLike) -> bool:
-    """A Hydra multirun directory: ``multirun.yaml`` at the top, or job folders holding ``.hydra/``."""
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    if (path / "multirun.yaml").is_file():
-        return True
-    return any((job / ".hydra" / "config.yaml").is_file() for job in path.iterdir() if job.is_dir())
-
-
 def latest_multirun(root: PathLike | None = None) -> Path:
-    """The most recently written multirun directory under ``<root>/multirun`` (Hydra's default)."""
-    base = Path(root) if root else project_root() / "multirun"
-    found = [p.parent for p in base.rglob("multirun.yaml")] if base.is_dir() else []
-    if not found:
-        raise NotAMultirunError(
-            f"no multirun found under {base}: run a sweep first (e.g. make train "
-            "ARGS='--multirun operator.kernel_size=3,5,7') or set MULTIRUN to its directory"
-        )
-    return max(found, key=lambda p: (p / "multirun.yaml").stat().st_mtime)
+    """The most recently started multirun directory under ``root`` (default
+    ``<project root>/multirun``), by the rules of :mod:`involution.runs.locate`; a one-line
+    ``NotAMultirunError`` when there is none."""
+    try:
+        return runs_locate.latest_multirun(root)
+    except FileNotFoundError as error:
+        raise NotAMultirunError(f"{error} (in a notebook: set MULTIRUN to it)") from None
 
 
 def run_operator(run_dir: PathLike) -> str | None:
@@ -77,7 +69,8 @@ def find_checkpoint(operator: str, roots: list[PathLike] | None = None) -> Path:
     if not candidates:
         where = " and ".join(str(b) for b in bases)
         raise CheckpointError(
-            f"no checkpoint of a run with operator={operator} found under {where}: train one (e.g. make train "
+            f"no checkpoint of a run with operator={operator} found under {where}: "
+            "train one (e.g. make train "
             f"ARGS='operator={operator}') or set the checkpoint path in the first cell"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime)

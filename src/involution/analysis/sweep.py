@@ -1,14 +1,13 @@
 """Sweep results as one table: from a Hydra multirun directory, a saved summary, or W&B.
 
-The table follows ``involution.sweeps.summarize`` (one row per job): ``job``, ``overrides``, one
-column per swept key (``operator.kernel_size``, ``operator.reduction_ratio``, ``operator``, ...),
-``status``, ``error``, ``params``, ``macs``, ``best_val_top1``, ``best_val_top5``, ``test_top1``,
-``wall_time_s``, ``run_dir``. ``load_sweep`` is the one entry point the notebooks call.
+The table is the run records' summary (``involution.runs.summary``: one row per job, the columns
+of ``involution.runs.COLUMNS`` plus one per swept key: ``operator.kernel_size``,
+``operator.reduction_ratio``, ``operator``, ...); W&B runs are turned into the same columns.
+``load_sweep`` is the one entry point the notebooks call.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -18,31 +17,21 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from involution.analysis.errors import (
-    AnalysisError,
-    NotAMultirunError,
-    WandbUnavailableError,
-    first_line,
-)
+from involution.analysis.errors import AnalysisError, NotAMultirunError, WandbUnavailableError
 from involution.analysis.locate import is_multirun, latest_multirun
+from involution.runs.records import one_line
+from involution.runs.summary import (
+    COLUMNS,
+    NUMERIC_COLUMNS,
+    SUMMARY_JOB_TYPE,
+    TEXT_COLUMNS,
+    best_epoch_of,
+    load_summary,
+    summarize,
+)
 
 PathLike = str | os.PathLike
 
-STANDARD_COLUMNS = (
-    "job",
-    "overrides",
-    "status",
-    "error",
-    "params",
-    "macs",
-    "best_val_top1",
-    "best_val_top5",
-    "test_top1",
-    "wall_time_s",
-    "run_dir",
-)
-# Further fixed columns involution.sweeps.summarize adds (not swept keys).
-EXTRA_COLUMNS = ("val_top1", "epochs", "name", "group")
 WANDB_PREFIX = "wandb:"
 
 
@@ -62,7 +51,7 @@ def load_sweep(
     - ``wandb_project`` ("entity/project" or "project"): read the runs from W&B (public API; needs
       network and an API key; ``wandb_group`` narrows to one group). Raises
       ``WandbUnavailableError`` (one line) within about ``timeout`` seconds when it cannot.
-    - else ``source``: a multirun directory (summarised by ``involution.sweeps.summarize``) or
+    - else ``source``: a multirun directory (summarised by ``involution.runs.summarize``) or
       its ``summary.csv``; ``None`` means the newest multirun under ``multirun/``.
     """
     if wandb_project:
@@ -71,12 +60,18 @@ def load_sweep(
     if path.is_file():
         return load_summary_file(path)
     if not path.exists():
-        raise NotAMultirunError(f"{path} does not exist: give a Hydra multirun directory or a sweep summary file")
-    if not is_multirun(path):
-        hint = " (that is a single run; give its parent multirun directory)" if (path / ".hydra").is_dir() else ""
         raise NotAMultirunError(
-            f"{path} is not a Hydra multirun directory: it has no multirun.yaml and no job folders "
-            f"with .hydra/config.yaml{hint}"
+            f"{path} does not exist: give a Hydra multirun directory or a sweep summary file"
+        )
+    if not is_multirun(path):
+        hint = (
+            " (that is a single run; give its parent multirun directory)"
+            if (path / ".hydra").is_dir()
+            else ""
+        )
+        raise NotAMultirunError(
+            f"{path} is not a Hydra multirun directory: it has no multirun.yaml and no numbered "
+            f"job folders with .hydra/{hint}"
         )
     return summarize_multirun(path)
 
@@ -85,28 +80,12 @@ def load_sweep(
 # multirun directories
 
 
-def _sweeps() -> Any:
-    """``involution.sweeps`` (the sweep issue's summary); one line if it is not installed."""
-    try:
-        return importlib.import_module("involution.sweeps")
-    except ModuleNotFoundError as error:
-        if error.name != "involution.sweeps":
-            raise
-        raise AnalysisError(
-            "involution.sweeps is not installed (it builds the multirun summary): reinstall the package"
-        ) from None
-
-
 def summarize_multirun(path: PathLike) -> pd.DataFrame:
-    """``involution.sweeps.summarize(path)`` without writing summary files into the multirun."""
-    summarize = _sweeps().summarize
+    """``involution.runs.summarize(path)`` without writing summary files into the multirun."""
     try:
-        try:
-            table = summarize(Path(path), write=False)
-        except TypeError:  # a summarize without the ``write`` keyword
-            table = summarize(Path(path))
+        table = summarize(Path(path), write=False)
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        raise NotAMultirunError(f"{path}: {first_line(error)}") from None
+        raise NotAMultirunError(f"{path}: {one_line(error)}") from None
     table = pd.DataFrame(table)
     if table.empty:
         raise NotAMultirunError(f"{path} holds no jobs yet: did the sweep start?")
@@ -119,7 +98,9 @@ def _fill_costs(table: pd.DataFrame) -> pd.DataFrame:
         if not (math.isnan(row["params"]) or math.isnan(row["macs"])):
             continue
         try:
-            hparams = yaml.safe_load((Path(row["run_dir"]) / "csv" / "hparams.yaml").read_text()) or {}
+            hparams = (
+                yaml.safe_load((Path(row["run_dir"]) / "csv" / "hparams.yaml").read_text()) or {}
+            )
         except (OSError, yaml.YAMLError, TypeError):
             continue
         for key in ("params", "macs"):
@@ -129,43 +110,27 @@ def _fill_costs(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_summary_file(path: PathLike) -> pd.DataFrame:
-    """A saved ``summary.csv`` (``involution.sweeps.load_summary``)."""
+    """A saved ``summary.csv`` (``involution.runs.load_summary``)."""
     path = Path(path)
     try:
-        table = pd.DataFrame(_sweeps().load_summary(path))
-    except AnalysisError:
-        raise
+        table = pd.DataFrame(load_summary(path))
     except Exception as error:  # any parse failure is the same message to the user
-        raise NotAMultirunError(f"{path} is not a sweep summary ({first_line(error)})") from None
+        raise NotAMultirunError(f"{path} is not a sweep summary ({one_line(error)})") from None
     if "best_val_top1" not in table.columns:
         raise NotAMultirunError(
-            f"{path} is not a sweep summary: no best_val_top1 column (columns: {', '.join(map(str, table.columns))})"
+            f"{path} is not a sweep summary: no best_val_top1 column "
+            f"(columns: {', '.join(map(str, table.columns))})"
         )
     return _normalise(table)
-
-
-def _metric_stats(metrics: pd.DataFrame) -> dict[str, float]:
-    def best(column: str) -> float:
-        return float(metrics[column].max()) if column in metrics and metrics[column].notna().any() else math.nan
-
-    def last(column: str) -> float:
-        values = metrics[column].dropna() if column in metrics else pd.Series(dtype=float)
-        return float(values.iloc[-1]) if len(values) else math.nan
-
-    return {
-        "best_val_top1": best("val/acc_top1"),
-        "best_val_top5": best("val/acc_top5"),
-        "test_top1": last("test/acc_top1"),
-    }
 
 
 def _normalise(table: pd.DataFrame) -> pd.DataFrame:
     """Contract columns present (NaN/empty where unknown), numeric metrics numeric."""
     table = table.copy()
-    for column in STANDARD_COLUMNS:
+    for column in COLUMNS:
         if column not in table.columns:
-            table[column] = "" if column in ("overrides", "status", "error", "run_dir") else math.nan
-    for column in ("params", "macs", "best_val_top1", "best_val_top5", "test_top1", "wall_time_s"):
+            table[column] = "" if column in TEXT_COLUMNS else math.nan
+    for column in NUMERIC_COLUMNS:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     table["job"] = table["job"].astype(str)
     return table
@@ -173,7 +138,7 @@ def _normalise(table: pd.DataFrame) -> pd.DataFrame:
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
     """The swept keys: the columns that are not among the summary's fixed ones."""
-    return [c for c in table.columns if c not in STANDARD_COLUMNS and c not in EXTRA_COLUMNS]
+    return [c for c in table.columns if c not in COLUMNS]
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +167,9 @@ def with_config_keys(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     if not missing:
         return table
     table = table.copy()
-    configs = [_run_config(d) if not str(d).startswith(WANDB_PREFIX) else {} for d in table["run_dir"]]
+    configs = [
+        _run_config(d) if not str(d).startswith(WANDB_PREFIX) else {} for d in table["run_dir"]
+    ]
     for key in missing:
         path = "operator.name" if key == "operator" else key
         table[key] = [_dotted(config, path) for config in configs]
@@ -226,7 +193,11 @@ def overview(table: pd.DataFrame) -> pd.DataFrame:
         "macs",
         "wall_time_s",
     ]
-    return table[columns].sort_values("best_val_top1", ascending=False, na_position="last").reset_index(drop=True)
+    return (
+        table[columns]
+        .sort_values("best_val_top1", ascending=False, na_position="last")
+        .reset_index(drop=True)
+    )
 
 
 def ablation_table(
@@ -239,7 +210,9 @@ def ablation_table(
     table = with_config_keys(table, [x, hue])
     ok = table[table[value].notna()]
     if ok.empty:
-        raise AnalysisError(f"no job of the sweep has a {value} (all failed?): see the status/error columns")
+        raise AnalysisError(
+            f"no job of the sweep has a {value} (all failed?): see the status/error columns"
+        )
     return ok.pivot_table(index=x, columns=hue, values=value, aggfunc="mean")
 
 
@@ -256,11 +229,13 @@ def load_metrics(run_dir: str, api: Any = None, timeout: float = 10.0) -> pd.Dat
         try:
             history = api.run(path).history(pandas=True, samples=10000)
         except Exception as error:
-            raise WandbUnavailableError(f"W&B run {path}: {first_line(error)}") from None
+            raise WandbUnavailableError(f"W&B run {path}: {one_line(error)}") from None
         return pd.DataFrame(history).rename(columns={"trainer/global_step": "step"})
     file = Path(run_dir) / "csv" / "metrics.csv"
     if not file.is_file():
-        raise AnalysisError(f"{file} does not exist: the run logged no CSV metrics (logger without csv?)")
+        raise AnalysisError(
+            f"{file} does not exist: the run logged no CSV metrics (logger without csv?)"
+        )
     return pd.read_csv(file)
 
 
@@ -302,12 +277,16 @@ def _wandb_api(project: str, timeout: float) -> Any:
     try:
         return wandb.Api(timeout=int(math.ceil(timeout)))
     except Exception as error:
-        raise WandbUnavailableError(f"W&B project {project!r}: {first_line(error)}") from None
+        raise WandbUnavailableError(f"W&B project {project!r}: {one_line(error)}") from None
 
 
 def _operator_config(config: dict[str, Any]) -> dict[str, Any]:
     """The operator dict of a run's W&B config (logged by train.py and by the LightningModule)."""
-    for candidate in (_dotted(config, "config.operator"), _dotted(config, "model.operator"), config.get("operator")):
+    for candidate in (
+        _dotted(config, "config.operator"),
+        _dotted(config, "model.operator"),
+        config.get("operator"),
+    ):
         if isinstance(candidate, dict):
             return candidate
     return {}
@@ -321,15 +300,21 @@ def wandb_runs_table(runs: Iterable[Any]) -> pd.DataFrame:
         summary = dict(run.summary)
         operator = _operator_config(config)
         try:
-            history = run.history(keys=["val/acc_top1", "val/acc_top5"], pandas=True)
+            history = pd.DataFrame(run.history(keys=["val/acc_top1", "val/acc_top5"], pandas=True))
         except Exception:  # fall back to the summary's last values
             history = pd.DataFrame()
-        stats = _metric_stats(pd.DataFrame(history))
-        for key, metric in (("best_val_top1", "val/acc_top1"), ("best_val_top5", "val/acc_top5")):
-            if math.isnan(stats[key]) and metric in summary:
+        stats: dict[str, float] = {
+            "test_top1": math.nan,
+            **best_epoch_of(history.to_dict("records")),
+        }
+        # a run without history (or whose history failed to load): the summary's last values
+        for key, metric in (
+            ("best_val_top1", "val/acc_top1"),
+            ("best_val_top5", "val/acc_top5"),
+            ("test_top1", "test/acc_top1"),
+        ):
+            if math.isnan(stats.get(key, math.nan)) and metric in summary:
                 stats[key] = float(summary[metric])
-        if math.isnan(stats["test_top1"]) and "test/acc_top1" in summary:
-            stats["test_top1"] = float(summary["test/acc_top1"])
         state = str(getattr(run, "state", ""))
         row = {
             "job": run.name,
@@ -346,7 +331,7 @@ def wandb_runs_table(runs: Iterable[Any]) -> pd.DataFrame:
         }
         rows.append(row)
     if not rows:
-        return _normalise(pd.DataFrame(columns=list(STANDARD_COLUMNS)))
+        return _normalise(pd.DataFrame(columns=list(COLUMNS)))
     table = pd.DataFrame(rows)
     constant = [
         c
@@ -365,9 +350,9 @@ def load_wandb_sweep(
     try:
         runs = list(api.runs(project, filters=filters))
     except Exception as error:  # unknown project, permission, timeout: all one line
-        raise WandbUnavailableError(f"W&B project {project!r}: {first_line(error)}") from None
+        raise WandbUnavailableError(f"W&B project {project!r}: {one_line(error)}") from None
     # the dashboard's summary run (sweep charts, no training) is not a job of the sweep
-    runs = [run for run in runs if getattr(run, "job_type", None) != _sweeps().SUMMARY_JOB_TYPE]
+    runs = [run for run in runs if getattr(run, "job_type", None) != SUMMARY_JOB_TYPE]
     if not runs:
         where = f" in group {group!r}" if group else ""
         raise WandbUnavailableError(f"W&B project {project!r} has no runs{where}")

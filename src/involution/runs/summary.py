@@ -1,0 +1,339 @@
+"""The summary table of a multirun: one row per job, from the jobs' records and metrics files.
+
+A multirun (``python -m involution.train sweep=kernel_reduction``, ``make sweep``) writes
+``multirun/<task>/<date>/<time>/<job num>/`` per job, each with its ``job.json``
+(:mod:`involution.runs.records`). :func:`summarize` turns such a directory, finished or not, into
+``summary.csv`` + ``summary.md``; the notebooks, the W&B dashboard and the Hydra callback
+(:mod:`involution.runs.callback`) read the same table. From the shell::
+
+    python -m involution.runs summarize multirun/train/2025-01-01/12-00-00
+    python -m involution.runs summarize          # the latest multirun under ./multirun
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import socket
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from involution.runs.identity import is_swept_candidate, split_override, swept_keys
+from involution.runs.locate import latest_multirun
+from involution.runs.records import NOT_OK, STATUSES, process_alive, read_record, read_yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+# The summary's fixed columns (the swept keys come after ``job``, one column each, named as the
+# key). Accuracies are fractions in [0, 1].
+COLUMNS = (
+    "job", "status", "best_val_top1", "best_val_top5", "test_top1", "val_top1", "epochs",
+    "params", "macs", "wall_time_s", "error", "overrides", "name", "group", "run_dir",
+)  # fmt: skip
+TEXT_COLUMNS = ("status", "error", "overrides", "name", "group", "run_dir")
+NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in TEXT_COLUMNS and c != "job")
+# The W&B job type of the run that holds a sweep's own charts and table (involution.dashboard);
+# readers of a sweep's runs leave it out.
+SUMMARY_JOB_TYPE = "sweep-summary"
+
+
+def expected_jobs(multirun_dir: Path) -> dict[int, list[str]]:
+    """Job number -> overrides of every job a basic-sweeper multirun will run (from multirun.yaml),
+    so that jobs not started yet show up as ``missing``. Empty for other sweepers (Optuna)."""
+    master = read_yaml(multirun_dir / "multirun.yaml")
+    if not isinstance(master, dict):
+        return {}
+    sweeper = master.get("hydra", {}).get("sweeper", {})
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return {}
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    task = list(master.get("hydra", {}).get("overrides", {}).get("task") or [])
+    try:
+        overrides = OverridesParser.create().parse_overrides([*params, *task])
+        jobs = BasicSweeper.split_arguments(overrides, None)[0]
+    except Exception:  # a sweep the parser cannot expand without the config tree (globs)
+        return {}
+    return {num: list(job) for num, job in enumerate(jobs)}
+
+
+def _sweeper_params(multirun_dir: Path, job_dirs: Sequence[Path]) -> list[str]:
+    """The keys of ``hydra.sweeper.params`` (multirun.yaml, else any job's .hydra/hydra.yaml)."""
+    for path in (multirun_dir / "multirun.yaml", *(d / ".hydra" / "hydra.yaml" for d in job_dirs)):
+        data = read_yaml(path)
+        if isinstance(data, dict):
+            return list(data.get("hydra", {}).get("sweeper", {}).get("params") or {})
+    return []
+
+
+def _number(value: Any) -> float | None:
+    """A metric value (CSV text, a float, NaN, None) as a float; None when it is not one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def best_epoch_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """From logged rows (``csv/metrics.csv`` lines or a W&B history): the best val top-1, the val
+    top-5 of that epoch, the last val top-1 and the number of validated epochs; rows without a
+    val top-1 (training steps) are skipped, and no row gives ``{}``."""
+    top1 = [(_number(row.get("val/acc_top1")), row) for row in rows]
+    validated = [(value, row) for value, row in top1 if value is not None]
+    if not validated:
+        return {}
+    best_top1, best = max(validated, key=lambda pair: pair[0])  # the first of equal epochs
+    out = {
+        "best_val_top1": best_top1,
+        "val_top1": validated[-1][0],
+        "epochs": float(len(validated)),
+    }
+    top5 = _number(best.get("val/acc_top5"))
+    if top5 is not None:
+        out["best_val_top5"] = top5
+    return out
+
+
+def best_epoch(job_dir: Path) -> dict[str, float]:
+    """:func:`best_epoch_of` a job's ``csv/metrics.csv`` (works while the job still runs)."""
+    path = job_dir / "csv" / "metrics.csv"
+    try:
+        with path.open(newline="") as handle:
+            return best_epoch_of(list(csv.DictReader(handle)))
+    except (FileNotFoundError, OSError, csv.Error):
+        return {}
+
+
+def job_row(num: int, job_dir: Path, expected: list[str] | None, finished: bool) -> dict[str, Any]:
+    """One job's summary row (plus ``_overrides``, the list the swept columns are read from)."""
+    record = read_record(job_dir) if job_dir.is_dir() else None
+    overrides = (record or {}).get("overrides")
+    if overrides is None:
+        overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml") or expected or []
+    row: dict[str, Any] = {key: math.nan for key in COLUMNS}
+    row.update(
+        job=num, error="", overrides=" ".join(overrides), name="", group="", run_dir=str(job_dir)
+    )
+    row["_overrides"] = overrides
+    if record is None:
+        row["status"] = "missing"
+        if finished:
+            row.update(
+                status="failed", error="no result recorded: the job did not run or was killed"
+            )
+    else:
+        metrics = record.get("metrics") or {}
+        row.update(
+            status=record.get("status", "missing"), error=record.get("error") or "",
+            name=record.get("name") or "", group=record.get("group") or "",
+            params=record.get("params"), macs=record.get("macs"),
+            wall_time_s=record.get("wall_time_s"),
+            best_val_top1=metrics.get("best/val/acc_top1"), val_top1=metrics.get("val/acc_top1"),
+            best_val_top5=metrics.get("val/acc_top5"), test_top1=metrics.get("test/acc_top1"),
+        )  # fmt: skip
+        if row["status"] == "running":
+            dead = record.get("host") == socket.gethostname() and not process_alive(record)
+            if dead or finished:
+                ended = f"process {record.get('pid')} on {record.get('host')} ended (killed?)"
+                row.update(status="failed", error=f"no result recorded: {ended}")
+    row.update(best_epoch(job_dir))
+    return {key: (math.nan if value is None else value) for key, value in row.items()}
+
+
+def _parse_value(text: str) -> Any:
+    if text in ("null", "None", ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def summarize(
+    multirun_dir: str | Path, *, finished: bool = False, write: bool = True
+) -> pd.DataFrame:
+    """The summary table of a multirun directory, finished or not: one row per job.
+
+    Columns: ``job``, then one per swept key (named as the key, e.g. ``operator.kernel_size``,
+    numeric where the values are), then :data:`COLUMNS` (accuracies are fractions in [0, 1]; the
+    best val top-5 is that of the best val top-1 epoch; ``wall_time_s`` is the whole job's).
+    ``status`` is one of :data:`~involution.runs.records.STATUSES`; ``missing`` is a job the
+    sweep will run but has not started.
+
+    Args:
+        multirun_dir: the multirun directory (``multirun/<task>/<date>/<time>``).
+        finished: the sweep is over: running and missing jobs count as failed.
+        write: write ``summary.csv`` and ``summary.md`` into ``multirun_dir``.
+
+    Returns:
+        The table as a pandas DataFrame, jobs in order.
+
+    Raises:
+        FileNotFoundError: ``multirun_dir`` is not a directory.
+
+    Example:
+        >>> frame = summarize("multirun/train/2025-01-01/12-00-00", write=False)  # doctest: +SKIP
+        >>> frame[["job", "operator.kernel_size", "status", "best_val_top1"]]  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no multirun directory {root}")
+    dirs = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    expected = expected_jobs(root)
+    rows = [
+        job_row(n, dirs.get(n, root / str(n)), expected.get(n), finished)
+        for n in sorted(set(dirs) | set(expected))
+    ]
+    values = [dict(split_override(o) for o in row.pop("_overrides")) for row in rows]
+    keys = swept_keys(root, _sweeper_params(root, list(dirs.values()))) or []
+    for key in dict.fromkeys(k for v in values for k in v):
+        varies = len({v.get(key) for v in values}) > 1
+        if key not in keys and is_swept_candidate(key) and varies:
+            keys.append(key)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    for position, key in enumerate(keys, start=1):
+        column = pd.Series([_parse_value(v.get(key, "")) for v in values], dtype=object)
+        try:
+            column = pd.to_numeric(column)
+        except (ValueError, TypeError):
+            column = column.map(lambda x: "" if x is None else str(x))
+        frame.insert(position, key, column)
+    frame["job"] = frame["job"].astype(int)
+    for column in TEXT_COLUMNS:
+        frame[column] = frame[column].fillna("").astype(str)
+    if write:
+        frame.to_csv(root / SUMMARY_CSV, index=False)
+        markdown = to_markdown(frame, swept=keys) + "\n\n" + count_line(frame) + "\n"
+        (root / SUMMARY_MD).write_text(markdown)
+    return frame
+
+
+def load_summary(path: str | Path) -> pd.DataFrame:
+    """A sweep's summary table, read back from its ``summary.csv`` or built from its directory.
+
+    Args:
+        path: a ``summary.csv``, or a multirun directory (its ``summary.csv`` when it has one,
+            else :func:`summarize` builds and writes it).
+
+    Returns:
+        The table :func:`summarize` returns, text columns as strings (empty, not NaN).
+
+    Raises:
+        FileNotFoundError: ``path`` is neither a summary file nor a directory.
+        pandas.errors.ParserError: the file is not CSV.
+
+    Example:
+        >>> frame = load_summary("multirun/train/2025-01-01/12-00-00")  # doctest: +SKIP
+        >>> frame.sort_values("best_val_top1", ascending=False).head()  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    path = Path(path)
+    csv_path = path if path.suffix == ".csv" else path / SUMMARY_CSV
+    if not csv_path.is_file():
+        return summarize(path)
+    frame = pd.read_csv(csv_path)
+    for column in TEXT_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].fillna("").astype(str)
+    return frame
+
+
+def counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Jobs per status, every status of :data:`~involution.runs.records.STATUSES` present."""
+    return {status: int((frame["status"] == status).sum()) for status in STATUSES}
+
+
+def has_failures(frame: pd.DataFrame) -> bool:
+    """Whether a job failed, diverged or was preempted (a sweep's exit status 1)."""
+    n = counts(frame)
+    return any(n[status] for status in NOT_OK)
+
+
+def count_line(frame: pd.DataFrame) -> str:
+    """``"14 ok, 2 failed"`` (+ diverged / preempted / running / missing when there are any)."""
+    n = counts(frame)
+    extra = [f"{n[s]} {s}" for s in ("running", "missing") if n[s]]
+    stopped = [f"{n[s]} {s}" for s in ("diverged", "preempted") if n[s]]
+    return ", ".join([f"{n['ok']} ok", f"{n['failed']} failed", *stopped, *extra])
+
+
+def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, int | float):
+        return f"{value * scale:.{digits}f}"
+    return str(value)
+
+
+def _swept_cell(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "null"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def to_markdown(frame: pd.DataFrame, swept: Sequence[str] | None = None) -> str:
+    """The table for people: accuracies in %, params in M, multiply-adds in M, time in s."""
+    if swept is None:
+        swept = [c for c in frame.columns if c not in COLUMNS]
+    head = [
+        "job", *swept, "status", "val top-1 %", "val top-5 %", "test top-1 %", "params (M)",
+        "MACs (M)", "time (s)", "error",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in frame.to_dict("records"):
+        cells = [
+            str(row["job"]), *(_swept_cell(row[k]) for k in swept), row["status"],
+            _fmt(row["best_val_top1"], 100), _fmt(row["best_val_top5"], 100),
+            _fmt(row["test_top1"], 100), _fmt(row["params"], 1e-6, 3),
+            _fmt(row["macs"], 1e-6, 1), _fmt(row["wall_time_s"], 1, 0),
+            str(row["error"]).replace("|", "\\|"),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(frame: pd.DataFrame, root: Path) -> str:
+    """What a finished summary prints: the table, where it was written and the count line."""
+    return f"{to_markdown(frame)}\n\nsummary: {root / SUMMARY_CSV}\n{count_line(frame)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m involution.runs summarize [DIR] [--finished]``: exit status 0 when every job is
+    ok, 1 when one failed, diverged or was preempted, 2 when there is no multirun to summarize."""
+    parser = argparse.ArgumentParser(prog="python -m involution.runs", description="Run records.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    summary = commands.add_parser(
+        "summarize", help="(re)build summary.csv and summary.md of a multirun directory"
+    )
+    summary.add_argument(
+        "dir", nargs="?", help="the multirun directory (default: the latest under ./multirun)"
+    )
+    summary.add_argument(
+        "--finished", action="store_true",
+        help="the sweep is over: running and missing jobs count as failed",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        root = Path(args.dir) if args.dir else latest_multirun()
+        frame = summarize(root, finished=args.finished)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report(frame, root))
+    return 1 if has_failures(frame) else 0
