@@ -12,7 +12,11 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from involution import loggers
 from involution.loggers import build_loggers, resolve_wandb_mode
 
-IDENTITY = {"name": "involution-k7", "group": "train-digits", "tags": ["involution", "kernel_size=7"]}
+IDENTITY = {
+    "name": "involution-k7",
+    "group": "train-digits",
+    "tags": ["involution", "kernel_size=7"],
+}
 
 
 @pytest.fixture
@@ -55,21 +59,34 @@ def test_default_group_builds_csv_first_then_offline_wandb(compose_train, no_wan
     csv_logger, wandb_logger = built
     assert Path(csv_logger.log_dir) == Path(cfg.paths.output_dir) / "csv"
     init = wandb_logger._wandb_init
-    assert (init["name"], init["group"], init["project"]) == ("involution-k7", "train-digits", "involution")
-    assert init["tags"] == ["involution", "kernel_size=7", "paper", "mine"]  # derived first, no repeats
+    assert (init["name"], init["group"], init["project"]) == (
+        "involution-k7",
+        "train-digits",
+        "involution",
+    )
+    assert init["tags"] == [
+        "involution",
+        "kernel_size=7",
+        "paper",
+        "mine",
+    ]  # derived first, no repeats
     assert wandb_logger._offline and init["dir"] == cfg.paths.output_dir
     assert init["id"] is None and init["settings"].init_timeout == 30.0
 
 
 def test_config_name_and_group_win_over_the_derived_ones(compose_train, no_wandb_env) -> None:
-    cfg = compose_train(["logger.wandb.name=mine", "logger.wandb.group=ours", "logger.wandb.mode=offline"])
+    cfg = compose_train(
+        ["logger.wandb.name=mine", "logger.wandb.group=ours", "logger.wandb.mode=offline"]
+    )
     init = by_type(build_loggers(cfg.logger, IDENTITY, []))[WandbLogger]._wandb_init
     assert (init["name"], init["group"]) == ("mine", "ours")
 
 
 def test_resumed_run_continues_its_wandb_run(compose_train, no_wandb_env) -> None:
     cfg = compose_train()
-    init = by_type(build_loggers(cfg.logger, IDENTITY, [], wandb_id="abc123"))[WandbLogger]._wandb_init
+    init = by_type(build_loggers(cfg.logger, IDENTITY, [], wandb_id="abc123"))[
+        WandbLogger
+    ]._wandb_init
     assert (init["id"], init["resume"]) == ("abc123", "allow")
 
 
@@ -104,12 +121,17 @@ def test_disabled_wandb_leaves_only_csv(compose_train, no_wandb_env) -> None:
 
 def test_any_lightning_logger_is_an_entry(compose_train) -> None:
     cfg = compose_train(
-        ["logger=csv", "+logger.plain._target_=lightning.pytorch.loggers.CSVLogger",
-         "+logger.plain.save_dir=${paths.output_dir}", "+logger.plain.name=plain"]  # fmt: skip
+        [
+            "logger=csv",
+            "+logger.plain._target_=lightning.pytorch.loggers.CSVLogger",
+            "+logger.plain.save_dir=${paths.output_dir}",
+            "+logger.plain.name=plain",
+        ]  # fmt: skip
     )
     built = build_loggers(cfg.logger, IDENTITY, [])
     assert [Path(logger.log_dir).parts[-2:] for logger in built] == [
-        (Path(cfg.paths.output_dir).name, "csv"), ("plain", "version_0")
+        (Path(cfg.paths.output_dir).name, "csv"),
+        ("plain", "version_0"),
     ]
 
 
