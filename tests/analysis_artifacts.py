@@ -15,18 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-TINY = [
-    "logger=csv",
-    "model.base_width=4",
-    "model.stem_width=8",
-    "data.batch_size=16",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+from conftest import CSV_ONLY, NARROW_WIDTHS, QUIET, quick_schedule
+
+# narrow networks (base width 4: the multirun sets group_channels=4), two epochs of a few batches
+TINY = [*CSV_ONLY, *NARROW_WIDTHS, *QUIET, *quick_schedule(epochs=2)]
 
 
 @dataclass(frozen=True)

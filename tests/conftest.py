@@ -1,8 +1,11 @@
-"""Shared fixtures: offline W&B, and Hydra configs composed the way `python -m involution.train` does."""
+"""Shared fixtures and helpers: offline W&B, the tiny configs, W&B record reading, and Hydra
+configs composed the way `python -m involution.train` does."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,18 +24,62 @@ os.environ.pop("HYDRA_FULL_ERROR", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A few batches of a tiny digits run: enough to exercise every stage of train.py quickly.
-QUICK_TRAIN = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=1",
-    "trainer.log_every_n_steps=1",
-    "data.batch_size=16",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-# Tiny widths on top of the quick schedule: a job is a few seconds.
-TINY = [*QUICK_TRAIN, "model.base_width=16", "model.stem_width=8"]
+# ---------------------------------------------------------------------------------------------
+# Tiny configs: the one home of the small networks and short schedules the tests run. Hydra
+# overrides (lists) compose with each other; TINY_MODEL is create_model's keyword arguments.
+
+# The narrowest widths at which involution's default 16 channels per group divide every stage.
+TINY_WIDTHS = ["model.base_width=16", "model.stem_width=8"]
+# Narrower still, for runs that also set operator.group_channels to 4 or fewer.
+NARROW_WIDTHS = ["model.base_width=4", "model.stem_width=8"]
+# Small batches and no progress bar in the captured output.
+QUIET = ["data.batch_size=16", "callbacks.progress_bar.refresh_rate=0"]
+# W&B start-up costs seconds per run; only the tests that read W&B runs pay it.
+CSV_ONLY = ["logger=csv"]
+
+
+def quick_schedule(epochs: int = 1, train_batches: int = 2, val_batches: int = 2) -> list[str]:
+    """A few batches an epoch (one test batch), every step logged."""
+    return [
+        f"trainer.max_epochs={epochs}",
+        f"trainer.limit_train_batches={train_batches}",
+        f"trainer.limit_val_batches={val_batches}",
+        "trainer.limit_test_batches=1",
+        "trainer.log_every_n_steps=1",
+    ]
+
+
+# A few batches of a digits run at the experiment's widths: every stage of train.py, quickly.
+QUICK_TRAIN = [*quick_schedule(), *QUIET]
+# The quick schedule on the tiny network: a job is a few seconds.
+TINY = [*QUICK_TRAIN, *TINY_WIDTHS]
+# The debug modes (conf/debug) bring their own schedule: only the network and the output.
+TINY_DEBUG = [*TINY_WIDTHS, *QUIET]
+# The architecture of a TINY or TINY_DEBUG checkpoint, for files that do not carry it.
+TINY_ARCH = ["experiment=digits", *TINY_WIDTHS]
+# The smallest network (create_model keyword arguments), 10 classes of 1-channel images.
+TINY_MODEL = {
+    "name": "rednet26",
+    "num_classes": 10,
+    "in_channels": 1,
+    "stem": "small",
+    "base_width": 4,
+    "stem_width": 8,
+}
+
+# ---------------------------------------------------------------------------------------------
+
+
+# W&B's command line of this interpreter's environment (its record reader).
+WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
+
+
+def wandb_records(log: Path) -> list[dict]:
+    """The records of an offline W&B run file (``wandb/offline-run-*/run-*.wandb``), read with
+    W&B's own reader (``wandb leet inspect --json``)."""
+    command = [WANDB, "leet", "inspect", "--json", str(log)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def run_module(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -59,7 +106,7 @@ def limit_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     checkpoints, test): the debug-mode and the evaluation tests read it."""
     root = tmp_path_factory.mktemp("limit")
     run_dir = root / "run"
-    args = ["debug=limit", "model.base_width=16", "model.stem_width=8", "data.batch_size=16", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}"]
+    args = ["debug=limit", *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
     return run_module("involution.train", args, cwd=root), run_dir
 
 

@@ -9,9 +9,7 @@ import pytest
 
 from involution import runs
 
-from conftest import run_module
-
-TINY_MODEL = ["model.base_width=16", "model.stem_width=8", "data.batch_size=16", "callbacks.progress_bar.refresh_rate=0"]
+from conftest import TINY_DEBUG, run_module
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -35,7 +33,8 @@ def test_debug_mode_composes_without_wandb(compose_train, mode: str) -> None:
 @pytest.mark.slow
 def test_fast_dev_run_runs_one_batch_and_logs_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_module("involution.train", ["debug=fdr", *TINY_MODEL, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    args = ["debug=fdr", *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
+    result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Running in `fast_dev_run` mode: will run the requested loop using 1 batch(es)" in result.stdout + result.stderr
     assert not list(run_dir.glob("checkpoints/best-*.ckpt")) and not (run_dir / "csv" / "metrics.csv").exists()
@@ -45,7 +44,8 @@ def test_fast_dev_run_runs_one_batch_and_logs_nothing(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_overfit_fits_the_same_two_batches(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = ["debug=overfit", "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=5", *TINY_MODEL, f"hydra.run.dir={run_dir}"]
+    schedule = ["trainer.max_epochs=5", "trainer.check_val_every_n_epoch=5"]
+    args = ["debug=overfit", *schedule, *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
     result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "requested to overfit" in result.stdout + result.stderr  # Lightning turned shuffling off
@@ -71,7 +71,7 @@ def test_limit_runs_the_whole_pipeline_on_a_few_batches(limit_run) -> None:
 def test_profiler_writes_its_report_into_the_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shorter = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
-    args = ["debug=profiler", *shorter, *TINY_MODEL, f"hydra.run.dir={run_dir}"]
+    args = ["debug=profiler", *shorter, *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
     result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (run_dir / "fit-profile.txt").read_text()

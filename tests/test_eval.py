@@ -20,16 +20,13 @@ from involution.models import create_model
 from involution.models.checkpoint import official_names
 from involution.train import SetupError
 
-from conftest import REPO, compose_entry, run_module
-
-# The architecture of the limit_run fixture, for files that do not carry it.
-TINY_ARCH = ["experiment=digits", "model.base_width=16", "model.stem_width=8"]
+from conftest import CSV_ONLY, REPO, TINY_ARCH, compose_entry, run_module, wandb_records
 
 
 @pytest.fixture
 def compose_eval(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """compose_eval(overrides) -> the eval config with Hydra's runtime set (CSV logger only)."""
-    base = ["logger=csv", "print_config=false"]
+    base = [*CSV_ONLY, "print_config=false"]
     yield lambda overrides: compose_entry("eval", tmp_path / "eval", [*base, *overrides])
     GlobalHydra.instance().clear()
 
@@ -127,8 +124,8 @@ def test_cli_prints_json_saves_it_and_logs_to_wandb(trained: Path, tmp_path: Pat
     assert printed == saved and {"top1", "top5", "loss", "checkpoint", "model", "data", "split"} <= set(saved)
     assert (run_dir / "config_tree.log").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     logs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    out = subprocess.run([str(Path(REPO / ".venv/bin/wandb")) if (REPO / ".venv/bin/wandb").exists() else "wandb", "leet", "inspect", "--json", str(logs[0])], capture_output=True, text=True, check=True)
-    summary = {k: v for line in out.stdout.splitlines() if line.strip() for r in [json.loads(line)] if r["type"] == "summary" for k, v in r["summary"]["update"].items()}
+    updates = [r["summary"]["update"] for r in wandb_records(logs[0]) if r["type"] == "summary"]
+    summary = {key: value for update in updates for key, value in update.items()}
     assert summary["eval/top1"] == pytest.approx(saved["top1"]) and "test/acc_top1" in summary
 
 

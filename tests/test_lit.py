@@ -11,14 +11,10 @@ import torch
 from involution.data import SyntheticDataModule
 from involution.lit import ImageClassifier
 
-TINY = {
-    "name": "resnet26",
-    "num_classes": 7,
-    "in_channels": 3,
-    "stem": "small",
-    "base_width": 4,
-    "stem_width": 8,
-}
+from conftest import TINY_MODEL
+
+# a ResNet (fast on CPU) of 7 classes of RGB images
+TINY = {**TINY_MODEL, "name": "resnet26", "num_classes": 7, "in_channels": 3}
 
 
 class RecordLR(L.Callback):

@@ -43,11 +43,16 @@ def meta_model(name: str, **overrides) -> nn.Module:
 # ------------------------------------------------------------------------------------------
 
 
-def test_registry_has_every_family_and_depth():
-    assert STAGE_DEPTHS == DEPTHS
-    expected = {f"{family}{depth}" for family in ("rednet", "resnet", "sasa") for depth in DEPTHS}
-    assert expected <= set(list_models())
+@pytest.mark.parametrize("depth", sorted(DEPTHS))
+def test_every_family_builds_every_depth_with_the_official_stages(depth):
+    """A depth counts 3 layers a bottleneck block plus the stem and the head."""
+    assert sum(DEPTHS[depth]) * 3 + 2 == depth
+    for family in ("rednet", "resnet", "sasa"):
+        assert f"{family}{depth}" in list_models()
+        model = meta_model(f"{family}{depth}")
+        assert tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)) == DEPTHS[depth]
     assert set(FAMILIES) == {"rednet", "resnet", "sasa"}
+    assert set(STAGE_DEPTHS) == set(DEPTHS)  # no depth is registered that this test skips
 
 
 @pytest.mark.parametrize(

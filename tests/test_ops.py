@@ -22,7 +22,6 @@ import sys
 
 import pytest
 import torch
-from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 from torch.utils.flop_counter import FlopCounterMode
 
 from involution.layers import Involution2d
@@ -39,6 +38,7 @@ from involution.ops import (
 from involution.ops._formats import is_channels_last
 
 from conftest import REPO
+from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 
 CPU_BACKENDS = ["reference", "numba_cpu"]
 

@@ -14,9 +14,10 @@ import os
 
 import pytest
 import torch
-from helpers import make_case, op_with_grads, spec_with_grads
 
 from involution.ops import involution2d
+
+from helpers import make_case, op_with_grads, spec_with_grads
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",

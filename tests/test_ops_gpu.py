@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 
 from involution.layers import Involution2d
 from involution.ops import involution2d
+
+from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 
 pytestmark = [
     pytest.mark.gpu,

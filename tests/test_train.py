@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +13,7 @@ import torch
 
 from involution.train import SetupError, build_run
 
-from conftest import QUICK_TRAIN, REPO
-
-WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
-
-
-def run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "involution.train", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
+from conftest import QUICK_TRAIN, REPO, run_module, wandb_records
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +21,7 @@ def quick_run(tmp_path_factory) -> Path:
     """One short training run shared by the tests below."""
     root = tmp_path_factory.mktemp("train")
     run_dir = root / "run"
-    result = run_train([f"hydra.run.dir={run_dir}", *QUICK_TRAIN], cwd=root)
+    result = run_module("involution.train", [f"hydra.run.dir={run_dir}", *QUICK_TRAIN], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -59,8 +46,7 @@ def test_wandb_offline_run_holds_val_metrics_and_config(quick_run: Path) -> None
     """Read the offline run back with W&B's own record reader (`wandb leet inspect --json`)."""
     logs = list((quick_run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1
-    out = subprocess.run([WANDB, "leet", "inspect", "--json", str(logs[0])], capture_output=True, text=True, check=True)
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    records = wandb_records(logs[0])
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     assert any("val/acc_top1" in item and "val/acc_top5" in item for item in history)
     run = next(r["run"] for r in records if r["type"] == "run")
@@ -101,7 +87,8 @@ def test_bad_config_is_one_error_naming_the_key(compose_train, overrides, key) -
 
 def test_cli_bad_config_prints_one_line_and_starts_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_train([f"hydra.run.dir={run_dir}", "operator.kernel_size=4"], cwd=tmp_path)
+    args = [f"hydra.run.dir={run_dir}", "operator.kernel_size=4"]
+    result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "operator.kernel_size" in lines[0], result.stderr
@@ -110,11 +97,18 @@ def test_cli_bad_config_prints_one_line_and_starts_nothing(tmp_path: Path) -> No
 
 
 def test_cli_unknown_option_lists_choices(tmp_path: Path) -> None:
-    result = run_train(["operator=deformable"], cwd=tmp_path)
+    result = run_module("involution.train", ["operator=deformable"], cwd=tmp_path)
     assert result.returncode != 0
     assert "Available options in 'operator'" in result.stderr and "involution" in result.stderr
 
 
-def test_makefile_passes_hydra_overrides() -> None:
-    text = (REPO / "Makefile").read_text()
-    assert "-m involution.train $(ARGS)" in text
+def test_make_train_passes_hydra_overrides_through(compose_train) -> None:
+    """`make train ARGS="..."` runs the entry point with the overrides as given; they compose."""
+    args = "operator.kernel_size=5 trainer.max_epochs=3"
+    command = subprocess.run(
+        ["make", "--no-print-directory", "-n", "train", f"ARGS={args}"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.rstrip().splitlines()[-1]  # fmt: skip
+    assert command.endswith(f"-m involution.train {args}"), command
+    cfg = compose_train(command.split("-m involution.train ", 1)[1].split())
+    assert (cfg.operator.kernel_size, cfg.trainer.max_epochs) == (5, 3)

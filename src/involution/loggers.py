@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import netrc
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -61,11 +64,41 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
-    """Lightning's CSVLogger in ``<save_dir>/csv``; when a run resumes from the checkpoint taken
-    after ``resume_step`` optimizer steps, the rows of the steps before (logged with steps
-    ``0 .. resume_step - 1``) are kept (Lightning would delete the file) and the later ones, which
-    the resumed run logs again, are dropped."""
+@dataclass(frozen=True)
+class RunContext:
+    """What a logger factory learns from the run rather than from its config entry.
+
+    Attributes:
+        identity: ``run_identity``'s ``name``, ``group`` and ``tags`` (W&B's defaults).
+        extra_tags: the entry config's ``tags`` (added to every W&B run's tags).
+        wandb_id: the W&B run id a resumed run's own checkpoint carries (None: a new run).
+        resume_step: the optimizer step that checkpoint was taken at (None: a fresh start).
+    """
+
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    extra_tags: Sequence[str] = ()
+    wandb_id: str | None = None
+    resume_step: int | None = None
+
+
+def csv_logger(save_dir: str, context: RunContext | None = None) -> CSVLogger:
+    """Lightning's CSVLogger writing ``<save_dir>/csv/metrics.csv``, resume-aware.
+
+    When the run resumes from the checkpoint taken after ``context.resume_step`` optimizer steps,
+    the rows of the steps before (logged with steps ``0 .. resume_step - 1``) are kept (Lightning
+    would delete the file) and the later ones, which the resumed run logs again, are dropped.
+
+    Args:
+        save_dir: the run directory.
+        context: the run's resume step (None or no step: a fresh file).
+
+    Returns:
+        The logger, its ``metrics.csv`` already holding the kept rows.
+
+    Example:
+        >>> logger = csv_logger("outputs/run")  # doctest: +SKIP
+    """
+    resume_step = context.resume_step if context is not None else None
     logger = CSVLogger(save_dir=save_dir, name="csv", version="")
     path = Path(logger.log_dir) / "metrics.csv"
     kept: list[dict[str, str]] = []
@@ -74,7 +107,9 @@ def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
-            kept = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
+            kept = [
+                row for row in reader if row.get("step") and int(float(row["step"])) < resume_step
+            ]
     writer = logger.experiment  # creating the writer deletes an existing metrics.csv
     if header:
         with path.open("w", newline="") as handle:
@@ -85,42 +120,103 @@ def csv_logger(save_dir: str, resume_step: int | None = None) -> CSVLogger:
     return logger
 
 
+def wandb_logger(
+    save_dir: str,
+    context: RunContext | None = None,
+    project: str = "involution",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] | None = None,
+    mode: str = "auto",
+    init_timeout: float = 30,
+) -> WandbLogger | None:
+    """Lightning's WandbLogger, online when W&B is reachable with a key, else offline; or None.
+
+    Args:
+        save_dir: the run directory (W&B writes ``<save_dir>/wandb``).
+        context: the run's derived name, group and tags, its extra tags, and the W&B run id to
+            continue (``wandb.init(id=..., resume="allow")``) when it resumes its own checkpoint.
+        project, entity: the W&B project and entity.
+        group, name: null takes the derived ones (``run_identity``).
+        tags: added to the derived tags and the entry config's ``tags``.
+        mode: ``auto`` | ``online`` | ``offline`` | ``disabled`` (see :func:`resolve_wandb_mode`).
+        init_timeout: seconds before an online start gives up.
+
+    Returns:
+        The logger, or None when the mode resolves to ``disabled``.
+
+    Raises:
+        ValueError: ``mode`` (or ``WANDB_MODE``) is not one of ``WANDB_MODES``.
+
+    Example:
+        >>> logger = wandb_logger("outputs/run", mode="offline")  # doctest: +SKIP
+    """
+    context = context or RunContext()
+    mode = resolve_wandb_mode(mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    identity = context.identity
+    all_tags = [*identity.get("tags", ()), *context.extra_tags, *(tags or ())]
+    resume = {"id": context.wandb_id, "resume": "allow"} if context.wandb_id else {}
+    return WandbLogger(
+        project=project,
+        entity=entity,
+        group=group or identity.get("group"),
+        name=name or identity.get("name"),
+        tags=list(dict.fromkeys(all_tags)),
+        save_dir=save_dir,
+        offline=mode == "offline",
+        settings=wandb.Settings(init_timeout=float(init_timeout), silent=True),
+        **resume,
+    )
+
+
 def build_loggers(
     logger_cfg: Mapping[str, Any],
     identity: Mapping[str, Any],
-    extra_tags: list[str],
+    extra_tags: Sequence[str],
     wandb_id: str | None = None,
     resume_step: int | None = None,
 ) -> list[Logger]:
-    """CSV always; W&B unless the config has no ``wandb`` entry or its mode resolves to disabled.
+    """Instantiate every entry of the logger group, in the group's order (the first is
+    Lightning's main logger: ``trainer.log_dir``).
 
-    A resumed run (from the checkpoint of step ``resume_step``) keeps its CSV rows up to that step
-    and, given ``wandb_id`` (the id its checkpoint carries), continues that W&B run
-    (``wandb.init(id=..., resume="allow")``) instead of opening a new one.
+    Each entry is a ``_target_`` config; a target that takes a ``context`` argument (the factories
+    above) receives the run's :class:`RunContext`, others (any Lightning logger) get only their
+    keys. A null entry (``logger.wandb=null``) or a factory returning None (W&B disabled) adds
+    nothing.
+
+    Args:
+        logger_cfg: the ``logger`` group (name -> ``_target_`` config).
+        identity: ``run_identity``'s name, group and tags.
+        extra_tags: the entry config's ``tags``.
+        wandb_id: the W&B run a resumed run continues (the id its own checkpoint carries).
+        resume_step: the step of that checkpoint; the CSV history is kept up to it.
+
+    Returns:
+        The loggers, possibly none.
+
+    Raises:
+        ValueError: an entry has no ``_target_``.
+
+    Example:
+        >>> build_loggers(cfg.logger, run_identity(cfg.operator, "train", None), [])  # doctest: +SKIP
     """
+    context = RunContext(dict(identity), tuple(extra_tags), wandb_id, resume_step)
     loggers: list[Logger] = []
-    if "csv" in logger_cfg:
-        loggers.append(csv_logger(logger_cfg["csv"]["save_dir"], resume_step))
-    wandb_cfg = logger_cfg.get("wandb")
-    if wandb_cfg is not None:
-        mode = resolve_wandb_mode(wandb_cfg.get("mode", "auto"))
-        if mode != "disabled":
-            import wandb
-
-            tags = [*identity["tags"], *extra_tags, *(wandb_cfg.get("tags") or [])]
-            loggers.append(
-                WandbLogger(
-                    project=wandb_cfg.get("project", "involution"),
-                    entity=wandb_cfg.get("entity"),
-                    group=wandb_cfg.get("group") or identity["group"],
-                    name=wandb_cfg.get("name") or identity["name"],
-                    tags=list(dict.fromkeys(tags)),
-                    save_dir=wandb_cfg["save_dir"],
-                    offline=mode == "offline",
-                    settings=wandb.Settings(init_timeout=float(wandb_cfg.get("init_timeout", 30)), silent=True),
-                    **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
-                )
-            )
+    for key, entry in logger_cfg.items():
+        if entry is None:
+            continue
+        if "_target_" not in entry:
+            raise ValueError(f"logger.{key} needs a _target_ (a Lightning logger or a factory)")
+        factory = instantiate(entry, _partial_=True, _convert_="all")
+        takes_context = "context" in inspect.signature(get_object(entry["_target_"])).parameters
+        built = factory(context=context) if takes_context else factory()
+        if built is not None:
+            loggers.append(built)
     return loggers
 
 

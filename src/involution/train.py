@@ -130,7 +130,10 @@ def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> Run:
     params = sum(p.numel() for p in module.model.parameters())
     macs = count_macs(module.model, image)
     run_id = identity(cfg)
-    loggers = build_loggers(cfg.logger, run_id, list(cfg.tags), wandb_id=wandb_id, resume_step=resume_step)
+    # the logger group's entries, each told the run's identity and what a resume continues
+    loggers = build_loggers(
+        cfg.logger, run_id, list(cfg.tags), wandb_id=wandb_id, resume_step=resume_step
+    )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks += [RunGuard(), resume.LoaderStateOnResume()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())

@@ -206,11 +206,34 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
 def load_checkpoint(
     model: nn.Module, checkpoint: PathLike | Mapping[str, Any], strict: bool = True
 ) -> nn.Module:
-    """Load ``checkpoint`` (a path or an already-loaded object) into ``model`` in place.
+    """Load ``checkpoint`` into ``model`` in place, whatever layout wrote it.
 
-    With ``strict`` (default) any unexpected, missing or shape-mismatched key raises
-    ``CheckpointMismatchError`` listing all of them, before anything is copied. BatchNorm's
-    ``num_batches_tracked`` may be absent (older torchvision files).
+    Understood: an official mmcls RedNet file (``backbone.*`` + ``head.fc.*``, official module
+    names), a torchvision ResNet state dict, a native state dict (also wrapped in ``state_dict``
+    or ``model``, or prefixed ``module.`` / ``_orig_mod.``) and a Lightning checkpoint of
+    ``involution.lit.ImageClassifier``. BatchNorm's ``num_batches_tracked`` may be absent (older
+    torchvision files).
+
+    Args:
+        model: the network to fill (from :func:`create_model`).
+        checkpoint: a path (read with ``weights_only=True``) or an already-loaded object.
+        strict: any unexpected, missing or shape-mismatched key raises before anything is copied;
+            without it the fitting tensors are loaded and the rest is left as it is.
+
+    Returns:
+        ``model``, loaded.
+
+    Raises:
+        CheckpointMismatchError: with ``strict``, the checkpoint does not fit (every unexpected,
+            missing and mismatched key listed; ``one_line()`` for a short message).
+        CheckpointFileError: the file is not a checkpoint, is truncated, or needs pickled code.
+        FileNotFoundError: the path does not exist.
+        TypeError: the object is not a mapping.
+        ValueError: the object holds no tensors.
+
+    Example:
+        >>> model = create_model("rednet50")  # doctest: +SKIP
+        >>> load_checkpoint(model, "rednet50-1c9fc0a5.pth")  # doctest: +SKIP
     """
     source = (
         repr(os.fspath(checkpoint)) if isinstance(checkpoint, str | os.PathLike) else "(object)"

@@ -60,14 +60,33 @@ def count_macs(
 ) -> int:
     """Multiply-adds (1 MAC = 2 FLOPs of ``torch.utils.flop_counter``) of one forward pass.
 
-    ``input_size`` is (C, H, W) (batch 1) or (N, C, H, W). Counted: convolutions, linear layers
-    and the registered involution ops (aggregation and attention logits); not normalisation,
-    activations or pooling, which is why RedNet counts land 2-3% under the official numbers.
-    The model runs in eval mode under ``no_grad`` on ``device`` (default: where its parameters
-    are; models built under ``torch.device("meta")`` are counted without computing anything).
+    Counted: convolutions, linear layers and the registered involution ops (aggregation and
+    attention logits); not normalisation, activations or pooling, which is why RedNet counts land
+    2-3% under the official numbers. The model runs in eval mode under ``no_grad`` (its mode is
+    restored afterwards).
 
-    Raises if the model contains involution layers but no involution multiply-adds were counted,
-    i.e. the op's FLOP formula is not registered (the count would silently be too low).
+    Args:
+        model: any ``nn.Module``; one built under ``torch.device("meta")`` is counted without
+            memory or arithmetic.
+        input_size: (C, H, W) (batch 1) or (N, C, H, W).
+        device: where the input is made (default: where the model's parameters are).
+
+    Returns:
+        The number of multiply-adds.
+
+    Raises:
+        ValueError: ``input_size`` is neither (C, H, W) nor (N, C, H, W).
+        RuntimeError: the model has involution or attention layers but no involution
+            multiply-adds were counted (the op's FLOP formula is not registered, so the count
+            would silently be too low).
+
+    Example:
+        >>> import torch
+        >>> from involution.models import create_model
+        >>> with torch.device("meta"):
+        ...     model = create_model("rednet50")
+        >>> round(count_macs(model, (3, 224, 224)) / 1e9, 2)
+        2.65
     """
     breakdown = mac_breakdown(model, input_size, device)
     has_aggregation = any(

@@ -80,16 +80,39 @@ def create_model(
     checkpoint: Any = None,
     **overrides: Any,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model (``list_models()``), timm-style.
 
-    ``overrides``: ``operator`` (a dict: ``name`` + hyperparameters, merged onto the family's
-    default when the name agrees), ``stem`` (rednet / resnet / small), ``base_width``,
-    ``stem_width``, ``in_channels``, ``zero_init_residual``. ``checkpoint``: a path (official
-    mmcls RedNet, torchvision ResNet, a native state dict or Lightning checkpoint; see
-    ``involution.models.checkpoint``), loaded with ``weights_only=True`` into the full network
-    before ``features_only`` strips the head. ``features_only``: return a ``BottleneckFeatures``
-    whose forward gives the stage maps ``out_indices`` (0..3) and whose ``feature_info`` reports
-    their channels and strides.
+    Args:
+        name: a registered name, ``<family><depth>``: family rednet (involution), resnet (3x3
+            convolution) or sasa (local self-attention), depth 26, 38, 50, 101 or 152.
+        num_classes: outputs of the classifier head.
+        features_only: return a ``BottleneckFeatures`` whose forward gives the stage maps
+            ``out_indices`` and whose ``feature_info`` reports their channels and strides.
+        out_indices: the stages (0..3) a ``features_only`` model returns.
+        checkpoint: a path (official mmcls RedNet, torchvision ResNet, a native state dict or a
+            Lightning checkpoint; see :func:`load_checkpoint`), loaded with ``weights_only=True``
+            into the full network before ``features_only`` strips the head.
+        **overrides: ``operator`` (a dict: ``name`` + hyperparameters, merged onto the family's
+            default when the name agrees, replacing it otherwise), ``stem`` (rednet / resnet /
+            small), ``base_width``, ``stem_width``, ``in_channels``, ``zero_init_residual``,
+            ``memory_format``.
+
+    Returns:
+        The network (a ``BottleneckNet``), or its ``BottleneckFeatures`` backbone.
+
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones), bad
+            ``out_indices``, or a hyperparameter a stage cannot take (naming the stage and key).
+        CheckpointMismatchError: ``checkpoint`` does not fit the network (every bad key listed).
+        CheckpointFileError: ``checkpoint`` is not a readable checkpoint file.
+        FileNotFoundError: ``checkpoint`` does not exist.
+
+    Example:
+        >>> import torch
+        >>> model = create_model("rednet26", num_classes=10, stem="small", base_width=16,
+        ...                      stem_width=16, operator={"kernel_size": 5})
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
