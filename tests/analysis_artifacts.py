@@ -58,7 +58,11 @@ def make_artifacts(root: Path) -> Artifacts:
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "involution.train", *args],
-            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for args in commands
     ]

@@ -82,11 +82,18 @@ def wandb_records(log: Path) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def run_module(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, args: list[str], cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``python -m module args`` in ``cwd`` with W&B offline; output captured."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -96,7 +103,13 @@ def kernel_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     W&B offline. Shared by the sweep summary and the dashboard tests."""
     root = tmp_path_factory.mktemp("sweep")
     sweep_dir = root / "multirun" / "2030-01-02" / "03-04-05"
-    args = ["sweep=kernel_reduction", "operator.kernel_size=3,5", "operator.reduction_ratio=2,4", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    args = [
+        "sweep=kernel_reduction",
+        "operator.kernel_size=3,5",
+        "operator.reduction_ratio=2,4",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+    ]
     return run_module("involution.train", args, cwd=root), sweep_dir
 
 

@@ -24,7 +24,9 @@ class Fault(Callback):
         self.kind = kind if kind is not None else os.environ.get("INVOLUTION_FAULT", "none")
         self.step = step if step is not None else int(os.environ.get("INVOLUTION_FAULT_STEP", "-1"))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         if trainer.global_step != self.step:
             return
         if self.kind in ("sigkill", "sigterm", "sigusr1"):
@@ -32,9 +34,13 @@ class Fault(Callback):
         elif self.kind == "error":
             raise RuntimeError(f"injected fault at step {self.step}")
         elif self.kind == "oom":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB (injected)"
+            )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         # weights turned NaN by this step's update (its loss was finite): the checkpoint due at
         # this step must not be written
         if self.kind == "nan_weights" and trainer.global_step == self.step:

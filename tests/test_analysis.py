@@ -46,7 +46,9 @@ CONVOLUTION = {"name": "convolution", "kernel_size": 3}
 def one_line(error: pytest.ExceptionInfo) -> str:
     message = str(error.value)
     assert "\n" not in message and message
-    assert error.value._render_traceback_() == [f"\x1b[0;31m{type(error.value).__name__}\x1b[0m: {message}"]
+    assert error.value._render_traceback_() == [
+        f"\x1b[0;31m{type(error.value).__name__}\x1b[0m: {message}"
+    ]
     return message
 
 
@@ -59,7 +61,11 @@ def save_checkpoint(path: Path, operator: dict, **model) -> Path:
     module = ImageClassifier({**TINY_MODEL, **model, "operator": operator})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "pytorch-lightning_version": "2"},
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": "2",
+        },
         path,
     )
     return path
@@ -70,7 +76,9 @@ def checkpoints(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("checkpoints")
     return SimpleNamespace(
         involution=save_checkpoint(root / "inv" / "checkpoints" / "best-epoch000.ckpt", INVOLUTION),
-        convolution=save_checkpoint(root / "conv" / "checkpoints" / "best-epoch000.ckpt", CONVOLUTION),
+        convolution=save_checkpoint(
+            root / "conv" / "checkpoints" / "best-epoch000.ckpt", CONVOLUTION
+        ),
     )
 
 
@@ -80,11 +88,21 @@ def write_job(root: Path, num: int, overrides: list[str], val: list[float], oper
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"operator": operator, "seed": 1}))
     (job / "csv").mkdir()
-    rows = [{"epoch": e, "step": e, "train/loss_step": 2.0 - e * 0.1, "val/acc_top1": v, "val/acc_top5": min(1, v + 0.3)}
-            for e, v in enumerate(val)]
+    rows = [
+        {
+            "epoch": e,
+            "step": e,
+            "train/loss_step": 2.0 - e * 0.1,
+            "val/acc_top1": v,
+            "val/acc_top5": min(1, v + 0.3),
+        }
+        for e, v in enumerate(val)
+    ]
     rows.append({"epoch": len(val), "step": len(val), "test/acc_top1": val[-1]})
     pd.DataFrame(rows).to_csv(job / "csv" / "metrics.csv", index=False)
-    (job / "csv" / "hparams.yaml").write_text(yaml.safe_dump({"params": 1000 * (num + 1), "macs": 5000 * (num + 1)}))
+    (job / "csv" / "hparams.yaml").write_text(
+        yaml.safe_dump({"params": 1000 * (num + 1), "macs": 5000 * (num + 1)})
+    )
     return job
 
 
@@ -98,9 +116,19 @@ def fake_multirun(tmp_path: Path) -> Path:
     num = 0
     for k in (3, 5):
         for r in (2, 4):
-            operator = {"name": "involution", "kernel_size": k, "reduction_ratio": r, "group_channels": 4}
-            write_job(root, num, [f"operator.kernel_size={k}", f"operator.reduction_ratio={r}"],
-                      [0.2 + 0.1 * num, 0.3 + 0.1 * num], operator)
+            operator = {
+                "name": "involution",
+                "kernel_size": k,
+                "reduction_ratio": r,
+                "group_channels": 4,
+            }
+            write_job(
+                root,
+                num,
+                [f"operator.kernel_size={k}", f"operator.reduction_ratio={r}"],
+                [0.2 + 0.1 * num, 0.3 + 0.1 * num],
+                operator,
+            )
             num += 1
     return root
 
@@ -162,11 +190,16 @@ def test_find_checkpoint_by_operator(fake_multirun: Path, tmp_path: Path) -> Non
 def test_load_sweep_of_a_multirun(fake_multirun: Path) -> None:
     table = analysis.load_sweep(fake_multirun)
     assert len(table) == 4
-    assert set(analysis.swept_columns(table)) == {"operator.kernel_size", "operator.reduction_ratio"}
+    assert set(analysis.swept_columns(table)) == {
+        "operator.kernel_size",
+        "operator.reduction_ratio",
+    }
     assert list(table["operator.kernel_size"]) == [3, 3, 5, 5]
     assert table["best_val_top1"].tolist() == pytest.approx([0.3, 0.4, 0.5, 0.6])
     assert table["params"].tolist() == [1000, 2000, 3000, 4000]  # from csv/hparams.yaml
-    assert not any((fake_multirun / name).exists() for name in ("summary.csv", "summary.md"))  # read-only
+    assert not any(
+        (fake_multirun / name).exists() for name in ("summary.csv", "summary.md")
+    )  # read-only
 
 
 def test_ablation_table_and_config_keys(fake_multirun: Path) -> None:
@@ -175,7 +208,9 @@ def test_ablation_table_and_config_keys(fake_multirun: Path) -> None:
     assert pivot.shape == (2, 2)
     assert pivot.loc[5, 4] == pytest.approx(0.6)
     with_operator = analysis.with_config_keys(table, ["operator", "operator.group_channels"])
-    assert set(with_operator["operator"]) == {"involution"} and set(with_operator["operator.group_channels"]) == {4}
+    assert set(with_operator["operator"]) == {"involution"} and set(
+        with_operator["operator.group_channels"]
+    ) == {4}
     overview = analysis.overview(table)
     assert overview["best_val_top1"].iloc[0] == pytest.approx(0.6)
 
@@ -194,7 +229,11 @@ def test_load_sweep_of_a_summary_csv(fake_multirun: Path, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("case", ["single run", "plain folder", "missing"])
 def test_not_a_multirun_is_one_line(fake_multirun: Path, tmp_path: Path, case: str) -> None:
-    path = {"single run": fake_multirun / "0", "plain folder": tmp_path, "missing": tmp_path / "nope"}[case]
+    path = {
+        "single run": fake_multirun / "0",
+        "plain folder": tmp_path,
+        "missing": tmp_path / "nope",
+    }[case]
     with pytest.raises(NotAMultirunError) as error:
         analysis.load_sweep(path)
     message = one_line(error)
@@ -218,7 +257,11 @@ def test_load_sweep_of_a_real_multirun(artifacts: Artifacts) -> None:
     table = analysis.load_sweep(artifacts.multirun)
     assert table["job"].tolist() == ["0", "1"]
     assert table["operator.kernel_size"].tolist() == [3, 5]
-    assert table["best_val_top1"].between(0, 1).all() and (table["params"] > 0).all() and (table["macs"] > 0).all()
+    assert (
+        table["best_val_top1"].between(0, 1).all()
+        and (table["params"] > 0).all()
+        and (table["macs"] > 0).all()
+    )
     curves = analysis.training_curves(table)
     assert set(curves) == {"0", "1"} and all("val/acc_top1" in c for c in curves.values())
 
@@ -232,7 +275,9 @@ class FakeRun:
         self.name, self.state = name, state
         self.path = ["me", "involution", f"id-{name}"]
         self.config = {
-            "config": {"operator": {"name": "involution", "kernel_size": kernel, "reduction_ratio": 4}},
+            "config": {
+                "operator": {"name": "involution", "kernel_size": kernel, "reduction_ratio": 4}
+            },
             "params": 100 * kernel,
             "macs": 1000 * kernel,
         }
@@ -240,8 +285,14 @@ class FakeRun:
         self._top1 = top1
 
     def history(self, keys=None, pandas=True, samples=None):
-        frame = pd.DataFrame({"epoch": range(len(self._top1)), "val/acc_top1": self._top1,
-                              "val/acc_top5": [1.0] * len(self._top1), "trainer/global_step": range(len(self._top1))})
+        frame = pd.DataFrame(
+            {
+                "epoch": range(len(self._top1)),
+                "val/acc_top1": self._top1,
+                "val/acc_top5": [1.0] * len(self._top1),
+                "trainer/global_step": range(len(self._top1)),
+            }
+        )
         return frame[keys] if keys else frame
 
 
@@ -264,13 +315,18 @@ def test_wandb_runs_become_the_sweep_table() -> None:
     table = analysis.load_wandb_sweep("me/involution", group="g1", api=api)
     assert api.filters == {"group": "g1"}
     assert table["job"].tolist() == ["a", "b"]
-    assert table["best_val_top1"].tolist() == pytest.approx([0.6, 0.4])  # best of the history, not the last
+    assert table["best_val_top1"].tolist() == pytest.approx(
+        [0.6, 0.4]
+    )  # best of the history, not the last
     assert table["operator.kernel_size"].tolist() == [3, 5]
     assert "operator.reduction_ratio" not in table  # not swept
     assert table["status"].tolist() == ["ok", "crashed"]
     assert table["macs"].tolist() == [3000, 5000]
     curves = analysis.training_curves(table, ["a"], api=api)
-    assert curves["a"]["val/acc_top1"].tolist() == pytest.approx([0.2, 0.6, 0.5]) and "step" in curves["a"]
+    assert (
+        curves["a"]["val/acc_top1"].tolist() == pytest.approx([0.2, 0.6, 0.5])
+        and "step" in curves["a"]
+    )
 
 
 def test_wandb_top5_is_that_of_the_best_top1_epoch() -> None:
@@ -289,13 +345,17 @@ def test_wandb_top5_is_that_of_the_best_top1_epoch() -> None:
 def test_the_dashboards_summary_run_is_not_a_job() -> None:
     summary_run = FakeRun("kernel_reduction-summary", 0, [0.0])
     summary_run.job_type = "sweep-summary"
-    table = analysis.load_wandb_sweep("me/involution", group="g1", api=FakeApi([FakeRun("a", 3, [0.5]), summary_run]))
+    table = analysis.load_wandb_sweep(
+        "me/involution", group="g1", api=FakeApi([FakeRun("a", 3, [0.5]), summary_run])
+    )
     assert table["job"].tolist() == ["a"]
 
 
 def test_wandb_errors_are_one_line() -> None:
     with pytest.raises(WandbUnavailableError) as error:
-        analysis.load_wandb_sweep("me/nope", api=FakeApi(error=ValueError("Could not find project nope\nmore")))
+        analysis.load_wandb_sweep(
+            "me/nope", api=FakeApi(error=ValueError("Could not find project nope\nmore"))
+        )
     assert one_line(error) == "W&B project 'me/nope': ValueError: Could not find project nope"
     with pytest.raises(WandbUnavailableError) as error:
         analysis.load_wandb_sweep("me/empty", group="g", api=FakeApi([]))
@@ -378,13 +438,20 @@ def test_capture_kernels_gives_the_kernels_the_layer_applied(checkpoints) -> Non
     seen = {}
     layers = analysis.involution_layers(model.network)
     handles = [
-        m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0].clone(), o.clone())))
+        m.register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, (i[0].clone(), o.clone()))
+        )
         for name, m in layers.items()
     ]
     captures = analysis.capture_kernels(model, images)
     for handle in handles:
         handle.remove()
-    assert list(captures) == ["layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
+    assert list(captures) == [
+        "layer1.0.conv2",
+        "layer2.0.conv2",
+        "layer3.0.conv2",
+        "layer4.0.conv2",
+    ]
     for name, layer in captures.items():
         x, out = seen[name]
         assert layer.kernel.shape == (2, layers[name].groups, 3, 3, *out.shape[-2:])
@@ -399,21 +466,32 @@ def test_capture_kernels_gives_the_kernels_the_layer_applied(checkpoints) -> Non
 
 def test_pixel_to_kernel_position_and_window() -> None:
     kernel = torch.zeros(1, 2, 3, 3, 16, 16)
-    layer = analysis.LayerKernels("l", kernel, input_size=(32, 32), image_size=(32, 32), stride=2, dilation=1)
+    layer = analysis.LayerKernels(
+        "l", kernel, input_size=(32, 32), image_size=(32, 32), stride=2, dilation=1
+    )
     assert layer.position((0, 0)) == (0, 0) and layer.position((31, 31)) == (15, 15)
     assert layer.position((10, 21)) == (5, 10)
     left, right, bottom, top = layer.window_extent((10, 20))  # centre input pixel (10, 20)
     assert (left, right, bottom, top) == (18.5, 21.5, 11.5, 8.5)
-    coarse = analysis.LayerKernels("c", torch.zeros(1, 1, 3, 3, 4, 4), (8, 8), (32, 32), stride=2, dilation=1)
+    coarse = analysis.LayerKernels(
+        "c", torch.zeros(1, 1, 3, 3, 4, 4), (8, 8), (32, 32), stride=2, dilation=1
+    )
     assert coarse.position((31, 0)) == (3, 0)
-    assert coarse.window_extent((0, 0)) == (-4.5, 7.5, 7.5, -4.5)  # 3 input pixels of 4 image pixels
+    assert coarse.window_extent((0, 0)) == (
+        -4.5,
+        7.5,
+        7.5,
+        -4.5,
+    )  # 3 input pixels of 4 image pixels
 
 
 def test_kernel_variation() -> None:
     base = torch.randn(1, 1, 3, 3, 1, 1)
     constant = base.expand(2, 4, 3, 3, 5, 5)
     variation = analysis.kernel_variation(constant)
-    assert variation.across_space == pytest.approx(0, abs=1e-6) and variation.across_groups == pytest.approx(0, abs=1e-6)
+    assert variation.across_space == pytest.approx(
+        0, abs=1e-6
+    ) and variation.across_groups == pytest.approx(0, abs=1e-6)
     assert variation.spatial_map.shape == (2, 5, 5)
     varied = analysis.kernel_variation(torch.randn(2, 4, 3, 3, 5, 5))
     assert varied.across_space > 0.5 and varied.across_groups > 0.5
@@ -431,7 +509,9 @@ def test_images_filters_and_tables(checkpoints) -> None:
     assert list(filters) == ["layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
     assert filters["layer2.0.conv2"].shape == (8, 8, 3, 3)
     table = analysis.variation_table(analysis.capture_kernels(model, images), conv)
-    assert (table["convolution across space"] == 0).all() and (table["convolution across channels"] > 0).all()
+    assert (table["convolution across space"] == 0).all() and (
+        table["convolution across channels"] > 0
+    ).all()
     assert (table["involution across space"] > 0).all()
 
 
@@ -464,15 +544,31 @@ def test_operator_sweep_figures(tmp_path: Path) -> None:
     """A sweep over operators: convolution jobs have no reduction ratio; they get their own line."""
     root = tmp_path / "sweep"
     root.mkdir()
-    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["operator=involution,convolution"]}}}))
-    write_job(root, 0, ["operator=involution"], [0.5, 0.7], {"name": "involution", "kernel_size": 7, "reduction_ratio": 4})
-    write_job(root, 1, ["operator=convolution"], [0.6, 0.65], {"name": "convolution", "kernel_size": 3})
+    (root / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"overrides": {"task": ["operator=involution,convolution"]}}})
+    )
+    write_job(
+        root,
+        0,
+        ["operator=involution"],
+        [0.5, 0.7],
+        {"name": "involution", "kernel_size": 7, "reduction_ratio": 4},
+    )
+    write_job(
+        root, 1, ["operator=convolution"], [0.6, 0.65], {"name": "convolution", "kernel_size": 3}
+    )
     table = analysis.load_sweep(root)
     assert table["operator"].tolist() == ["involution", "convolution"]
     fig = analysis.plot_accuracy_vs_kernel(table)
-    assert sorted(line.get_label() for line in fig.axes[0].lines) == ["convolution", "reduction_ratio=4"]
+    assert sorted(line.get_label() for line in fig.axes[0].lines) == [
+        "convolution",
+        "reduction_ratio=4",
+    ]
     cost = analysis.plot_accuracy_vs_cost(table)
-    assert sorted(t.get_text() for t in cost.axes[0].get_legend().get_texts()) == ["convolution", "involution"]
+    assert sorted(t.get_text() for t in cost.axes[0].get_legend().get_texts()) == [
+        "convolution",
+        "involution",
+    ]
     for name, figure in {"kernel": fig, "cost": cost}.items():
         assert_png(analysis.save_figure(figure, tmp_path, name))
 
@@ -483,11 +579,18 @@ def test_kernel_and_cost_figures(checkpoints, tmp_path: Path) -> None:
     captures = analysis.capture_kernels(model, images)
     conv = analysis.load_convolution_model(checkpoints.convolution)
     costs = pd.DataFrame(
-        {"family": ["a", "a", "b", "b"], "operator": ["x", "x", "y", "y"], "depth": [26, 50, 26, 50],
-         "params_m": [1, 2, 3, 4], "macs_g": [1, 2, 2, 3]}
+        {
+            "family": ["a", "a", "b", "b"],
+            "operator": ["x", "x", "y", "y"],
+            "depth": [26, 50, 26, 50],
+            "params_m": [1, 2, 3, 4],
+            "macs_g": [1, 2, 2, 3],
+        }
     )
     figures = {
-        "overlays": analysis.plot_kernel_overlays(images[0], captures, analysis.choose_pixels(images[0])),
+        "overlays": analysis.plot_kernel_overlays(
+            images[0], captures, analysis.choose_pixels(images[0])
+        ),
         "variation": analysis.plot_variation_maps(images[0], captures),
         "filters": analysis.plot_conv_filters(analysis.conv_filters(conv)),
         "costs": analysis.plot_costs(costs),
@@ -505,7 +608,9 @@ def test_strip_clears_outputs(tmp_path: Path) -> None:
     notebook = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("1 + 1")
     cell.execution_count = 1
-    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    cell.outputs = [
+        nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)
+    ]
     notebook.cells.append(cell)
     path = tmp_path / "nb.ipynb"
     nbformat.write(notebook, path)

@@ -177,8 +177,15 @@ def _cand(name: str, *times: float, dtype: str = "bfloat16") -> ops.Candidate:
 def _gpu_meta(bandwidth: float) -> dict:
     return {
         **report.meta(ops.GPU_NAME, "python -m involution.bench.ops", torch.device("cpu")),
-        "device": "cuda", "gpu": "NVIDIA H200", "load_start": "1 / 1 / 1", "load_end": "1 / 1 / 1",
-        "reps": 3, "warmup": 1, "heap": None, "bandwidth": bandwidth, "cudnn": 91000,
+        "device": "cuda",
+        "gpu": "NVIDIA H200",
+        "load_start": "1 / 1 / 1",
+        "load_end": "1 / 1 / 1",
+        "reps": 3,
+        "warmup": 1,
+        "heap": None,
+        "bandwidth": bandwidth,
+        "cudnn": 91000,
     }
 
 

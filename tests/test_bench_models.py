@@ -16,8 +16,15 @@ from involution.bench.sections import read_sections
 
 def _run(model, batch, train, infer, peak, mode="eager", amp=None, **extra):
     return {
-        "model": model, "batch": batch, "mode": mode, "amp": amp, "train_s": train,
-        "infer_s": infer, "peak_bytes": peak, "first_train_step_s": 1.0, **extra,
+        "model": model,
+        "batch": batch,
+        "mode": mode,
+        "amp": amp,
+        "train_s": train,
+        "infer_s": infer,
+        "peak_bytes": peak,
+        "first_train_step_s": 1.0,
+        **extra,
     }
 
 
@@ -54,8 +61,10 @@ def test_targets_say_missed():
         _run("torchvision_resnet50", 8, [2.0], [1.0], 200),
     ]
     lines = bench.targets(bench.aggregate(results))
-    assert "- rednet26 vs resnet26, batch 8, eager: train 0.80x (MISSED), infer 0.69x (met), " \
+    assert (
+        "- rednet26 vs resnet26, batch 8, eager: train 0.80x (MISSED), infer 0.69x (met), "
         "peak 1.01x (MISSED)" in lines
+    )
 
 
 def test_targets_compare_compiled_with_eager_ratios():
@@ -77,9 +86,17 @@ def test_render_has_one_row_per_model_and_the_failure():
         _run("rednet50", 8, [1.0], [0.5], 2**20 * 700, error="TimeoutExpired | x"),
     ]
     meta = {
-        "date": "2026-12-01", "command": "python -m involution.bench.models", "machine": "m",
-        "versions": {"python": "3.11"}, "device": "cpu", "load_start": "1", "load_end": "1",
-        "processes": 1, "warmup": 1, "reps": 1, "image_size": 224,
+        "date": "2026-12-01",
+        "command": "python -m involution.bench.models",
+        "machine": "m",
+        "versions": {"python": "3.11"},
+        "device": "cpu",
+        "load_start": "1",
+        "load_end": "1",
+        "processes": 1,
+        "warmup": 1,
+        "reps": 1,
+        "image_size": 224,
         "counts": {"rednet50": {"params": 15_540_000, "macs": 2_650_000_000}},
     }
     text = bench.render(meta, bench.aggregate(results))
@@ -90,11 +107,26 @@ def test_render_has_one_row_per_model_and_the_failure():
 def _bench_models(out: Path, *argv: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [
-            sys.executable, "-m", "involution.bench.models", "--modes", "eager",
-            "--processes", "1", "--warmup", "0", "--image-size", "32", "--device", "cpu",
-            "--output", str(out), *argv,
+            sys.executable,
+            "-m",
+            "involution.bench.models",
+            "--modes",
+            "eager",
+            "--processes",
+            "1",
+            "--warmup",
+            "0",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+            *argv,
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -110,7 +142,9 @@ def test_bench_models_end_to_end(tmp_path: Path):
     found = read_sections(out.read_text())
     assert found["other"].strip() == "kept"
     section = found[bench.SECTION]
-    assert "| rednet26 | 2 | eager |" in section and "| torchvision_resnet50 | 2 | eager |" in section
+    assert (
+        "| rednet26 | 2 | eager |" in section and "| torchvision_resnet50 | 2 | eager |" in section
+    )
     records = json.loads((tmp_path / "benchmarks.models.json").read_text())
     assert records["meta"]["image_size"] == 32 and records["meta"]["device"] == "cpu"
     assert {r["model"] for r in records["rows"]} == {"rednet26", "torchvision_resnet50"}
@@ -121,7 +155,10 @@ def test_bench_models_end_to_end(tmp_path: Path):
     _bench_models(out, "--models", "rednet26", "--batches", "3", "--reps", "1", "--merge")
     merged = json.loads((tmp_path / "benchmarks.models.json").read_text())
     assert sorted((r["model"], r["batch"]) for r in merged["rows"]) == [
-        ("rednet26", 2), ("rednet26", 3), ("torchvision_resnet50", 2), ("torchvision_resnet50", 3)
+        ("rednet26", 2),
+        ("rednet26", 3),
+        ("torchvision_resnet50", 2),
+        ("torchvision_resnet50", 3),
     ]
     assert "merged with the rows of" in read_sections(out.read_text())[bench.SECTION]
     out.write_text("# Benchmarks\n")

@@ -70,8 +70,15 @@ def write_benchmarks(markdown: Path) -> None:
     rows = ops.shape_rows(cpu, (2, 64, 28, 7), torch.float32, None, with_reference=False)
     cpu_meta = report.meta(ops.NAME, "python -m involution.bench.ops", torch.device("cpu"))
     cpu_meta.update(
-        device="cpu", gpu=None, load_start="1", load_end="1", reps=2, warmup=1,
-        heap="glibc defaults", bandwidth=None, cudnn=None,
+        device="cpu",
+        gpu=None,
+        load_start="1",
+        load_end="1",
+        reps=2,
+        warmup=1,
+        heap="glibc defaults",
+        bandwidth=None,
+        cudnn=None,
     )
     ops.save(markdown, cpu_meta, rows)
     gpu = [_cand("depthwise conv2d", 0.1e-3), _cand("numba_cuda", 0.12e-3)]
@@ -85,7 +92,11 @@ def test_load_benchmarks_reads_the_cpu_and_gpu_records(tmp_path: Path) -> None:
     write_benchmarks(markdown)
     both = analysis.load_benchmarks(markdown)  # the records beside the markdown file
     assert both["backend"].tolist() == [
-        "depthwise conv2d", "reference", "numba_cpu", "depthwise conv2d", "numba_cuda"
+        "depthwise conv2d",
+        "reference",
+        "numba_cpu",
+        "depthwise conv2d",
+        "numba_cuda",
     ]  # the failed candidate (no time) is left out
     assert both["median_ms"].round(6).tolist() == [2.4, 12.25, 3.1, 0.1, 0.12]
     heading = "Operator: involution forward+backward vs depthwise convolution"

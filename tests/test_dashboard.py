@@ -23,7 +23,12 @@ SWEPT = ["operator.kernel_size", "operator.reduction_ratio"]
 def records(wandb_file: Path) -> list[dict]:
     import subprocess
 
-    out = subprocess.run([WANDB, "leet", "inspect", "--json", str(wandb_file)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [WANDB, "leet", "inspect", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -44,7 +49,12 @@ def built(kernel_sweep):
 @pytest.mark.slow
 def test_sweep_is_read_from_its_records(built) -> None:
     sweep, _, _ = built
-    assert (sweep.name, sweep.group, sweep.project, sweep.swept) == ("kernel_reduction", GROUP, "involution", SWEPT)
+    assert (sweep.name, sweep.group, sweep.project, sweep.swept) == (
+        "kernel_reduction",
+        GROUP,
+        "involution",
+        SWEPT,
+    )
 
 
 @pytest.mark.slow
@@ -55,8 +65,13 @@ def test_line_per_reduction_ratio_against_kernel_size(built) -> None:
     assert chart.spec.spec_name == "wandb/lineseries/v0"
     rows = chart.table.data  # [x, line, y]
     frame = sweep.frame
-    expected = [[k, f"reduction_ratio={r}", pytest.approx(b)] for k, r, b in zip(frame[SWEPT[0]], frame[SWEPT[1]], frame["best_val_top1"])]
-    assert sorted(rows, key=lambda row: (row[1], row[0])) == sorted(expected, key=lambda row: (row[1], row[0]))
+    expected = [
+        [k, f"reduction_ratio={r}", pytest.approx(b)]
+        for k, r, b in zip(frame[SWEPT[0]], frame[SWEPT[1]], frame["best_val_top1"])
+    ]
+    assert sorted(rows, key=lambda row: (row[1], row[0])) == sorted(
+        expected, key=lambda row: (row[1], row[0])
+    )
     per_operator = charts["sweep/best_val_top1_vs_macs"].table.data
     assert {row[1] for row in per_operator} == {"operator=involution"}
     assert sorted(row[0] for row in per_operator) == sorted(frame["macs"])
@@ -66,21 +81,38 @@ def test_line_per_reduction_ratio_against_kernel_size(built) -> None:
 def test_workspace_panels_keys_and_run_filter(built) -> None:
     sweep, charts, workspace = built
     ablation, curves, table = workspace.sections  # the run filter: the sweep's group
-    assert [s.name for s in workspace.sections] == [f"Ablation: {', '.join(SWEPT)}", "Training curves", "Summary"]
+    assert [s.name for s in workspace.sections] == [
+        f"Ablation: {', '.join(SWEPT)}",
+        "Training curves",
+        "Summary",
+    ]
     kinds = [type(p).__name__ for p in ablation.panels]
     assert kinds == ["CustomChart", "ParallelCoordinatesPlot", "CustomChart", "ScatterPlot"]
-    for panel, key in ((ablation.panels[0], "sweep/best_val_top1_vs_kernel_size"), (ablation.panels[2], "sweep/best_val_top1_vs_macs")):
-        assert panel.query == {"summaryTable": {"tableKey": f"{key}_table"}} and panel.chart_name == "wandb/lineseries/v0"
+    for panel, key in (
+        (ablation.panels[0], "sweep/best_val_top1_vs_kernel_size"),
+        (ablation.panels[2], "sweep/best_val_top1_vs_macs"),
+    ):
+        assert (
+            panel.query == {"summaryTable": {"tableKey": f"{key}_table"}}
+            and panel.chart_name == "wandb/lineseries/v0"
+        )
         assert panel.chart_fields == charts[key].spec.fields
     columns = [c.metric for c in ablation.panels[1].columns]
-    assert columns == [wr.Config("config.operator.kernel_size"), wr.Config("config.operator.reduction_ratio"), wr.SummaryMetric(dashboard.BEST), wr.SummaryMetric(dashboard.TEST)]
+    assert columns == [
+        wr.Config("config.operator.kernel_size"),
+        wr.Config("config.operator.reduction_ratio"),
+        wr.SummaryMetric(dashboard.BEST),
+        wr.SummaryMetric(dashboard.TEST),
+    ]
     scatter = ablation.panels[3]
     assert (scatter.x, scatter.y) == (wr.Config("macs"), wr.SummaryMetric(dashboard.BEST))
     grouped = [p.groupby for p in curves.panels if p.groupby is not None]
     assert grouped == [wr.Config(f"config.{k}") for k in SWEPT]
     assert all(p.y == ["val/acc_top1"] for p in curves.panels[:2])
     assert [p.table_name for p in table.panels] == [dashboard.TABLE_KEY]
-    assert run_filter(workspace) == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP, "disabled": False}]
+    assert run_filter(workspace) == [
+        {"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP, "disabled": False}
+    ]
 
 
 @pytest.mark.slow
@@ -96,7 +128,9 @@ def test_panel_keys_are_what_the_runs_log(built) -> None:
             config.update(record["config"].get("update", {}))
     assert {"config", "macs"} <= set(config)
     assert config["config"]["operator"]["kernel_size"] == sweep.frame[SWEPT[0]][0]
-    summary = {k: v for r in job if r["type"] == "summary" for k, v in r["summary"]["update"].items()}
+    summary = {
+        k: v for r in job if r["type"] == "summary" for k, v in r["summary"]["update"].items()
+    }
     assert summary[dashboard.BEST] == pytest.approx(sweep.frame["best_val_top1"][0])
     assert dashboard.TEST in summary
     history = {k for r in job if r["type"] == "history" for k in r["history"]["item"]}
@@ -104,13 +138,18 @@ def test_panel_keys_are_what_the_runs_log(built) -> None:
 
 
 @pytest.mark.slow
-def test_cli_offline_writes_the_definition_and_says_what_to_sync(kernel_sweep, tmp_path: Path) -> None:
+def test_cli_offline_writes_the_definition_and_says_what_to_sync(
+    kernel_sweep, tmp_path: Path
+) -> None:
     _, sweep_dir = kernel_sweep
     copy = tmp_path / "multirun" / "2030-01-02" / "03-04-05"
     shutil.copytree(sweep_dir, copy)
     result = run_module("involution.dashboard", [str(copy)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wandb sync {copy}/*/wandb/offline-run-* " in result.stdout and f"make dashboard DIR={copy}" in result.stdout
+    assert (
+        f"wandb sync {copy}/*/wandb/offline-run-* " in result.stdout
+        and f"make dashboard DIR={copy}" in result.stdout
+    )
     workspace = dashboard.load_definition(copy / dashboard.DEFINITION)  # a valid W&B view spec
     assert [s.name for s in workspace.sections][1:] == ["Training curves", "Summary"]
     assert run_filter(workspace)[0]["value"] == GROUP
@@ -118,7 +157,10 @@ def test_cli_offline_writes_the_definition_and_says_what_to_sync(kernel_sweep, t
     run = next(r["run"] for r in summary_run if r["type"] == "run")
     assert (run["run_group"], run["job_type"]) == (GROUP, dashboard.JOB_TYPE)
     logged = {k for r in summary_run if r["type"] == "history" for k in r["history"]["item"]}
-    assert {f"{dashboard.TABLE_KEY}._type", "sweep/best_val_top1_vs_kernel_size_table._type"} <= logged
+    assert {
+        f"{dashboard.TABLE_KEY}._type",
+        "sweep/best_val_top1_vs_kernel_size_table._type",
+    } <= logged
     assert not (copy / dashboard.URL_FILE).exists()
 
 
@@ -145,7 +187,13 @@ def test_csv_only_sweep_has_no_dashboard(tmp_path: Path) -> None:
 def test_make_dashboard_passes_the_directory() -> None:
     import subprocess
 
-    out = subprocess.run(["make", "--no-print-directory", "-n", "dashboard", "DIR=multirun/train/x/y"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "dashboard", "DIR=multirun/train/x/y"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.rstrip().splitlines()[-1].endswith("-m involution.dashboard multirun/train/x/y")
 
 
@@ -157,11 +205,27 @@ def test_operator_sweep_gets_bars_and_one_macs_line_per_operator(tmp_path: Path)
         "best_val_top1": [0.9, 0.8, 0.85], "macs": [2.0e7, 4.0e7, 3.0e7],
         "name": ["involution-d1-gc16-k7-r4", "convolution-d1-g1-k3", "attention-d1-h8-k7"],
     })  # fmt: skip
-    sweep = dashboard.Sweep(tmp_path, "operator", "operator-2030-01-02_03-04-05", "involution", None, ["operator"], frame)
+    sweep = dashboard.Sweep(
+        tmp_path,
+        "operator",
+        "operator-2030-01-02_03-04-05",
+        "involution",
+        None,
+        ["operator"],
+        frame,
+    )
     charts = dashboard.sweep_charts(sweep)
     assert list(charts) == ["sweep/best_val_top1_by_operator", "sweep/best_val_top1_vs_macs"]
     bars = charts["sweep/best_val_top1_by_operator"]
-    assert bars.spec.spec_name == "wandb/bar/v0" and sorted(bars.table.data) == [["attention", 0.85], ["convolution", 0.8], ["involution", 0.9]]
-    assert sorted(row[1] for row in charts["sweep/best_val_top1_vs_macs"].table.data) == ["operator=attention", "operator=convolution", "operator=involution"]
+    assert bars.spec.spec_name == "wandb/bar/v0" and sorted(bars.table.data) == [
+        ["attention", 0.85],
+        ["convolution", 0.8],
+        ["involution", 0.9],
+    ]
+    assert sorted(row[1] for row in charts["sweep/best_val_top1_vs_macs"].table.data) == [
+        "operator=attention",
+        "operator=convolution",
+        "operator=involution",
+    ]
     workspace = dashboard.build_workspace(sweep, charts)
     assert workspace.sections[0].panels[0].chart_name == "wandb/bar/v0"

@@ -38,11 +38,17 @@ def test_digits_split_is_stratified_disjoint_and_seeded() -> None:
     assert image.shape == (1, 32, 32) and image.dtype == torch.float32 and 0 <= int(label) < 10
 
 
-def _write_cifar(root: Path, folder: str, label_key: str, num_classes: int, rng: np.random.Generator) -> None:
+def _write_cifar(
+    root: Path, folder: str, label_key: str, num_classes: int, rng: np.random.Generator
+) -> None:
     """The python-pickle layout torchvision reads: data_batch_1..5, test_batch, meta."""
     base = root / folder
     base.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if folder.startswith("cifar-10-") else ["train", "test"]
+    names = (
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        if folder.startswith("cifar-10-")
+        else ["train", "test"]
+    )
     count = 6 if len(names) == 6 else 30  # 30 training images either way
     for name in names:
         entry = {
@@ -50,15 +56,26 @@ def _write_cifar(root: Path, folder: str, label_key: str, num_classes: int, rng:
             label_key: rng.integers(0, num_classes, count).tolist(),
         }
         (base / name).write_bytes(pickle.dumps(entry))
-    meta_name, meta_key = ("batches.meta", "label_names") if folder.startswith("cifar-10-") else ("meta", "fine_label_names")
-    (base / meta_name).write_bytes(pickle.dumps({meta_key: [f"class{i}" for i in range(num_classes)]}))
+    meta_name, meta_key = (
+        ("batches.meta", "label_names")
+        if folder.startswith("cifar-10-")
+        else ("meta", "fine_label_names")
+    )
+    (base / meta_name).write_bytes(
+        pickle.dumps({meta_key: [f"class{i}" for i in range(num_classes)]})
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "folder", "label_key", "num_classes"),
-    [("cifar10", "cifar-10-batches-py", "labels", 10), ("cifar100", "cifar-100-python", "fine_labels", 100)],
+    [
+        ("cifar10", "cifar-10-batches-py", "labels", 10),
+        ("cifar100", "cifar-100-python", "fine_labels", 100),
+    ],
 )
-def test_cifar_reads_the_torchvision_format(tmp_path, monkeypatch, name, folder, label_key, num_classes) -> None:
+def test_cifar_reads_the_torchvision_format(
+    tmp_path, monkeypatch, name, folder, label_key, num_classes
+) -> None:
     # Real archives carry md5 sums we cannot reproduce for tiny files; everything else is the real path.
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
     _write_cifar(tmp_path, folder, label_key, num_classes, np.random.default_rng(0))
@@ -72,7 +89,9 @@ def test_cifar_reads_the_torchvision_format(tmp_path, monkeypatch, name, folder,
 
 
 def test_cifar_missing_directory_names_the_key(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"data\.data_dir=.*cifar-10-batches-py.*data\.download=true"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data\.data_dir=.*cifar-10-batches-py.*data\.download=true"
+    ):
         CIFARDataModule(data_dir=str(tmp_path / "nowhere"))
 
 
@@ -89,7 +108,9 @@ def _write_image_folder(root: Path, classes: list[str], per_class: int) -> None:
 
 def test_image_folder_reads_imagenet_layout(tmp_path) -> None:
     _write_image_folder(tmp_path, ["n01440764", "n01443537", "n01484850"], per_class=2)
-    dm = ImageFolderDataModule(data_dir=str(tmp_path), image_size=32, batch_size=3, num_workers=0, pin_memory=False)
+    dm = ImageFolderDataModule(
+        data_dir=str(tmp_path), image_size=32, batch_size=3, num_workers=0, pin_memory=False
+    )
     assert dm.num_classes == 3
     dm.setup()
     train_images, _ = next(iter(dm.train_dataloader()))
@@ -105,7 +126,10 @@ def test_image_folder_missing_split_names_the_key(tmp_path) -> None:
 
 
 def test_synthetic_shapes_and_determinism() -> None:
-    first, second = (SyntheticDataModule(num_samples=8, image_size=12, num_classes=4, batch_size=4) for _ in range(2))
+    first, second = (
+        SyntheticDataModule(num_samples=8, image_size=12, num_classes=4, batch_size=4)
+        for _ in range(2)
+    )
     first.setup()
     second.setup()
     images, labels = next(iter(first.val_dataloader()))

@@ -36,8 +36,14 @@ def test_fast_dev_run_runs_one_batch_and_logs_nothing(tmp_path: Path) -> None:
     args = ["debug=fdr", *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
     result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Running in `fast_dev_run` mode: will run the requested loop using 1 batch(es)" in result.stdout + result.stderr
-    assert not list(run_dir.glob("checkpoints/best-*.ckpt")) and not (run_dir / "csv" / "metrics.csv").exists()
+    assert (
+        "Running in `fast_dev_run` mode: will run the requested loop using 1 batch(es)"
+        in result.stdout + result.stderr
+    )
+    assert (
+        not list(run_dir.glob("checkpoints/best-*.ckpt"))
+        and not (run_dir / "csv" / "metrics.csv").exists()
+    )
     assert runs.read_record(run_dir)["status"] == "ok"
 
 
@@ -70,10 +76,19 @@ def test_limit_runs_the_whole_pipeline_on_a_few_batches(limit_run) -> None:
 @pytest.mark.slow
 def test_profiler_writes_its_report_into_the_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    shorter = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    shorter = [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
     args = ["debug=profiler", *shorter, *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
     result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (run_dir / "fit-profile.txt").read_text()
-    assert "Profiler Report" in report and "run_training_epoch" in report and "SingleDeviceStrategy.training_step" in report
+    assert (
+        "Profiler Report" in report
+        and "run_training_epoch" in report
+        and "SingleDeviceStrategy.training_step" in report
+    )
     assert "Profiler Report" in (run_dir / "test-profile.txt").read_text()

@@ -34,7 +34,13 @@ def _layer(case, backend="numba_cpu", recompute=True, dtype=torch.float64):
     channels, k, stride, gc_, dilation, _, _ = case
     torch.manual_seed(0)
     layer = Involution2d(
-        channels, k, stride, gc_, reduction_ratio=2, dilation=dilation, backend=backend,
+        channels,
+        k,
+        stride,
+        gc_,
+        reduction_ratio=2,
+        dilation=dilation,
+        backend=backend,
         recompute_kernel=recompute,
     )
     return layer.to(dtype)

@@ -28,11 +28,19 @@ class RecordLR(L.Callback):
 def test_warmup_then_cosine_with_batch_scaled_lr() -> None:
     L.seed_everything(0)
     data = SyntheticDataModule(num_samples=64, image_size=8, num_classes=7, batch_size=8)
-    module = ImageClassifier(TINY, lr=0.2, lr_reference_batch=256, warmup_epochs=1, warmup_start_factor=0.25)
+    module = ImageClassifier(
+        TINY, lr=0.2, lr_reference_batch=256, warmup_epochs=1, warmup_start_factor=0.25
+    )
     recorder = RecordLR()
     trainer = L.Trainer(
-        max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder], limit_val_batches=0,
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        limit_val_batches=0,
     )
     trainer.fit(module, datamodule=data)
     peak = 0.2 * 8 / 256
@@ -57,7 +65,9 @@ def test_label_smoothing_and_top5_metrics() -> None:
 
 def test_checkpoint_rebuilds_without_hydra(tmp_path) -> None:
     module = ImageClassifier(TINY)
-    trainer = L.Trainer(max_epochs=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=0, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.strategy.connect(module)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)

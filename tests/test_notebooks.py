@@ -31,14 +31,28 @@ KERNEL = "involution-tests"
 # A stand-in for docs/benchmarks.ops.json in the records format `make bench-ops` writes.
 BENCHMARK_RECORDS = {
     "meta": {
-        "benchmark": "ops", "date": "2026-01-01", "command": "python -m involution.bench.ops",
-        "machine": "a test machine", "versions": {"python": "3", "torch": "2"}, "device": "cpu",
+        "benchmark": "ops",
+        "date": "2026-01-01",
+        "command": "python -m involution.bench.ops",
+        "machine": "a test machine",
+        "versions": {"python": "3", "torch": "2"},
+        "device": "cpu",
     },
     "rows": [
-        {"shape": shape, "dtype": "float32", "name": name, "median": ms / 1e3, "min": ms / 1e3,
-         "peak": None, "ratio": None, "error": None}
-        for shape, times in (("2, 64, 28x28, 7, 4", (12.5, 3.1, 2.4)),
-                             ("8, 256, 14x14, 7, 16", (40.2, 9.8, 6.7)))
+        {
+            "shape": shape,
+            "dtype": "float32",
+            "name": name,
+            "median": ms / 1e3,
+            "min": ms / 1e3,
+            "peak": None,
+            "ratio": None,
+            "error": None,
+        }
+        for shape, times in (
+            ("2, 64, 28x28, 7, 4", (12.5, 3.1, 2.4)),
+            ("8, 256, 14x14, 7, 16", (40.2, 9.8, 6.7)),
+        )
         for name, ms in zip(("reference", "numba_cpu", "depthwise conv2d"), times)
     ],
 }
@@ -56,17 +70,25 @@ def kernel_dir(tmp_path_factory) -> Path:
     spec = root / KERNEL
     spec.mkdir()
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"})
+    )
     return root
 
 
-def execute(name: str, kernel_dir: Path, cwd: Path, fails: bool = False, **params: object) -> nbformat.NotebookNode:
+def execute(
+    name: str, kernel_dir: Path, cwd: Path, fails: bool = False, **params: object
+) -> nbformat.NotebookNode:
     """Run notebooks/<name>.ipynb in a fresh kernel (working directory ``cwd``) with the
     environment variables ``INVOLUTION_NB_<KEY>=value``; return the executed notebook. With
     ``fails=True`` a cell must raise; execution stops there and the notebook is returned."""
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    manager = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
-    client = NotebookClient(notebook, km=manager, timeout=180, resources={"metadata": {"path": str(cwd)}})
+    manager = KernelManager(
+        kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)])
+    )
+    client = NotebookClient(
+        notebook, km=manager, timeout=180, resources={"metadata": {"path": str(cwd)}}
+    )
     env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.update({f"INVOLUTION_NB_{key.upper()}": str(value) for key, value in params.items()})
     try:
@@ -82,7 +104,9 @@ def execute(name: str, kernel_dir: Path, cwd: Path, fails: bool = False, **param
 def assert_figures(figdir: Path, names: list[str]) -> None:
     for name in names:
         path = figdir / f"{name}.png"
-        assert path.is_file(), f"{path.name} was not saved; saved: {sorted(p.name for p in figdir.glob('*.png'))}"
+        assert path.is_file(), (
+            f"{path.name} was not saved; saved: {sorted(p.name for p in figdir.glob('*.png'))}"
+        )
         pixels = imread(path)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 50, f"{path.name}: {pixels.shape}"
         assert float(np.std(pixels[..., :3])) > 0.01, f"{path.name} is blank"
@@ -113,7 +137,8 @@ def test_committed_notebook_has_no_outputs(path: Path) -> None:
     dirty = [
         index
         for index, cell in enumerate(notebook.cells)
-        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+        if cell.cell_type == "code"
+        and (cell.get("outputs") or cell.get("execution_count") is not None)
     ]
     assert not dirty, (
         f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing "
@@ -140,17 +165,25 @@ def test_first_code_cell_holds_the_parameters(name: str) -> None:
 @pytest.mark.slow
 def test_ablation_results_notebook(artifacts: Artifacts, kernel_dir: Path, tmp_path: Path) -> None:
     figdir = tmp_path / "figures"
-    notebook = execute("01_ablation_results", kernel_dir, tmp_path, multirun=artifacts.multirun, figdir=figdir)
+    notebook = execute(
+        "01_ablation_results", kernel_dir, tmp_path, multirun=artifacts.multirun, figdir=figdir
+    )
     assert_figures(figdir, FIGURES["01_ablation_results"])
-    table = notebook.cells[first_cell_with(notebook, "load_sweep(")].outputs[0]["data"]["text/plain"]
+    table = notebook.cells[first_cell_with(notebook, "load_sweep(")].outputs[0]["data"][
+        "text/plain"
+    ]
     assert "operator.kernel_size" in table
 
 
 @pytest.mark.slow
-def test_involution_kernels_notebook(artifacts: Artifacts, kernel_dir: Path, tmp_path: Path) -> None:
+def test_involution_kernels_notebook(
+    artifacts: Artifacts, kernel_dir: Path, tmp_path: Path
+) -> None:
     figdir = tmp_path / "figures"
     execute(
-        "02_involution_kernels", kernel_dir, tmp_path,
+        "02_involution_kernels",
+        kernel_dir,
+        tmp_path,
         checkpoint=artifacts.involution_checkpoint,
         conv_checkpoint=artifacts.convolution_checkpoint,
         figdir=figdir,
@@ -163,9 +196,13 @@ def test_operator_costs_notebook(kernel_dir: Path, tmp_path: Path) -> None:
     figdir = tmp_path / "figures"
     benchmarks = tmp_path / "benchmarks.ops.json"
     benchmarks.write_text(json.dumps(BENCHMARK_RECORDS))
-    notebook = execute("03_operator_costs", kernel_dir, tmp_path, benchmarks=benchmarks, figdir=figdir)
+    notebook = execute(
+        "03_operator_costs", kernel_dir, tmp_path, benchmarks=benchmarks, figdir=figdir
+    )
     assert_figures(figdir, FIGURES["03_operator_costs"])
-    bench = notebook.cells[first_cell_with(notebook, "load_benchmarks(")].outputs[0]["data"]["text/plain"]
+    bench = notebook.cells[first_cell_with(notebook, "load_benchmarks(")].outputs[0]["data"][
+        "text/plain"
+    ]
     assert "numba_cpu" in bench
 
 
@@ -174,12 +211,24 @@ def test_operator_costs_notebook(kernel_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_directory_that_is_not_a_multirun(artifacts: Artifacts, kernel_dir: Path, tmp_path: Path) -> None:
+def test_directory_that_is_not_a_multirun(
+    artifacts: Artifacts, kernel_dir: Path, tmp_path: Path
+) -> None:
     not_a_sweep = artifacts.multirun / "0"  # a single job's run directory
-    notebook = execute("01_ablation_results", kernel_dir, tmp_path, fails=True, multirun=not_a_sweep, figdir=tmp_path)
+    notebook = execute(
+        "01_ablation_results",
+        kernel_dir,
+        tmp_path,
+        fails=True,
+        multirun=not_a_sweep,
+        figdir=tmp_path,
+    )
     index, error = one_line_error(notebook)
     assert index == first_cell_with(notebook, "load_sweep(")
-    assert error["ename"] == "NotAMultirunError" and "not a Hydra multirun directory" in error["evalue"]
+    assert (
+        error["ename"] == "NotAMultirunError"
+        and "not a Hydra multirun directory" in error["evalue"]
+    )
 
 
 @pytest.mark.slow
@@ -187,8 +236,12 @@ def test_convolution_checkpoint_given_to_the_kernel_notebook(
     artifacts: Artifacts, kernel_dir: Path, tmp_path: Path
 ) -> None:
     notebook = execute(
-        "02_involution_kernels", kernel_dir, tmp_path, fails=True,
-        checkpoint=artifacts.convolution_checkpoint, figdir=tmp_path,
+        "02_involution_kernels",
+        kernel_dir,
+        tmp_path,
+        fails=True,
+        checkpoint=artifacts.convolution_checkpoint,
+        figdir=tmp_path,
     )
     index, error = one_line_error(notebook)
     assert index == first_cell_with(notebook, "load_involution_model(")
@@ -197,10 +250,17 @@ def test_convolution_checkpoint_given_to_the_kernel_notebook(
 
 @pytest.mark.slow
 def test_unreachable_wandb_project(kernel_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv(
+        "WANDB_BASE_URL", "http://127.0.0.1:9"
+    )  # nothing listens on the discard port
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     notebook = execute(
-        "01_ablation_results", kernel_dir, tmp_path, fails=True, wandb_project="someone/involution", figdir=tmp_path
+        "01_ablation_results",
+        kernel_dir,
+        tmp_path,
+        fails=True,
+        wandb_project="someone/involution",
+        figdir=tmp_path,
     )
     index, error = one_line_error(notebook)
     assert index == first_cell_with(notebook, "load_sweep(")

@@ -42,9 +42,20 @@ SMALL = [
 
 def run_train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    full = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": path, **env}
+    full = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONPATH": path,
+        **env,
+    }
     return subprocess.run(
-        [sys.executable, "-m", "involution.train", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "involution.train", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -54,7 +65,11 @@ def val_top1(run_dir: Path, key: str = "val/acc_top1") -> float:
 
 
 def logged_steps(run_dir: Path, key: str = "train/loss_step") -> list[int]:
-    return [int(r["step"]) for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get(key)]
+    return [
+        int(r["step"])
+        for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+        if r.get(key)
+    ]
 
 
 def checkpoint_step(path: Path) -> int:
@@ -78,7 +93,9 @@ class _Noisy(Dataset):
 def test_loader_resumes_mid_epoch_with_the_same_batches_and_augmentations() -> None:
     def loader(workers: int = 0) -> ResumableLoader:
         sampler = EpochSampler(_Noisy(), num_replicas=1, rank=0, seed=3)
-        return ResumableLoader(SeededItems(_Noisy()), batch_size=4, sampler=sampler, num_workers=workers)
+        return ResumableLoader(
+            SeededItems(_Noisy()), batch_size=4, sampler=sampler, num_workers=workers
+        )
 
     torch.manual_seed(0)
     first = loader()
@@ -127,13 +144,19 @@ def test_atomic_checkpoint_write_keeps_the_previous_file(tmp_path: Path, monkeyp
 def test_latest_checkpoint_is_the_newest_last_or_slurm_one(tmp_path: Path) -> None:
     assert resume.latest_checkpoint(tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
-    for name, stamp in (("checkpoints/best-epoch003.ckpt", 3), ("checkpoints/last.ckpt", 1), ("hpc_ckpt_1.ckpt", 2)):
+    for name, stamp in (
+        ("checkpoints/best-epoch003.ckpt", 3),
+        ("checkpoints/last.ckpt", 1),
+        ("hpc_ckpt_1.ckpt", 2),
+    ):
         (tmp_path / name).write_bytes(b"x")
         os.utime(tmp_path / name, (stamp, stamp))
     assert resume.latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
 
 
-def _fake_run(root: Path, name: str, status: str, overrides: list[str], checkpoint: bool = True) -> Path:
+def _fake_run(
+    root: Path, name: str, status: str, overrides: list[str], checkpoint: bool = True
+) -> Path:
     run_dir = root / "outputs" / "train" / "2030-01-01" / name
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
@@ -145,15 +168,27 @@ def _fake_run(root: Path, name: str, status: str, overrides: list[str], checkpoi
     return run_dir
 
 
-def test_resume_argv_continues_a_run_in_place_with_its_overrides(tmp_path: Path, monkeypatch) -> None:
+def test_resume_argv_continues_a_run_in_place_with_its_overrides(
+    tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     done = _fake_run(tmp_path, "10-00-00", "ok", ["operator.kernel_size=3"])
-    stopped = _fake_run(tmp_path, "11-00-00", "preempted", ["operator.kernel_size=5", "hydra.run.dir=x"])
+    stopped = _fake_run(
+        tmp_path, "11-00-00", "preempted", ["operator.kernel_size=5", "hydra.run.dir=x"]
+    )
     _fake_run(tmp_path, "12-00-00", "diverged", ["operator.kernel_size=7"])
     _fake_run(tmp_path, "13-00-00", "failed", ["operator.kernel_size=9"], checkpoint=False)
-    expected = ["operator.kernel_size=5", f"hydra.run.dir={stopped.relative_to(tmp_path)}", "resume=auto", "trainer.max_epochs=9"]
+    expected = [
+        "operator.kernel_size=5",
+        f"hydra.run.dir={stopped.relative_to(tmp_path)}",
+        "resume=auto",
+        "trainer.max_epochs=9",
+    ]
     assert resume.resume_argv(["resume=latest", "trainer.max_epochs=9"]) == expected
-    assert resume.resume_argv([f"resume={done}"])[:2] == ["operator.kernel_size=3", f"hydra.run.dir={done}"]
+    assert resume.resume_argv([f"resume={done}"])[:2] == [
+        "operator.kernel_size=3",
+        f"hydra.run.dir={done}",
+    ]
     assert resume.resume_argv(["resume=auto", "a=1"]) == ["resume=auto", "a=1"]
     with pytest.raises(resume.ResumeError, match="no such run directory"):
         resume.resume_argv([f"resume={tmp_path / 'nowhere'}"])
@@ -207,10 +242,14 @@ def test_same_seed_gives_identical_metrics(compose_train, tmp_path: Path) -> Non
     assert cfg.seed == 7 and cfg.data.seed == 7
 
 
-def test_sigusr1_checkpoints_the_current_step_and_stops(compose_train, tmp_path: Path, monkeypatch) -> None:
+def test_sigusr1_checkpoints_the_current_step_and_stops(
+    compose_train, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("INVOLUTION_FAULT", "sigusr1")
     monkeypatch.setenv("INVOLUTION_FAULT_STEP", "2")
-    cfg = _compose_in(compose_train, [*TINY, "+callbacks.fault._target_=faults.Fault"], tmp_path / "run")
+    cfg = _compose_in(
+        compose_train, [*TINY, "+callbacks.fault._target_=faults.Fault"], tmp_path / "run"
+    )
     with pytest.raises(Preempted) as stopped:
         train(cfg)
     assert stopped.value.signum == signal.SIGUSR1 and stopped.value.step == 3
@@ -240,21 +279,32 @@ def test_sweep_records_divergence_and_faults_and_goes_on(fault_sweep) -> None:
     frame = runs.load_summary(sweep_dir)
     assert list(frame["status"]) == ["ok", "diverged", "failed", "failed"]
     reference = sweep_dir / "0"
-    assert val_top1(reference) > 0.2 and val_top1(reference, "val/loss") < 2.2  # it learns (chance: 0.1, 2.3)
+    assert (
+        val_top1(reference) > 0.2 and val_top1(reference, "val/loss") < 2.2
+    )  # it learns (chance: 0.1, 2.3)
     assert logged_steps(reference) == list(range(STEPS))
 
     diverged = runs.read_record(sweep_dir / "1")
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
-    assert "step 8" in diverged["error"] and f"last good checkpoint {last} (kept)" in diverged["error"]
+    assert (
+        "step 8" in diverged["error"] and f"last good checkpoint {last} (kept)" in diverged["error"]
+    )
     assert diverged["checkpoint"] == str(last) and "diverged" in frame.loc[1, "error"]
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4  # the step-8 checkpoint of NaN weights was refused
-    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
 
-    for job, error in ((2, "RuntimeError: injected fault at step 8"), (3, "OutOfMemoryError: CUDA out of memory")):
+    for job, error in (
+        (2, "RuntimeError: injected fault at step 8"),
+        (3, "OutOfMemoryError: CUDA out of memory"),
+    ):
         record = runs.read_record(sweep_dir / str(job))
         assert record["status"] == "failed" and record["error"].startswith(error), record["error"]
-        assert checkpoint_step(sweep_dir / str(job) / "checkpoints" / "last.ckpt") == 8  # intact, loadable
+        assert (
+            checkpoint_step(sweep_dir / str(job) / "checkpoints" / "last.ckpt") == 8
+        )  # intact, loadable
         assert (sweep_dir / str(job) / ".hydra" / "config.yaml").is_file()
 
 
@@ -269,12 +319,16 @@ def _wandb_history(log: Path) -> tuple[str, list[dict]]:
 
 
 def _records(log: Path) -> list[dict]:
-    out = subprocess.run([WANDB, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [WANDB, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, check=True
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 @pytest.mark.slow
-def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sweep, tmp_path: Path) -> None:
+def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(
+    fault_sweep, tmp_path: Path
+) -> None:
     _, sweep_dir = fault_sweep
     reference = val_top1(sweep_dir / "0")
     rng = random.Random()
@@ -284,13 +338,19 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     command = [f"hydra.run.dir={run_dir}", *SMALL]
     note = f"(SIGTERM at step {term_at}, SIGKILL at step {kill_at})"
 
-    stopped = run_train(command, tmp_path, INVOLUTION_FAULT="sigterm", INVOLUTION_FAULT_STEP=str(term_at))
+    stopped = run_train(
+        command, tmp_path, INVOLUTION_FAULT="sigterm", INVOLUTION_FAULT_STEP=str(term_at)
+    )
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     record = runs.read_record(run_dir)
-    assert record["status"] == "preempted" and record["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert record["status"] == "preempted" and record["checkpoint"] == str(
+        run_dir / "checkpoints" / "last.ckpt"
+    )
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == term_at + 1, note
 
-    killed = run_train(command, tmp_path, INVOLUTION_FAULT="sigkill", INVOLUTION_FAULT_STEP=str(kill_at))
+    killed = run_train(
+        command, tmp_path, INVOLUTION_FAULT="sigkill", INVOLUTION_FAULT_STEP=str(kill_at)
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
     finished = run_train([f"resume={run_dir}"], tmp_path)  # `make resume` would pick this run too
@@ -299,7 +359,9 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     assert record["status"] == "ok" and record["resumes"] == 2
     assert abs(val_top1(run_dir) - reference) <= 0.005, note
     # not just close: the resumed run computed what the uninterrupted one did
-    assert val_top1(run_dir, "val/loss") == pytest.approx(val_top1(sweep_dir / "0", "val/loss"), rel=1e-5), note
+    assert val_top1(run_dir, "val/loss") == pytest.approx(
+        val_top1(sweep_dir / "0", "val/loss"), rel=1e-5
+    ), note
     assert logged_steps(run_dir) == list(range(STEPS)), note  # CSV: each step once, in order
 
     logs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
@@ -307,11 +369,18 @@ def test_sigterm_then_sigkill_then_resume_ends_as_the_uninterrupted_run(fault_sw
     segments = [_wandb_history(log) for log in logs]
     assert len({run_id for run_id, _ in segments}) == 1  # one W&B run, continued twice
     assert any(r["type"] == "run" for r in _records(logs[2]))
-    steps = [[item["trainer/global_step"] for item in history if "train/loss_step" in item] for _, history in segments]
+    steps = [
+        [item["trainer/global_step"] for item in history if "train/loss_step" in item]
+        for _, history in segments
+    ]
     # SIGTERM: every step up to the checkpoint logged once, none of them again after it (the killed
     # segment's rows may not have reached its file at all: SIGKILL leaves no time to flush)
-    assert steps[0] == list(range(term_at + 1)) and all(s > term_at for seg in steps[1:] for s in seg), note
+    assert steps[0] == list(range(term_at + 1)) and all(
+        s > term_at for seg in steps[1:] for s in seg
+    ), note
     assert not steps[1] or steps[1][0] == term_at + 1, note
     # the last segment starts at the checkpoint before the SIGKILL (what the killed process had not
     # yet handed to W&B is lost with it: SIGKILL leaves no time to flush)
-    assert steps[2][0] == max(term_at + 1, kill_at // 4 * 4) and steps[2] == list(range(steps[2][0], STEPS)), note
+    assert steps[2][0] == max(term_at + 1, kill_at // 4 * 4) and steps[2] == list(
+        range(steps[2][0], STEPS)
+    ), note

@@ -70,8 +70,10 @@ def test_recomputed_stem_differentiates_the_parameters_functional_call_passed():
     plain.load_state_dict(lean.state_dict())
     names = [n for n, _ in lean.named_parameters()]
     gen = torch.Generator().manual_seed(2)
-    given = [(p.detach() + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-             for _, p in lean.named_parameters()]
+    given = [
+        (p.detach() + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        for _, p in lean.named_parameters()
+    ]
     x = _image()
     results = []
     for stem in (lean, plain):

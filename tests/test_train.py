@@ -29,7 +29,9 @@ def quick_run(tmp_path_factory) -> Path:
 def test_checkpoints_best_and_last(quick_run: Path) -> None:
     checkpoints = sorted(p.name for p in (quick_run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    state = torch.load(quick_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(
+        quick_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert state["hyper_parameters"]["model"]["operator"]["name"] == "involution"
     assert any(key.startswith("model.layer1.0.conv2.span") for key in state["state_dict"])
 
@@ -52,7 +54,9 @@ def test_wandb_offline_run_holds_val_metrics_and_config(quick_run: Path) -> None
     run = next(r["run"] for r in records if r["type"] == "run")
     assert run["display_name"] == "involution-d1-gc16-k7-r4"
     assert run["run_group"] == "train-digits"
-    assert {"involution", "kernel_size=7", "reduction_ratio=4", "group_channels=16"} <= set(run["tags"])
+    assert {"involution", "kernel_size=7", "reduction_ratio=4", "group_channels=16"} <= set(
+        run["tags"]
+    )
     config_updates = [r["config"] for r in records if r["type"] == "config"]
     text = json.dumps(config_updates)
     for key in ("params", "macs", "operator", "kernel_size", "optimized_metric", '"seed"'):
@@ -91,7 +95,9 @@ def test_cli_bad_config_prints_one_line_and_starts_nothing(tmp_path: Path) -> No
     result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "operator.kernel_size" in lines[0], result.stderr
+    assert (
+        len(lines) == 1 and lines[0].startswith("error:") and "operator.kernel_size" in lines[0]
+    ), result.stderr
     assert "odd" in lines[0]
     assert not (run_dir / "checkpoints").exists()
 

@@ -33,13 +33,19 @@ def one_line(error: BaseException) -> str:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("trainer.max_epochs=abc", "trainer.max_epochs=abc: expected an int or null, got the string 'abc'"),
+        (
+            "trainer.max_epochs=abc",
+            "trainer.max_epochs=abc: expected an int or null, got the string 'abc'",
+        ),
         ("trainer.precision=fast", "trainer.precision=fast: expected"),
         ("operator.kernel_size=seven", "operator.kernel_size=seven: expected an int"),
         ("data.batch_size=1.5", "data.batch_size=1.5: expected an int"),
         ("module.lr=high", "module.lr=high: expected a number"),
         ("module.nesterov=maybe", "module.nesterov=maybe: expected true or false"),
-        ("callbacks.step_checkpoint.every_n_train_steps=often", "every_n_train_steps=often: expected an int"),
+        (
+            "callbacks.step_checkpoint.every_n_train_steps=often",
+            "every_n_train_steps=often: expected an int",
+        ),
         ("seed=[1,2]", "seed=[1, 2]: expected an int"),
     ],
 )
@@ -103,10 +109,15 @@ def test_cli_wrapper_prints_one_line_and_never_starts_the_task(capsys) -> None:
         ("module.lr=-0.1", "module.lr"),
         ("module.momentum=1.5", "module.momentum"),
         ("trainer.max_epochs=0", "trainer.max_epochs"),
-        ("callbacks.step_checkpoint.every_n_train_steps=-1", "callbacks.step_checkpoint.every_n_train_steps"),
+        (
+            "callbacks.step_checkpoint.every_n_train_steps=-1",
+            "callbacks.step_checkpoint.every_n_train_steps",
+        ),
     ],
 )
-def test_out_of_range_value_names_the_key_and_the_range(compose_train, override: str, key: str) -> None:
+def test_out_of_range_value_names_the_key_and_the_range(
+    compose_train, override: str, key: str
+) -> None:
     with pytest.raises(SetupError) as error:
         check_config(compose_train([override]))
     message = one_line(error.value)
@@ -124,8 +135,13 @@ def test_output_directory_that_cannot_be_created_or_written(compose_train, tmp_p
     blocker.write_text("x")
     with pytest.raises(SetupError) as error:
         check_config(compose_train([f"paths.output_dir={blocker / 'run'}"]))
-    assert one_line(error.value) == f"paths.output_dir={blocker / 'run'}: cannot be created, {blocker} is a file, not a directory"
-    with pytest.raises(SetupError, match=r"paths.output_dir=/proc/involution-run: cannot be written"):
+    assert (
+        one_line(error.value)
+        == f"paths.output_dir={blocker / 'run'}: cannot be created, {blocker} is a file, not a directory"
+    )
+    with pytest.raises(
+        SetupError, match=r"paths.output_dir=/proc/involution-run: cannot be written"
+    ):
         check_config(compose_train(["paths.output_dir=/proc/involution-run"]))
 
 
@@ -136,7 +152,9 @@ def test_resume_never_refuses_a_directory_with_checkpoints(compose_train, tmp_pa
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
     with pytest.raises(SetupError, match="resume=never, but .* already holds checkpoints"):
         check_config(cfg)
-    with pytest.raises(SetupError, match="resume=elsewhere: inside a config it must be one of auto, never"):
+    with pytest.raises(
+        SetupError, match="resume=elsewhere: inside a config it must be one of auto, never"
+    ):
         check_config(compose_train(["resume=elsewhere"]))
 
 
@@ -167,7 +185,9 @@ def test_bad_data_directory_names_it(compose_train, tmp_path: Path, case: str) -
         (data / "val" / "cat").mkdir(parents=True)
     elif case == "corrupt":
         _image_folder(data, corrupt=True)
-    cfg = compose_train(["data=imagenet", f"data.data_dir={data}", "data.image_size=16", "data.num_workers=0"])
+    cfg = compose_train(
+        ["data=imagenet", f"data.data_dir={data}", "data.image_size=16", "data.num_workers=0"]
+    )
     with pytest.raises(SetupError) as error:
         build_run(cfg)
     message = one_line(error.value)
@@ -189,7 +209,9 @@ def test_good_image_folder_builds(compose_train, tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_state() -> dict:
-    return create_model("rednet26", num_classes=10, in_channels=1, stem="small", base_width=16, stem_width=8).state_dict()
+    return create_model(
+        "rednet26", num_classes=10, in_channels=1, stem="small", base_width=16, stem_width=8
+    ).state_dict()
 
 
 def test_bad_checkpoint_files_are_one_line_each(compose_train, tmp_path: Path, small_state) -> None:
@@ -214,12 +236,21 @@ def test_bad_checkpoint_files_are_one_line_each(compose_train, tmp_path: Path, s
             message = one_line(error.value)
             assert message.startswith(f"{key}={path}: ") and expected in message, message
             if path == code:  # the refused global is named
-                assert "Unsupported global: GLOBAL posix.system" in message or "GLOBAL os.system" in message
-    build_run(compose_train([*SMALL_MODEL, f"model.checkpoint={good}", "logger=csv"]))  # the good one loads
+                assert (
+                    "Unsupported global: GLOBAL posix.system" in message
+                    or "GLOBAL os.system" in message
+                )
+    build_run(
+        compose_train([*SMALL_MODEL, f"model.checkpoint={good}", "logger=csv"])
+    )  # the good one loads
 
 
-def test_checkpoint_of_another_architecture_lists_the_keys(compose_train, tmp_path: Path, small_state) -> None:
-    other = create_model("rednet38", num_classes=10, in_channels=1, stem="small", base_width=16, stem_width=8)
+def test_checkpoint_of_another_architecture_lists_the_keys(
+    compose_train, tmp_path: Path, small_state
+) -> None:
+    other = create_model(
+        "rednet38", num_classes=10, in_channels=1, stem="small", base_width=16, stem_width=8
+    )
     path = tmp_path / "rednet38.pth"
     torch.save({"state_dict": other.state_dict()}, path)
     with pytest.raises(SetupError) as error:
@@ -234,7 +265,11 @@ def test_checkpoint_of_another_architecture_lists_the_keys(compose_train, tmp_pa
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_cli_bad_value_leaves_an_existing_run_directory_untouched(tmp_path: Path) -> None:
@@ -251,5 +286,7 @@ def test_cli_bad_value_leaves_an_existing_run_directory_untouched(tmp_path: Path
     )  # fmt: skip
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["error: operator.kernel_size must be an odd positive int, got 4"], result.stderr
+    assert lines == ["error: operator.kernel_size must be an odd positive int, got 4"], (
+        result.stderr
+    )
     assert _snapshot(run_dir) == before

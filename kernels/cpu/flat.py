@@ -146,4 +146,3 @@ def grad_kernel_nchw_flat(grad_out, x, grad_k, ph, pw, dh, dw, rows):  # pragma:
                 for r in range(r0, r1):
                     for j in range(lo, hi):
                         gk[r * wo + j] = 0
-

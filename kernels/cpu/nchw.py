@@ -135,4 +135,3 @@ def grad_input_nchw(
                         xs = xrow[lo * sw + off :]
                         for j in range(hi - lo):
                             xs[j * sw] += k[j] * gos[j]
-

@@ -154,4 +154,3 @@ def grad_kernel_nhwc(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw):  # pragma: no
                     for t in range(cpg):
                         s += a[t] * b[t]
                     grow[j] = s
-

@@ -62,4 +62,3 @@ def gather_table(size_in, k, stride, pad, dil, size_out):  # pragma: no cover - 
             i = num // stride
             table[y, u] = i if (num >= 0 and num % stride == 0 and i < size_out) else -1
     return table
-

@@ -39,12 +39,16 @@ def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, resolve: bo
             text = OmegaConf.to_yaml(value, resolve=resolve)
         else:
             text = str(value)
-        branch.add(Syntax(text.rstrip() or "{}", "yaml", theme="ansi_dark", background_color="default"))
+        branch.add(
+            Syntax(text.rstrip() or "{}", "yaml", theme="ansi_dark", background_color="default")
+        )
     return tree
 
 
 @rank_zero_only
-def print_config_tree(cfg: DictConfig, save_dir: str | Path | None = None, resolve: bool = True) -> Path | None:
+def print_config_tree(
+    cfg: DictConfig, save_dir: str | Path | None = None, resolve: bool = True
+) -> Path | None:
     """Print the config tree (without the ``hydra`` node) and write it to ``save_dir/config_tree.log``."""
     import rich
     from rich.console import Console
@@ -89,7 +93,9 @@ class _OperatorSummary(ModelSummary):
         modules = dict(self._model.named_modules())
         types = []
         for name, layer in self._layer_summary.items():
-            text = describe_stage(modules[name]) if _STAGE.search(name) and name in modules else None
+            text = (
+                describe_stage(modules[name]) if _STAGE.search(name) and name in modules else None
+            )
             types.append(text or layer.layer_type)
         return types
 

@@ -106,16 +106,24 @@ def read_sweep(root: str | Path, project: str | None = None, entity: str | None 
     config = _job_config(root, frame)
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     if wandb_cfg is None and project is None:
-        raise DashboardError(f"{root}: the sweep logged no W&B runs (logger has no wandb entry); rerun it with logger=default")
+        raise DashboardError(
+            f"{root}: the sweep logged no W&B runs (logger has no wandb entry); rerun it with logger=default"
+        )
     wandb_cfg = wandb_cfg or {}
     master = runs.read_yaml(root / "multirun.yaml")
     name = None
     if isinstance(master, dict):
-        name = (master.get("sweep") or {}).get("name") or (master.get("hparams_search") or {}).get("name")
+        name = (master.get("sweep") or {}).get("name") or (master.get("hparams_search") or {}).get(
+            "name"
+        )
     return Sweep(
-        root=root, name=str(name or groups[0].rsplit("-", 2)[0]), group=groups[0],
+        root=root,
+        name=str(name or groups[0].rsplit("-", 2)[0]),
+        group=groups[0],
         project=project or str(wandb_cfg.get("project") or "involution"),
-        entity=entity or wandb_cfg.get("entity"), swept=swept, frame=frame,
+        entity=entity or wandb_cfg.get("entity"),
+        swept=swept,
+        frame=frame,
     )
 
 
@@ -137,10 +145,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _lines(frame: pd.DataFrame, x: str, by: Sequence[str]) -> tuple[list[list[Any]], list[list[float]], list[str]]:
+def _lines(
+    frame: pd.DataFrame, x: str, by: Sequence[str]
+) -> tuple[list[list[Any]], list[list[float]], list[str]]:
     """xs, ys, keys of ``line_series``: best val top-1 against ``x``, one line per ``by`` value."""
     # a null x (group_channels=null: one group) has no place on a numeric axis
-    done = frame[(frame["status"] == "ok") & frame["best_val_top1"].map(_finite) & frame[x].map(_finite)]
+    done = frame[
+        (frame["status"] == "ok") & frame["best_val_top1"].map(_finite) & frame[x].map(_finite)
+    ]
     xs, ys, keys = [], [], []
     groups = done.groupby(list(by), sort=True, dropna=False) if by else [((), done)]
     for values, part in groups:
@@ -176,13 +188,22 @@ def sweep_charts(sweep: Sweep) -> dict[str, Any]:
     else:  # a categorical sweep (operator=...): one bar per value
         x = sweep.swept[0]
         done = frame[(frame["status"] == "ok") & frame["best_val_top1"].map(_finite)]
-        table = wandb.Table(columns=[x, "best_val_top1"], data=[[str(a), float(b)] for a, b in zip(done[x], done["best_val_top1"])])
-        charts[f"sweep/best_val_top1_by_{leaf(x)}"] = wandb.plot.bar(table, x, "best_val_top1", title=f"best val top-1 by {x}")
+        table = wandb.Table(
+            columns=[x, "best_val_top1"],
+            data=[[str(a), float(b)] for a, b in zip(done[x], done["best_val_top1"])],
+        )
+        charts[f"sweep/best_val_top1_by_{leaf(x)}"] = wandb.plot.bar(
+            table, x, "best_val_top1", title=f"best val top-1 by {x}"
+        )
     with_ops = frame.assign(operator=operator_names(frame))
     with_ops = with_ops[with_ops["macs"].map(_finite)]
     xs, ys, keys = _lines(with_ops, "macs", ["operator"])
     charts["sweep/best_val_top1_vs_macs"] = wandb.plot.line_series(
-        xs, ys, keys=keys, title="best val top-1 vs multiply-adds per image (one line per operator)", xname="macs"
+        xs,
+        ys,
+        keys=keys,
+        title="best val top-1 vs multiply-adds per image (one line per operator)",
+        xname="macs",
     )
     return charts
 
@@ -204,13 +225,17 @@ def chart_panel(key: str, chart: Any):
     import wandb_workspaces.reports.v2 as wr
 
     spec = chart.spec
-    panel = wr.CustomChart.from_table(f"{key}_table", chart_fields=dict(spec.fields), chart_strings=dict(spec.string_fields))
+    panel = wr.CustomChart.from_table(
+        f"{key}_table", chart_fields=dict(spec.fields), chart_strings=dict(spec.string_fields)
+    )
     panel.chart_name = spec.spec_name
     panel.layout = wr.Layout(w=12, h=8)
     return panel
 
 
-def build_workspace(sweep: Sweep, charts: dict[str, Any], entity: str | None = None) -> ws.Workspace:
+def build_workspace(
+    sweep: Sweep, charts: dict[str, Any], entity: str | None = None
+) -> ws.Workspace:
     """The workspace view of the sweep's group (no network needed to build it)."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
@@ -221,29 +246,51 @@ def build_workspace(sweep: Sweep, charts: dict[str, Any], entity: str | None = N
         wr.ParallelCoordinatesPlot(
             title="swept keys -> best val top-1",
             columns=[
-                *(wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k), display_name=k.split(".", 1)[1]) for k in keys),
-                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(BEST), display_name="best val top-1"),
-                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(TEST), display_name="test top-1"),
+                *(
+                    wr.ParallelCoordinatesPlotColumn(
+                        metric=wr.Config(k), display_name=k.split(".", 1)[1]
+                    )
+                    for k in keys
+                ),
+                wr.ParallelCoordinatesPlotColumn(
+                    metric=wr.SummaryMetric(BEST), display_name="best val top-1"
+                ),
+                wr.ParallelCoordinatesPlotColumn(
+                    metric=wr.SummaryMetric(TEST), display_name="test top-1"
+                ),
             ],
             layout=wr.Layout(w=12, h=8),
         ),
         *(chart_panel(key, chart) for key, chart in charts.items() if key.endswith("_vs_macs")),
         wr.ScatterPlot(
             title="best val top-1 vs multiply-adds (per run)",
-            x=wr.Config("macs"), y=wr.SummaryMetric(BEST), layout=wr.Layout(w=12, h=8),
+            x=wr.Config("macs"),
+            y=wr.SummaryMetric(BEST),
+            layout=wr.Layout(w=12, h=8),
         ),
     ]
     curves = [
         wr.LinePlot(
-            title=f"val top-1 by {key}", x="epoch", y=["val/acc_top1"],
-            groupby=wr.Config(config_key(key)), groupby_aggfunc="mean", groupby_rangefunc="minmax",
+            title=f"val top-1 by {key}",
+            x="epoch",
+            y=["val/acc_top1"],
+            groupby=wr.Config(config_key(key)),
+            groupby_aggfunc="mean",
+            groupby_rangefunc="minmax",
             layout=wr.Layout(w=8, h=6),
         )
         for key in sweep.swept
     ]
     curves += [
-        wr.LinePlot(title="val top-1 (per run)", x="epoch", y=["val/acc_top1"], layout=wr.Layout(w=8, h=6)),
-        wr.LinePlot(title="training loss (per run)", x="epoch", y=["train/loss_epoch"], layout=wr.Layout(w=8, h=6)),
+        wr.LinePlot(
+            title="val top-1 (per run)", x="epoch", y=["val/acc_top1"], layout=wr.Layout(w=8, h=6)
+        ),
+        wr.LinePlot(
+            title="training loss (per run)",
+            x="epoch",
+            y=["train/loss_epoch"],
+            layout=wr.Layout(w=8, h=6),
+        ),
     ]
     table = [wr.WeavePanelSummaryTable(table_name=TABLE_KEY, layout=wr.Layout(w=24, h=10))]
     return ws.Workspace(
@@ -257,7 +304,12 @@ def build_workspace(sweep: Sweep, charts: dict[str, Any], entity: str | None = N
         ],
         runset_settings=ws.RunsetSettings(
             filters=f"Metric('Group') == '{sweep.group}'",
-            pinned_columns=[*(f"config:{k.split('.', 1)[0]}.value.{k.split('.', 1)[1]}" for k in keys), f"summary:{BEST}", f"summary:{TEST}", "config:macs.value"],
+            pinned_columns=[
+                *(f"config:{k.split('.', 1)[0]}.value.{k.split('.', 1)[1]}" for k in keys),
+                f"summary:{BEST}",
+                f"summary:{TEST}",
+                "config:macs.value",
+            ],
             order=[ws.Ordering(ws.Summary(BEST), ascending=False)],
         ),
     )
@@ -273,7 +325,9 @@ def load_definition(path: str | Path) -> ws.Workspace:
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces.workspaces import internal
 
-    return ws.Workspace._from_model(internal.View.model_validate(json.loads(Path(path).read_text())))
+    return ws.Workspace._from_model(
+        internal.View.model_validate(json.loads(Path(path).read_text()))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,10 +344,21 @@ def log_summary_run(sweep: Sweep, charts: dict[str, Any], mode: str) -> Path:
     import wandb
 
     run = wandb.init(
-        project=sweep.project, entity=sweep.entity, group=sweep.group, job_type=JOB_TYPE,
-        name=f"{sweep.name}-summary", id=summary_run_id(sweep), resume="allow", mode=mode,
-        dir=str(sweep.root), tags=[f"sweep={sweep.name}", JOB_TYPE],
-        config={"sweep": sweep.name, "swept": sweep.swept, "multirun_dir": str(sweep.root.resolve())},
+        project=sweep.project,
+        entity=sweep.entity,
+        group=sweep.group,
+        job_type=JOB_TYPE,
+        name=f"{sweep.name}-summary",
+        id=summary_run_id(sweep),
+        resume="allow",
+        mode=mode,
+        dir=str(sweep.root),
+        tags=[f"sweep={sweep.name}", JOB_TYPE],
+        config={
+            "sweep": sweep.name,
+            "swept": sweep.swept,
+            "multirun_dir": str(sweep.root.resolve()),
+        },
         settings=wandb.Settings(silent=True),
     )
     run.log({TABLE_KEY: summary_table(sweep.frame), **charts})
@@ -304,11 +369,22 @@ def log_summary_run(sweep: Sweep, charts: dict[str, Any], mode: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m involution.dashboard", description=__doc__.split("\n")[0])
-    parser.add_argument("dir", nargs="?", help="the multirun directory (default: the latest under ./multirun)")
+    parser = argparse.ArgumentParser(
+        prog="python -m involution.dashboard", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "dir", nargs="?", help="the multirun directory (default: the latest under ./multirun)"
+    )
     parser.add_argument("--project", help="W&B project (default: the sweep's logger.wandb.project)")
-    parser.add_argument("--entity", help="W&B entity (default: the sweep's, else your default entity)")
-    parser.add_argument("--mode", default="auto", choices=("auto", "online", "offline"), help="auto: online when logged in")
+    parser.add_argument(
+        "--entity", help="W&B entity (default: the sweep's, else your default entity)"
+    )
+    parser.add_argument(
+        "--mode",
+        default="auto",
+        choices=("auto", "online", "offline"),
+        help="auto: online when logged in",
+    )
     args = parser.parse_args(argv)
     try:
         root = Path(args.dir) if args.dir else runs.latest_multirun()

@@ -55,7 +55,9 @@ class Evaluation:
 def read_checkpoint(path: str | None) -> dict[str, Any]:
     """The checkpoint object (tensors and plain containers only: ``weights_only=True``)."""
     if not path:
-        raise SetupError("ckpt_path is not set: make eval CKPT=<file> (or python -m involution.eval ckpt_path=<file>)")
+        raise SetupError(
+            "ckpt_path is not set: make eval CKPT=<file> (or python -m involution.eval ckpt_path=<file>)"
+        )
     file = Path(path)
     if not file.is_file():
         raise SetupError(f"ckpt_path={path!r}: no such file")
@@ -63,16 +65,24 @@ def read_checkpoint(path: str | None) -> dict[str, Any]:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated file, a pickle of other objects, not a torch file
         text = str(error).strip().splitlines()
-        raise SetupError(f"ckpt_path={path!r} is not a loadable checkpoint: {type(error).__name__}: {text[0] if text else ''}") from None
+        raise SetupError(
+            f"ckpt_path={path!r} is not a loadable checkpoint: {type(error).__name__}: {text[0] if text else ''}"
+        ) from None
     if not isinstance(obj, dict):
-        raise SetupError(f"ckpt_path={path!r} holds a {type(obj).__name__}, not a checkpoint (a dict of weights)")
+        raise SetupError(
+            f"ckpt_path={path!r} holds a {type(obj).__name__}, not a checkpoint (a dict of weights)"
+        )
     return obj
 
 
 def stored_model(obj: dict[str, Any]) -> dict[str, Any] | None:
     """The ``create_model`` arguments a Lightning checkpoint of this project carries, else None."""
     hyper = obj.get("hyper_parameters")
-    if "pytorch-lightning_version" in obj and isinstance(hyper, dict) and isinstance(hyper.get("model"), dict):
+    if (
+        "pytorch-lightning_version" in obj
+        and isinstance(hyper, dict)
+        and isinstance(hyper.get("model"), dict)
+    ):
         return dict(hyper["model"])
     return None
 
@@ -92,7 +102,9 @@ def data_choice(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "data._target_", default="data")).rsplit(".", 1)[-1]
 
 
-def check_fits_data(state: dict[str, torch.Tensor], path: str, data: str, datamodule: ClassificationDataModule) -> None:
+def check_fits_data(
+    state: dict[str, torch.Tensor], path: str, data: str, datamodule: ClassificationDataModule
+) -> None:
     """The head's classes and the first convolution's input channels must match the data set."""
     head = state.get("fc.weight")
     if head is not None and head.shape[0] != datamodule.num_classes:
@@ -151,7 +163,11 @@ def build_evaluation(cfg: DictConfig) -> Evaluation:
                 f"model.name={cfg.model.name} but checkpoint {path!r} holds a {stored['name']}; "
                 "a Lightning checkpoint of this project brings its architecture (drop model=...)"
             )
-        arguments = {**stored, "num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
+        arguments = {
+            **stored,
+            "num_classes": datamodule.num_classes,
+            "in_channels": datamodule.in_channels,
+        }
     else:
         arguments = model_arguments(cfg, datamodule)
         arguments.pop("checkpoint", None)
@@ -181,7 +197,9 @@ def build_evaluation(cfg: DictConfig) -> Evaluation:
     loggers = build_loggers(cfg.logger, identity, list(cfg.tags))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, enable_checkpointing=False)
     for logger in loggers:
-        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **info, **identity})
+        logger.log_hyperparams(
+            {"config": OmegaConf.to_container(cfg, resolve=True), **info, **identity}
+        )
     return Evaluation(datamodule, module, trainer, info)
 
 
@@ -224,7 +242,12 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps(result, indent=2), flush=True)
-    log.info("%s top-1 = %s -> %s", result["split"], result["top1"], Path(cfg.paths.output_dir) / METRICS_JSON)
+    log.info(
+        "%s top-1 = %s -> %s",
+        result["split"],
+        result["top1"],
+        Path(cfg.paths.output_dir) / METRICS_JSON,
+    )
     return result["top1"]
 
 

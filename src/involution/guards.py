@@ -50,7 +50,9 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """``<dirpath of the first ModelCheckpoint>/last.ckpt`` (else ``<default_root_dir>/checkpoints``)."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            return (
+                Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            )
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
@@ -95,12 +97,19 @@ class RunGuard(Callback):
         self.saved_step = trainer.global_step
         return str(path)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         signum = self._pending(trainer)
         if signum is None or self._stop is not None:
             return
         path = self._save(trainer)
-        log.warning("%s: checkpoint of step %d saved to %s; stopping", signal.Signals(signum).name, trainer.global_step, path)
+        log.warning(
+            "%s: checkpoint of step %d saved to %s; stopping",
+            signal.Signals(signum).name,
+            trainer.global_step,
+            path,
+        )
         # Raised at the next hook: Lightning logs this batch's metrics after on_train_batch_end,
         # and they belong to the steps before the checkpoint (a resumed run does not log them again).
         self._stop = Preempted(signum, trainer.global_step, path)
@@ -110,7 +119,9 @@ class RunGuard(Callback):
             _flush(trainer)
             raise self._stop
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         self._stop_now(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -120,15 +131,23 @@ class RunGuard(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_now(trainer)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore_handler()  # Lightning calls no teardown hook after an exception
         if isinstance(exception, SIGTERMException | Preempted):
             # SIGTERM noticed by Lightning outside a training batch (validation, epoch end)
-            if self.saved_step != trainer.global_step and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            if (
+                self.saved_step != trainer.global_step
+                and trainer.state.fn == "fit"
+                and not trainer.sanity_checking
+            ):
                 self._save(trainer)
             _flush(trainer)
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         for name, parameter in pl_module.named_parameters():
             if not torch.isfinite(parameter).all():
                 raise Diverged(

@@ -27,7 +27,9 @@ def check_operator_fit(
 ) -> None:
     """Raise a one-line ValueError naming the key when a hyperparameter does not fit ``channels``."""
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd positive int (1, 3, 5, 7, ...), got {kernel_size!r}")
+        raise ValueError(
+            f"kernel_size must be an odd positive int (1, 3, 5, 7, ...), got {kernel_size!r}"
+        )
     if group_channels is not None and (
         not isinstance(group_channels, int) or group_channels < 1 or channels % group_channels
     ):
@@ -379,7 +381,9 @@ class LocalSelfAttention2d(nn.Module):
             torch.randn(heads, self.head_channels - self.row_channels, kernel_size) * std
         )
 
-    def _window_mask(self, height: int, width: int, ho: int, wo: int, device: torch.device) -> torch.Tensor:
+    def _window_mask(
+        self, height: int, width: int, ho: int, wo: int, device: torch.device
+    ) -> torch.Tensor:
         """[K, K, Ho, Wo] True where the window position lies inside the image."""
         k, s, d = self.kernel_size, self.stride, self.dilation
         p = d * (k - 1) // 2
@@ -399,13 +403,19 @@ class LocalSelfAttention2d(nn.Module):
         ho, wo = query.shape[-2:]
         logits = window_dot(query, key, k, self.stride, None, self.dilation, g, self.backend)
         heads_query = query.view(n, g, self.head_channels, ho, wo)
-        rows = torch.einsum("ngcij,gcu->nguij", heads_query[:, :, : self.row_channels], self.rel_rows)
-        cols = torch.einsum("ngcij,gcv->ngvij", heads_query[:, :, self.row_channels :], self.rel_cols)
+        rows = torch.einsum(
+            "ngcij,gcu->nguij", heads_query[:, :, : self.row_channels], self.rel_rows
+        )
+        cols = torch.einsum(
+            "ngcij,gcv->ngvij", heads_query[:, :, self.row_channels :], self.rel_cols
+        )
         logits = logits + rows[:, :, :, None] + cols[:, :, None]
         mask = self._window_mask(h, w, ho, wo, x.device)
         logits = logits.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(logits.view(n, g, k * k, ho, wo), dim=2).view(n, g, k, k, ho, wo)
-        return involution2d(value, weights.to(value.dtype), self.stride, None, self.dilation, self.backend)
+        return involution2d(
+            value, weights.to(value.dtype), self.stride, None, self.dilation, self.backend
+        )
 
     def extra_repr(self) -> str:
         return (

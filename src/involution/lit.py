@@ -67,17 +67,30 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
-        if not torch.isfinite(loss):  # stop at once: nothing of this step reaches the weights or a checkpoint
-            raise Diverged(f"{split} loss is {loss.item()} at step {self.global_step}", self.global_step)
+        if not torch.isfinite(
+            loss
+        ):  # stop at once: nothing of this step reaches the weights or a checkpoint
+            raise Diverged(
+                f"{split} loss is {loss.item()} at step {self.global_step}", self.global_step
+            )
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=not on_step,
+        )
         for k in self.top_ks:
             metric = self.metrics[f"{split}_top{k}"]
             metric(logits, labels)
             self.log(f"{split}/acc_top{k}", metric, on_step=False, on_epoch=True, prog_bar=k == 1)
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         return self._step(batch, "train")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -112,4 +125,7 @@ class ImageClassifier(L.LightningModule):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -46,9 +46,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     target, which a kill can cut short.)
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
+            )
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -82,7 +86,9 @@ class LoaderStateOnResume(Callback):
     def __init__(self) -> None:
         self.states: list[dict[str, Any]] = []
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         fit = checkpoint.get("loops", {}).get("fit_loop", {})
         self.states = list(fit.get("state_dict", {}).get("combined_loader", []))
 
@@ -91,7 +97,11 @@ class LoaderStateOnResume(Callback):
         loaders = trainer.train_dataloader
         if not states or loaders is None:
             return
-        flat = CombinedLoader(loaders).flattened if not isinstance(loaders, CombinedLoader) else loaders.flattened
+        flat = (
+            CombinedLoader(loaders).flattened
+            if not isinstance(loaders, CombinedLoader)
+            else loaders.flattened
+        )
         stateful = [loader for loader in flat if isinstance(loader, _Stateful)]
         for loader, state in zip(stateful, states):
             loader.load_state_dict(state)
@@ -156,14 +166,18 @@ def resume_argv(args: Sequence[str]) -> list[str]:
         task = _value(args, "task_name") or "train"
         runs = unfinished_runs(Path("outputs") / task)
         if not runs:
-            raise ResumeError(f"resume=latest: no unfinished run with a checkpoint under outputs/{task}/")
+            raise ResumeError(
+                f"resume=latest: no unfinished run with a checkpoint under outputs/{task}/"
+            )
         run_dir = runs[0]
     else:
         run_dir = Path(value)
         if not run_dir.is_dir():
             raise ResumeError(f"resume={value}: no such run directory")
         if latest_checkpoint(run_dir) is None:
-            raise ResumeError(f"resume={value}: the directory holds no checkpoint (checkpoints/last.ckpt) to continue from")
+            raise ResumeError(
+                f"resume={value}: the directory holds no checkpoint (checkpoints/last.ckpt) to continue from"
+            )
     saved_path = run_dir / ".hydra" / "overrides.yaml"
     saved = [str(o) for o in OmegaConf.load(saved_path)] if saved_path.is_file() else []
     dropped = ("resume", "hydra.run.dir", "ckpt_path")

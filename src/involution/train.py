@@ -136,7 +136,9 @@ def build_run(cfg: DictConfig, ckpt_path: str | None = None) -> Run:
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks += [RunGuard(), resume.LoaderStateOnResume()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins())
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins()
+    )
     summary = {"params": params, "macs": macs, "input_size": list(image), **run_id}
     for logger in loggers:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **summary})
@@ -151,7 +153,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         console.print_config_tree(cfg, save_dir=cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg)
     run = build_run(cfg, ckpt_path)
-    log.info("model: %.2f M params, %.3f G multiply-adds per image", run.summary["params"] / 1e6, run.summary["macs"] / 1e9)
+    log.info(
+        "model: %.2f M params, %.3f G multiply-adds per image",
+        run.summary["params"] / 1e6,
+        run.summary["macs"] / 1e9,
+    )
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     started = time.perf_counter()
@@ -167,7 +173,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({key: float(value) for key, value in result.items()})
     metrics["wall_time_s"] = time.perf_counter() - started
     metrics.update(params=float(run.summary["params"]), macs=float(run.summary["macs"]))
-    update_summaries(run.trainer.loggers, {k: v for k, v in metrics.items() if k.startswith("best/")})
+    update_summaries(
+        run.trainer.loggers, {k: v for k, v in metrics.items() if k.startswith("best/")}
+    )
     for logger in run.trainer.loggers:
         logger.finalize("success")
     if run.trainer.is_global_zero:
@@ -220,8 +228,11 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     recorder = JobRecorder(
-        cfg.paths.output_dir, OmegaConf.select(hydra_cfg, "job.num", default=None), hydra_cfg.overrides.task,
-        identity(cfg), rank_zero_only.rank,
+        cfg.paths.output_dir,
+        OmegaConf.select(hydra_cfg, "job.num", default=None),
+        hydra_cfg.overrides.task,
+        identity(cfg),
+        rank_zero_only.rank,
     )
     metrics: dict[str, float] = {}
     try:
@@ -235,17 +246,29 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (Preempted, SIGTERMException) as error:  # the whole process is asked to stop: so does a sweep
+    except (
+        Preempted,
+        SIGTERMException,
+    ) as error:  # the whole process is asked to stop: so does a sweep
         signum = getattr(error, "signum", signal.SIGTERM)
-        checkpoint = getattr(error, "checkpoint", None) or resume.latest_checkpoint(cfg.paths.output_dir)
+        checkpoint = getattr(error, "checkpoint", None) or resume.latest_checkpoint(
+            cfg.paths.output_dir
+        )
         recorder.stopped("preempted", error, checkpoint)
         close_wandb_after_failure(preempted=True)
-        print(f"preempted: {signal.Signals(signum).name}; checkpoint {checkpoint}; run the same command "
-              "again (resume=auto) to continue", file=sys.stderr)
+        print(
+            f"preempted: {signal.Signals(signum).name}; checkpoint {checkpoint}; run the same command "
+            "again (resume=auto) to continue",
+            file=sys.stderr,
+        )
         raise SystemExit(128 + int(signum)) from None
     except (Diverged, NonFiniteMetrics) as error:
         checkpoint = resume.latest_checkpoint(cfg.paths.output_dir)
-        kept = f"last good checkpoint {checkpoint} (kept)" if checkpoint else "no checkpoint was written"
+        kept = (
+            f"last good checkpoint {checkpoint} (kept)"
+            if checkpoint
+            else "no checkpoint was written"
+        )
         message = f"training diverged: {str(error).splitlines()[0]}; {kept}"
         recorder.stopped("diverged", Diverged(message, getattr(error, "step", -1)), checkpoint)
         close_wandb_after_failure()

@@ -180,7 +180,9 @@ def _compose(config_module: str, config_name: str, overrides: list[str]) -> Dict
         return compose(config_name, overrides=overrides, return_hydra_config=True)
 
 
-def check_overrides(args: Sequence[str], config_name: str = "train", config_module: str = "involution.conf") -> None:
+def check_overrides(
+    args: Sequence[str], config_name: str = "train", config_module: str = "involution.conf"
+) -> None:
     """Raise SetupError for a mistyped key or a value of the wrong type among command-line overrides.
 
     Anything this cannot judge (Hydra flags, parse errors, unknown group options) is left to
@@ -214,7 +216,9 @@ def check_overrides(args: Sequence[str], config_name: str = "train", config_modu
         else:
             values.append(override)
     try:
-        reference = _compose(config_module, config_name, choice_overrides) if choice_overrides else base
+        reference = (
+            _compose(config_module, config_name, choice_overrides) if choice_overrides else base
+        )
     except HydraException:
         return
     for override in values:
@@ -247,22 +251,51 @@ def _positive_int(value: Any) -> bool:
 
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "operator.kernel_size": (lambda v: _positive_int(v) and v % 2 == 1, "an odd positive int"),
-    "operator.group_channels": (lambda v: v is None or _positive_int(v), "a positive int or null (one group)"),
+    "operator.group_channels": (
+        lambda v: v is None or _positive_int(v),
+        "a positive int or null (one group)",
+    ),
     "operator.reduction_ratio": (_positive_int, "an int >= 1"),
     "operator.dilation": (_positive_int, "an int >= 1"),
     "operator.heads": (_positive_int, "an int >= 1"),
     "model.base_width": (_positive_int, "an int >= 1"),
     "model.stem_width": (_positive_int, "an int >= 1"),
     "data.batch_size": (_positive_int, "an int >= 1"),
-    "data.num_workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
+    "data.num_workers": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an int >= 0",
+    ),
     "data.image_size": (lambda v: _positive_int(v) and v >= 8, "an int >= 8"),
-    "module.lr": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0, "a positive number"),
-    "module.weight_decay": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
-    "module.momentum": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1, "a number in [0, 1)"),
-    "module.warmup_epochs": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
-    "trainer.max_epochs": (lambda v: v is None or v == -1 or _positive_int(v), "an int >= 1 (or -1 / null: no limit)"),
-    "callbacks.step_checkpoint.every_n_train_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0 (0: no step checkpoints)"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32, "an int in [0, 2**32)"),
+    "module.lr": (
+        lambda v: (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        ),
+        "a positive number",
+    ),
+    "module.weight_decay": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+        "a number >= 0",
+    ),
+    "module.momentum": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1,
+        "a number in [0, 1)",
+    ),
+    "module.warmup_epochs": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+        "a number >= 0",
+    ),
+    "trainer.max_epochs": (
+        lambda v: v is None or v == -1 or _positive_int(v),
+        "an int >= 1 (or -1 / null: no limit)",
+    ),
+    "callbacks.step_checkpoint.every_n_train_steps": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an int >= 0 (0: no step checkpoints)",
+    ),
+    "seed": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
+        "an int in [0, 2**32)",
+    ),
 }
 
 
@@ -288,7 +321,9 @@ def check_writable(path: str | Path, key: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise SetupError(f"{key}={path}: cannot be written ({existing}: {error.strerror or error})") from None
+        raise SetupError(
+            f"{key}={path}: cannot be written ({existing}: {error.strerror or error})"
+        ) from None
 
 
 def check_checkpoint_file(path: str, key: str) -> None:
@@ -339,7 +374,9 @@ def check_fits(state: Mapping[str, Any], own: Mapping[str, Any], source: str) ->
     mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
                   if k in state and tuple(state[k].shape) != tuple(own[k].shape)]  # fmt: skip
     if missing or unexpected or mismatched:
-        raise SetupError(CheckpointMismatchError(source, missing, unexpected, mismatched).one_line())
+        raise SetupError(
+            CheckpointMismatchError(source, missing, unexpected, mismatched).one_line()
+        )
 
 
 # ---------------------------------------------------------------------------------------------

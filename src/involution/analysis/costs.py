@@ -106,9 +106,13 @@ def spatial_op_costs(
             with torch.device("meta"):
                 module = make_spatial_op(spec, channels)
             macs = count_macs(module, (channels, size, size))
-            rows.append({"operator": label, "params": count_params(module), "macs": macs, "note": ""})
+            rows.append(
+                {"operator": label, "params": count_params(module), "macs": macs, "note": ""}
+            )
         except Exception as error:
-            rows.append({"operator": label, "params": math.nan, "macs": math.nan, "note": first_line(error)})
+            rows.append(
+                {"operator": label, "params": math.nan, "macs": math.nan, "note": first_line(error)}
+            )
     return pd.DataFrame(rows)
 
 
@@ -117,7 +121,14 @@ def spatial_op_costs(
 
 
 BENCHMARK_COLUMNS = [
-    "backend", "shape", "dtype", "median_ms", "min_ms", "peak_mib", "vs_depthwise", "table"
+    "backend",
+    "shape",
+    "dtype",
+    "median_ms",
+    "min_ms",
+    "peak_mib",
+    "vs_depthwise",
+    "table",
 ]
 
 
@@ -177,19 +188,32 @@ def quick_benchmark(
         shape = f"{n}x{c}x{h}x{w}"
         g = max(1, c // group_channels)
         x = torch.randn(n, c, h, w, device=device, requires_grad=True)
-        kernel = torch.randn(n, g, kernel_size, kernel_size, h, w, device=device, requires_grad=True)
+        kernel = torch.randn(
+            n, g, kernel_size, kernel_size, h, w, device=device, requires_grad=True
+        )
         for backend in backends:
 
-            def step(backend: str = backend, x: torch.Tensor = x, kernel: torch.Tensor = kernel) -> None:
+            def step(
+                backend: str = backend, x: torch.Tensor = x, kernel: torch.Tensor = kernel
+            ) -> None:
                 ops.involution2d(x, kernel, backend=backend).sum().backward()
                 if device == "cuda":
                     torch.cuda.synchronize()
 
             try:
-                records.append({"backend": backend, "shape": shape, "median_ms": _median_ms(step, repeats), "table": "fresh"})
+                records.append(
+                    {
+                        "backend": backend,
+                        "shape": shape,
+                        "median_ms": _median_ms(step, repeats),
+                        "table": "fresh",
+                    }
+                )
             except Exception:  # a backend that cannot run here is left out
                 continue
-        conv = torch.nn.Conv2d(c, c, kernel_size, padding=kernel_size // 2, groups=c, bias=False).to(device)
+        conv = torch.nn.Conv2d(
+            c, c, kernel_size, padding=kernel_size // 2, groups=c, bias=False
+        ).to(device)
 
         def conv_step(conv: torch.nn.Module = conv, x: torch.Tensor = x) -> None:
             conv(x).sum().backward()
@@ -197,7 +221,12 @@ def quick_benchmark(
                 torch.cuda.synchronize()
 
         records.append(
-            {"backend": f"depthwise conv {kernel_size}x{kernel_size}", "shape": shape, "median_ms": _median_ms(conv_step, repeats), "table": "fresh"}
+            {
+                "backend": f"depthwise conv {kernel_size}x{kernel_size}",
+                "shape": shape,
+                "median_ms": _median_ms(conv_step, repeats),
+                "table": "fresh",
+            }
         )
     return pd.DataFrame(records, columns=["backend", "shape", "median_ms", "table"])
 

@@ -71,7 +71,9 @@ def load_classifier(checkpoint: PathLike) -> LoadedModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file is the same message
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first_line(error)})") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({first_line(error)})"
+        ) from None
     hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
     model_args = hparams.get("model") if isinstance(hparams, dict) else None
     if not isinstance(model_args, dict) or "name" not in model_args or "state_dict" not in state:
@@ -82,7 +84,9 @@ def load_classifier(checkpoint: PathLike) -> LoadedModel:
     try:
         module = ImageClassifier(**hparams)
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot rebuild {model_args.get('name')!r} ({first_line(error)})") from None
+        raise CheckpointError(
+            f"{path}: cannot rebuild {model_args.get('name')!r} ({first_line(error)})"
+        ) from None
     expected = {k: v.shape for k, v in module.state_dict().items() if k.startswith("model.")}
     given = {k: v.shape for k, v in state["state_dict"].items() if k.startswith("model.")}
     missing = [k for k in expected if k not in given]
@@ -208,7 +212,11 @@ def sample_images(
         datamodule.setup(split)
     except Exception as error:
         raise AnalysisError(f"cannot load the run's data set ({first_line(error)})") from None
-    dataset = {"train": datamodule.train_set, "val": datamodule.val_set, "test": datamodule.test_set}.get(split)
+    dataset = {
+        "train": datamodule.train_set,
+        "val": datamodule.val_set,
+        "test": datamodule.test_set,
+    }.get(split)
     if dataset is None:
         raise AnalysisError(f"split must be train, val or test, got {split!r}")
     count = min(count, len(dataset))
@@ -319,7 +327,9 @@ def capture_kernels(
     captured: dict[str, LayerKernels] = {}
 
     def hook(name: str):
-        def record(module: Involution2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        def record(
+            module: Involution2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
             x = inputs[0]
             captured[name] = LayerKernels(
                 name=name,
@@ -372,7 +382,9 @@ def kernel_variation(kernel: torch.Tensor) -> KernelVariation:
 def filter_variation(weight: torch.Tensor) -> float:
     """Relative spread of a convolution's filters [Cout, Cin, K, K] across output channels."""
     flat = weight.detach().float().flatten(1)
-    return float((flat - flat.mean(dim=0)).norm(dim=1).mean() / flat.norm(dim=1).mean().clamp_min(1e-12))
+    return float(
+        (flat - flat.mean(dim=0)).norm(dim=1).mean() / flat.norm(dim=1).mean().clamp_min(1e-12)
+    )
 
 
 def variation_table(
@@ -399,7 +411,9 @@ def variation_table(
         if convolution is not None:
             conv = convs.get(name)
             row["convolution across space"] = 0.0 if conv is not None else float("nan")
-            row["convolution across channels"] = filter_variation(conv.weight) if conv is not None else float("nan")
+            row["convolution across channels"] = (
+                filter_variation(conv.weight) if conv is not None else float("nan")
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -18,7 +18,8 @@ def has_outputs(notebook: nbformat.NotebookNode) -> list[int]:
     return [
         index
         for index, cell in enumerate(notebook.cells)
-        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+        if cell.cell_type == "code"
+        and (cell.get("outputs") or cell.get("execution_count") is not None)
     ]
 
 
@@ -36,8 +37,12 @@ def strip(path: str | os.PathLike) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m involution.analysis.nbtools", description=__doc__.splitlines()[0])
-    parser.add_argument("--strip", action="store_true", help="clear outputs in place (default: only report)")
+    parser = argparse.ArgumentParser(
+        prog="python -m involution.analysis.nbtools", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--strip", action="store_true", help="clear outputs in place (default: only report)"
+    )
     parser.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
     dirty = 0

@@ -66,7 +66,9 @@ def _image_plane(image: torch.Tensor) -> np.ndarray:
 
 
 def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
+    return (
+        value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
+    )
 
 
 def _level(value: Any) -> str:
@@ -77,7 +79,9 @@ def _level(value: Any) -> str:
 def _ok(table: pd.DataFrame, value: str) -> pd.DataFrame:
     ok = table[table[value].notna()]
     if ok.empty:
-        raise AnalysisError(f"no job of the sweep has a {value} (all failed?): see the status/error columns")
+        raise AnalysisError(
+            f"no job of the sweep has a {value} (all failed?): see the status/error columns"
+        )
     return ok
 
 
@@ -112,16 +116,27 @@ def plot_accuracy_vs_kernel(
     return fig
 
 
-def plot_accuracy_vs_cost(table: pd.DataFrame, value: str = "best_val_top1", by: str = "operator") -> Figure:
+def plot_accuracy_vs_cost(
+    table: pd.DataFrame, value: str = "best_val_top1", by: str = "operator"
+) -> Figure:
     """``value`` against MACs and against params, one colour per ``by`` (default the operator)."""
     table = _ok(with_config_keys(table, [by]), value)
     fig, axes = new_figure(1, 2, size=(4.6, 3.6))
-    for ax, cost, unit, scale in ((axes[0, 0], "macs", "MMACs", 1e6), (axes[0, 1], "params", "M params", 1e6)):
+    for ax, cost, unit, scale in (
+        (axes[0, 0], "macs", "MMACs", 1e6),
+        (axes[0, 1], "params", "M params", 1e6),
+    ):
         for level, group in table.groupby(table[by].astype(str), sort=True):
             ax.scatter(group[cost] / scale, group[value] * 100, label=str(level), s=36)
             for _, row in group.iterrows():
-                ax.annotate(str(row["job"]), (row[cost] / scale, row[value] * 100), fontsize=7, alpha=0.7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    str(row["job"]),
+                    (row[cost] / scale, row[value] * 100),
+                    fontsize=7,
+                    alpha=0.7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         costs = table[cost].dropna()
         if len(costs) and costs.min() > 0 and costs.max() / costs.min() > 20:
             ax.set_xscale("log")
@@ -140,10 +155,14 @@ def plot_training_curves(curves: dict[str, pd.DataFrame]) -> Figure:
     fig, axes = new_figure(1, 2, size=(4.6, 3.4))
     loss_ax, acc_ax = axes[0, 0], axes[0, 1]
     for job, metrics in curves.items():
-        loss_key = next((k for k in ("train/loss_step", "train/loss", "train/loss_epoch") if k in metrics), None)
+        loss_key = next(
+            (k for k in ("train/loss_step", "train/loss", "train/loss_epoch") if k in metrics), None
+        )
         if loss_key is not None and "step" in metrics:
             loss = metrics[["step", loss_key]].dropna()
-            loss_ax.plot(loss["step"], loss[loss_key], label=job, marker="." if len(loss) < 20 else None)
+            loss_ax.plot(
+                loss["step"], loss[loss_key], label=job, marker="." if len(loss) < 20 else None
+            )
         if "val/acc_top1" in metrics:
             x_key = "epoch" if "epoch" in metrics else "step"
             acc = metrics[[x_key, "val/acc_top1"]].dropna()
@@ -188,8 +207,15 @@ def plot_kernel_overlays(
                 kernel = layer.at(pixel, sample, g).numpy()
                 bound = float(np.abs(kernel).max()) or 1.0
                 ax.imshow(plane, cmap="gray", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-                ax.imshow(kernel, cmap="coolwarm", vmin=-bound, vmax=bound, alpha=alpha,
-                          extent=layer.window_extent(pixel), interpolation="nearest")
+                ax.imshow(
+                    kernel,
+                    cmap="coolwarm",
+                    vmin=-bound,
+                    vmax=bound,
+                    alpha=alpha,
+                    extent=layer.window_extent(pixel),
+                    interpolation="nearest",
+                )
                 ax.plot(pixel[1], pixel[0], marker="+", color="yellow", markersize=9, mew=2)
                 ax.set_xlim(-0.5, w - 0.5)
                 ax.set_ylim(h - 0.5, -0.5)
@@ -198,7 +224,9 @@ def plot_kernel_overlays(
     return fig
 
 
-def plot_variation_maps(image: torch.Tensor, captures: dict[str, LayerKernels], sample: int = 0) -> Figure:
+def plot_variation_maps(
+    image: torch.Tensor, captures: dict[str, LayerKernels], sample: int = 0
+) -> Figure:
     """The image and, per layer, how far each pixel's kernel is from the layer's mean kernel
     (relative): involution kernels are spatial-specific, so these maps follow the content."""
     if not captures:
@@ -212,13 +240,23 @@ def plot_variation_maps(image: torch.Tensor, captures: dict[str, LayerKernels], 
     for ax, (name, layer) in zip(axes[0, 1:], captures.items()):
         variation = kernel_variation(layer.kernel)
         ax.imshow(plane, cmap="gray", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-        im = ax.imshow(variation.spatial_map[sample].numpy(), cmap="magma", alpha=0.75,
-                       extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+        im = ax.imshow(
+            variation.spatial_map[sample].numpy(),
+            cmap="magma",
+            alpha=0.75,
+            extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+            interpolation="nearest",
+        )
         fig.colorbar(im, ax=ax, shrink=0.7)
-        ax.set_title(f"{name} ({layer.output_size[0]}x{layer.output_size[1]})\n"
-                     f"across space {variation.across_space:.2f}, groups {variation.across_groups:.2f}", fontsize=7)
+        ax.set_title(
+            f"{name} ({layer.output_size[0]}x{layer.output_size[1]})\n"
+            f"across space {variation.across_space:.2f}, groups {variation.across_groups:.2f}",
+            fontsize=7,
+        )
         ax.set_axis_off()
-    fig.suptitle("kernel variation across space (distance from the layer's mean kernel)", fontsize=10)
+    fig.suptitle(
+        "kernel variation across space (distance from the layer's mean kernel)", fontsize=10
+    )
     return fig
 
 
@@ -240,7 +278,9 @@ def plot_conv_filters(filters: dict[str, torch.Tensor], max_filters: int = 8) ->
             bound = float(np.abs(kernel).max()) or 1.0
             ax.imshow(kernel, cmap="coolwarm", vmin=-bound, vmax=bound, interpolation="nearest")
             ax.set_title(f"{name}\nout {c} in {strongest}", fontsize=6)
-    fig.suptitle("learned convolution filters (shared by every pixel, one per channel pair)", fontsize=10)
+    fig.suptitle(
+        "learned convolution filters (shared by every pixel, one per channel pair)", fontsize=10
+    )
     return fig
 
 
@@ -251,7 +291,10 @@ def plot_conv_filters(filters: dict[str, torch.Tensor], max_filters: int = 8) ->
 def plot_costs(table: pd.DataFrame) -> Figure:
     """Params (M) and MACs (G) against depth, one line per family/operator."""
     fig, axes = new_figure(1, 2, size=(4.6, 3.5))
-    for ax, column, label in ((axes[0, 0], "params_m", "params (M)"), (axes[0, 1], "macs_g", "MACs (G)")):
+    for ax, column, label in (
+        (axes[0, 0], "params_m", "params (M)"),
+        (axes[0, 1], "macs_g", "MACs (G)"),
+    ):
         for (family, operator), group in table.groupby(["family", "operator"], sort=False):
             group = group.sort_values("depth")
             ax.plot(group["depth"], group[column], marker="o", label=f"{family} ({operator})")
@@ -262,14 +305,19 @@ def plot_costs(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_spatial_op_costs(table: pd.DataFrame, channels: int | None = None, size: int | None = None) -> Figure:
+def plot_spatial_op_costs(
+    table: pd.DataFrame, channels: int | None = None, size: int | None = None
+) -> Figure:
     """Bars: params and MACs of one spatial operator of each kind."""
     table = table[table["params"].notna()]
     if table.empty:
         raise AnalysisError("no operator could be counted (see the note column)")
     fig, axes = new_figure(1, 2, size=(4.6, 3.5))
     where = f" (C={channels}, {size}x{size})" if channels and size else ""
-    for ax, column, scale, label in ((axes[0, 0], "params", 1e3, "params (K)"), (axes[0, 1], "macs", 1e6, "MMACs")):
+    for ax, column, scale, label in (
+        (axes[0, 0], "params", 1e3, "params (K)"),
+        (axes[0, 1], "macs", 1e6, "MMACs"),
+    ):
         ax.barh(table["operator"], table[column] / scale, color="tab:blue")
         ax.set(xlabel=label, title=f"{label} of one spatial op{where}")
         ax.invert_yaxis()
@@ -290,7 +338,9 @@ def plot_benchmarks(table: pd.DataFrame) -> Figure:
         width = 0.8 / max(1, len(backends))
         for b, backend in enumerate(backends):
             values = [
-                part[(part["shape"].astype(str) == s) & (part["backend"].astype(str) == backend)]["median_ms"].mean()
+                part[(part["shape"].astype(str) == s) & (part["backend"].astype(str) == backend)][
+                    "median_ms"
+                ].mean()
                 for s in shapes
             ]
             positions = [i + (b - (len(backends) - 1) / 2) * width for i in range(len(shapes))]

@@ -249,13 +249,26 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     if device == "cuda":
         lines.append("- GPU rows: AMP autocast, channels_last model and input.")
     head = [
-        "model", "batch", "mode", "params (M)", "GMACs", "train step (s)", "images/s",
-        "inference (s)", "peak train memory (MiB)", "train vs tv-R50", "infer vs tv-R50",
+        "model",
+        "batch",
+        "mode",
+        "params (M)",
+        "GMACs",
+        "train step (s)",
+        "images/s",
+        "inference (s)",
+        "peak train memory (MiB)",
+        "train vs tv-R50",
+        "infer vs tv-R50",
         "memory vs tv-R50",
     ]
     if device == "cuda":
         head.insert(3, "AMP")
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    lines += [
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+    ]
     for row in rows:
         c = meta["counts"].get(row["model"], {})
         cells = [row["model"], str(row["batch"]), row["mode"]]
@@ -278,7 +291,12 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = targets(rows)
     if verdicts:
-        lines += ["", "Targets (train step <= 0.75x, inference <= 0.7x, peak memory <= 1.0x):", "", *verdicts]
+        lines += [
+            "",
+            "Targets (train step <= 0.75x, inference <= 0.7x, peak memory <= 1.0x):",
+            "",
+            *verdicts,
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -356,8 +374,13 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                     for model in args.models:
                         specs.append(
                             {
-                                "model": model, "batch": batch, "mode": mode, "amp": amp,
-                                "reps": args.reps, "warmup": args.warmup, "device": args.device,
+                                "model": model,
+                                "batch": batch,
+                                "mode": mode,
+                                "amp": amp,
+                                "reps": args.reps,
+                                "warmup": args.warmup,
+                                "device": args.device,
                                 "image_size": args.image_size,
                             }
                         )

@@ -74,7 +74,9 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
+    np.random.set_state(
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0)
+    )
     python = state["python"]
     random.setstate((3, tuple(int(x) for x in python), None))
     if "cuda" in state and torch.cuda.is_available():
@@ -130,7 +132,9 @@ class ClassificationDataModule(L.LightningDataModule):
     image_size: int
     seed: int = 0
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
+    ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"data.batch_size must be a positive int, got {batch_size!r}")
@@ -155,10 +159,16 @@ class ClassificationDataModule(L.LightningDataModule):
         if not shuffle:
             return DataLoader(dataset, shuffle=False, **options)
         trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        replicas, rank = (
+            (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        )
+        sampler = EpochSampler(
+            dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed
+        )
         drop_last = len(dataset) // replicas > self.batch_size  # type: ignore[arg-type]
-        return ResumableLoader(SeededItems(dataset), sampler=sampler, drop_last=drop_last, **options)
+        return ResumableLoader(
+            SeededItems(dataset), sampler=sampler, drop_last=drop_last, **options
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -12,8 +12,20 @@ from torchvision.transforms import v2 as T
 from involution.data.base import ClassificationDataModule
 
 _CIFAR = {
-    "cifar10": (datasets.CIFAR10, 10, "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": (datasets.CIFAR100, 100, "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": (
+        datasets.CIFAR10,
+        10,
+        "cifar-10-batches-py",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": (
+        datasets.CIFAR100,
+        100,
+        "cifar-100-python",
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
 }
 
 
@@ -45,7 +57,9 @@ class CIFARDataModule(ClassificationDataModule):
             )
         self.val_size, self.seed = val_size, seed
         normalize = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
-        self.train_transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalize])
+        self.train_transform = T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalize]
+        )
         self.eval_transform = T.Compose(normalize)
 
     def prepare_data(self) -> None:
@@ -59,8 +73,14 @@ class CIFARDataModule(ClassificationDataModule):
         train_aug = self.dataset_class(self.data_dir, train=True, transform=self.train_transform)
         train_plain = self.dataset_class(self.data_dir, train=True, transform=self.eval_transform)
         if not 0 < self.val_size < len(train_aug):
-            raise ValueError(f"data.val_size must be in (0, {len(train_aug)}), got {self.val_size!r}")
-        order = torch.randperm(len(train_aug), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            raise ValueError(
+                f"data.val_size must be in (0, {len(train_aug)}), got {self.val_size!r}"
+            )
+        order = torch.randperm(
+            len(train_aug), generator=torch.Generator().manual_seed(self.seed)
+        ).tolist()
         self.train_set = Subset(train_aug, order[self.val_size :])
         self.val_set = Subset(train_plain, order[: self.val_size])
-        self.test_set = self.dataset_class(self.data_dir, train=False, transform=self.eval_transform)
+        self.test_set = self.dataset_class(
+            self.data_dir, train=False, transform=self.eval_transform
+        )

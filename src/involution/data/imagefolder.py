@@ -51,8 +51,14 @@ class ImageFolderDataModule(ClassificationDataModule):
             raise FileNotFoundError(
                 f"data.data_dir={str(self.data_dir)!r}: train/ holds no class folders (it is empty)"
             ) from None
-        to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        self.train_transform = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *to_tensor])
+        to_tensor = [
+            T.ToImage(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+        self.train_transform = T.Compose(
+            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *to_tensor]
+        )
         resize = int(round(image_size / 0.875))
         self.eval_transform = T.Compose([T.Resize(resize), T.CenterCrop(image_size), *to_tensor])
 
@@ -65,10 +71,14 @@ class ImageFolderDataModule(ClassificationDataModule):
                 sets.append(datasets.ImageFolder(str(self.data_dir / split), transform))
             except FileNotFoundError as error:  # no class folders, or class folders without images
                 first = str(error).splitlines()[0]
-                raise FileNotFoundError(f"data.data_dir={str(self.data_dir)!r}: {split}/ {first}") from None
+                raise FileNotFoundError(
+                    f"data.data_dir={str(self.data_dir)!r}: {split}/ {first}"
+                ) from None
         self.train_set, self.val_set = sets
         if self.val_set.classes != self.train_set.classes:
-            raise ValueError(f"{self.data_dir}/val classes differ from {self.data_dir}/train classes")
+            raise ValueError(
+                f"{self.data_dir}/val classes differ from {self.data_dir}/train classes"
+            )
         if self.verify_images:
             for dataset in sets:
                 verify_images([path for path, _ in dataset.samples])

@@ -29,7 +29,9 @@ class SyntheticDataModule(ClassificationDataModule):
         generator = torch.Generator().manual_seed(self.seed)
 
         def make(count: int) -> TensorDataset:
-            images = torch.randn(count, self.in_channels, self.image_size, self.image_size, generator=generator)
+            images = torch.randn(
+                count, self.in_channels, self.image_size, self.image_size, generator=generator
+            )
             labels = torch.randint(0, self.num_classes, (count,), generator=generator)
             return TensorDataset(images, labels)
 

@@ -109,13 +109,19 @@ def read_checkpoint(source: PathLike, mmap: bool = False) -> Any:
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head != _ZIP_MAGIC and not head.startswith(_PICKLE_PROTO):
-        raise CheckpointFileError(f"{path!r} is not a checkpoint (not a file written by torch.save)")
+        raise CheckpointFileError(
+            f"{path!r} is not a checkpoint (not a file written by torch.save)"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head == _ZIP_MAGIC)
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=mmap and head == _ZIP_MAGIC
+        )
     except pickle.UnpicklingError as error:
         text = str(error)
         found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL [\w.]+", text)
-        reason = found.group(0) if found else (text.strip().splitlines() or ["unpickling failed"])[0]
+        reason = (
+            found.group(0) if found else (text.strip().splitlines() or ["unpickling failed"])[0]
+        )
         reason = reason.replace("unsupported GLOBAL", "Unsupported global: GLOBAL")
         raise CheckpointFileError(
             f"checkpoint {path!r} cannot be loaded with weights_only=True: it holds pickled code or "
@@ -123,7 +129,9 @@ def read_checkpoint(source: PathLike, mmap: bool = False) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointFileError(f"checkpoint {path!r} is truncated or corrupt ({first})") from None
+        raise CheckpointFileError(
+            f"checkpoint {path!r} is truncated or corrupt ({first})"
+        ) from None
 
 
 def _is_conv_module(module: nn.Module) -> bool:

@@ -66,7 +66,9 @@ class BottleneckNet(nn.Module):
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
         if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+            raise ValueError(
+                f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}"
+            )
         self.memory_format = memory_format
         operator = dict(operator or {"name": "involution"})
         self.depth, self.operator, self.stem_kind = depth, operator, stem

@@ -13,7 +13,9 @@ from involution.layers import ConvBNReLU, make_spatial_op, recomputed
 STEMS = ("rednet", "resnet", "small")
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
+) -> nn.Sequential:
     return ConvBNReLU(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),

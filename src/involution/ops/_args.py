@@ -65,7 +65,10 @@ class OpArgs(NamedTuple):
     def output_size(self, size: Sequence[int]) -> tuple[int, int]:
         """(Ho, Wo) of an input of spatial ``size`` (H, W)."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-            self.kernel_size, self.stride, self.padding, self.dilation
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
         )
         return output_size(size[0], kh, sh, ph, dh), output_size(size[1], kw, sw, pw, dw)
 
