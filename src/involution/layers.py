@@ -25,7 +25,8 @@ def check_operator_fit(
     group_channels: int | None = None,
     reduction_ratio: int | None = None,
 ) -> None:
-    """Raise a one-line ValueError naming the key when a hyperparameter does not fit ``channels``."""
+    """Raise a one-line ValueError naming the key when a hyperparameter does not fit
+    ``channels``."""
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(
             f"kernel_size must be an odd positive int (1, 3, 5, 7, ...), got {kernel_size!r}"
@@ -41,7 +42,8 @@ def check_operator_fit(
         not isinstance(reduction_ratio, int) or reduction_ratio < 1 or reduction_ratio > channels
     ):
         raise ValueError(
-            f"reduction_ratio={reduction_ratio!r} must be an int in [1, {channels}] for {channels} channels"
+            f"reduction_ratio={reduction_ratio!r} must be an int in [1, {channels}] "
+            f"for {channels} channels"
         )
 
 
@@ -123,7 +125,8 @@ def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tenso
 
 class ConvBNReLU(nn.Sequential):
     """conv -> BN -> ReLU (-> any further modules) as ``nn.Sequential``, so that parameters keep
-    the names ``0.*``, ``1.*`` of the official checkpoints; the BN folds into the conv in eval mode."""
+    the names ``0.*``, ``1.*`` of the official checkpoints; the BN folds into the conv in eval
+    mode."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = conv_bn(x, self[0], self[1])
@@ -200,11 +203,12 @@ class _Call(nn.Module):
 
 
 class Involution2d(nn.Module):
-    """Involution: a KxK kernel generated per pixel from the input itself, shared by G channel groups.
+    """Involution: a KxK kernel generated per pixel from the input itself, shared by G channel
+    groups (Li et al., CVPR 2021).
 
     Kernel generation follows the official code: (avg-pool by the stride, ceil mode so that odd
     input sizes give exactly the aggregation's Ho x Wo) -> 1x1 conv C -> C/r -> BN -> ReLU ->
-    1x1 conv C/r -> K*K*G (with bias). ``group_channels=None`` means one group of all channels.
+    1x1 conv C/r -> K*K*G (with bias); the aggregation is ``involution2d``.
 
     Memory (``recompute_kernel=True``, the default): the generated kernel [N, G, K, K, Ho, Wo]
     holds K*K*G/C (about 3x for K = 7, 16 channels per group) the elements of the layer's input.
@@ -212,6 +216,28 @@ class Involution2d(nn.Module):
     last 1x1 conv needs for its own gradient anyway, and regenerates the kernel from it (one 1x1
     conv) when the aggregation's backward asks for it. Gradients are the plain graph's (the same
     operations on the same values); ``recompute_kernel=False`` keeps the plain graph.
+
+    Args:
+        channels: C, input and output channels.
+        kernel_size: K, odd.
+        stride: the aggregation's stride (the kernel map is generated at the output's size).
+        group_channels: channels per group (C/G; must divide C), None for one group.
+        reduction_ratio: r of the kernel generation's bottleneck C -> C/r.
+        dilation: of the KxK window.
+        backend: ``involution2d``'s backend ("auto", "reference", "numba_cpu", "numba_cuda").
+        recompute_kernel: regenerate the kernel in backward instead of keeping it.
+
+    Returns (forward):
+        [N, C, Ho, Wo] for an input [N, C, H, W], Ho = ceil(H / stride) (same padding).
+
+    Raises:
+        ValueError: at construction, a one-line message naming the hyperparameter that does not
+            fit ``channels`` (e.g. ``group_channels`` not dividing it, an even ``kernel_size``).
+
+    Example:
+        >>> layer = Involution2d(64, kernel_size=7, group_channels=16)
+        >>> layer(torch.randn(2, 64, 14, 14)).shape
+        torch.Size([2, 64, 14, 14])
     """
 
     def __init__(
@@ -343,6 +369,26 @@ class LocalSelfAttention2d(nn.Module):
     With ``stride > 1`` the queries are computed from the input average-pooled by the stride (ceil
     mode; the same grid as involution's kernel map), keys and values at full resolution, so the
     layer downsamples like a strided convolution does.
+
+    Args:
+        channels: C, input and output channels (divisible by ``heads``).
+        kernel_size: K, odd: the attention window.
+        stride: output stride (queries from the pooled input).
+        heads: attention heads (groups of the involution op).
+        dilation: of the window.
+        backend: the involution op's backend ("auto", "reference", "numba_cpu", "numba_cuda").
+
+    Returns (forward):
+        [N, C, Ho, Wo] for an input [N, C, H, W], Ho = ceil(H / stride).
+
+    Raises:
+        ValueError: at construction, one line naming ``heads``, ``kernel_size`` or ``dilation``
+            when it does not fit.
+
+    Example:
+        >>> attention = LocalSelfAttention2d(64, kernel_size=7, heads=8)
+        >>> attention(torch.randn(2, 64, 14, 14)).shape
+        torch.Size([2, 64, 14, 14])
     """
 
     def __init__(
@@ -450,7 +496,8 @@ def make_spatial_op(operator: Mapping[str, Any], channels: int, stride: int = 1)
     unknown = set(spec) - OPERATOR_KEYS[name]
     if unknown:
         raise ValueError(
-            f"operator {name!r} got unknown keys {sorted(unknown)}; allowed: {sorted(OPERATOR_KEYS[name])}"
+            f"operator {name!r} got unknown keys {sorted(unknown)}; "
+            f"allowed: {sorted(OPERATOR_KEYS[name])}"
         )
     if name == "involution":
         return Involution2d(channels, stride=stride, **spec)

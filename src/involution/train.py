@@ -55,7 +55,8 @@ class Run:
 
 
 def model_arguments(cfg: DictConfig, datamodule: ClassificationDataModule) -> dict[str, Any]:
-    """``create_model`` keyword arguments: the model group + the operator group + the data's shape."""
+    """``create_model`` keyword arguments: the model group + the operator group + the data's
+    shape."""
     arguments = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(arguments, dict)
     if arguments.get("checkpoint") is None:
@@ -73,7 +74,8 @@ def experiment_name() -> str | None:
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The run's W&B name, group and tags (in a multirun: the sweep's group, named from the overrides)."""
+    """The run's W&B name, group and tags (in a multirun: the sweep's group, named from the
+    overrides)."""
     return run_identity(cfg.operator, cfg.task_name, experiment_name(), sweep_context(cfg))
 
 
@@ -257,8 +259,8 @@ def main(cfg: DictConfig) -> float | None:
         recorder.stopped("preempted", error, checkpoint)
         close_wandb_after_failure(preempted=True)
         print(
-            f"preempted: {signal.Signals(signum).name}; checkpoint {checkpoint}; run the same command "
-            "again (resume=auto) to continue",
+            f"preempted: {signal.Signals(signum).name}; checkpoint {checkpoint}; "
+            "run the same command again (resume=auto) to continue",
             file=sys.stderr,
         )
         raise SystemExit(128 + int(signum)) from None
