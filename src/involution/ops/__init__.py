@@ -98,6 +98,7 @@ def involution2d(
             one line naming the argument.
 
     Example:
+        >>> import torch
         >>> x = torch.randn(2, 16, 8, 8)
         >>> kernel = torch.randn(2, 4, 3, 3, 8, 8)  # G = 4 groups of 4 channels
         >>> involution2d(x, kernel).shape
