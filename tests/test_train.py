@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,24 @@ def test_make_train_passes_hydra_overrides_through(compose_train) -> None:
     assert command.endswith(f"-m involution.train {args}"), command
     cfg = compose_train(command.split("-m involution.train ", 1)[1].split())
     assert (cfg.operator.kernel_size, cfg.trainer.max_epochs) == (5, 3)
+
+
+def test_flush_denormal_reaches_threads_started_after_it() -> None:
+    """train.py flushes denormals before any pool starts; threads started later (torch's and
+    numba's workers) inherit it, so late-training denormal gradients cost nothing extra."""
+    code = (
+        "import threading, torch\n"
+        "torch.set_flush_denormal({flag})\n"
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append(float(torch.tensor([1e-39]) * 2)))\n"
+        "t.start(); t.join(); print(out[0])\n"
+    )
+    values = {}
+    for flag in (True, False):
+        result = subprocess.run(
+            [sys.executable, "-c", code.format(flag=flag)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        values[flag] = float(result.stdout)
+    assert values[True] == 0.0
+    assert values[False] == pytest.approx(2e-39, rel=1e-3)

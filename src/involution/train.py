@@ -151,6 +151,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (resuming from ``ckpt_path`` or the run's own newest checkpoint, see
     :func:`resume_checkpoint`), test the best checkpoint, return all final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # before any thread pool exists: the threads torch and numba start inherit the setting
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     if cfg.get("print_config", True):
         console.print_config_tree(cfg, save_dir=cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg)
