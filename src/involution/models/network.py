@@ -29,9 +29,9 @@ def in_memory_format(x: torch.Tensor, memory_format: str) -> torch.Tensor:
     oneDNN's convolutions and the Numba involution kernels both work natively in NHWC (RedNet-50's
     first training steps at 224x224 0.90x torchvision ResNet-50's time against ~1.04x in NCHW,
     docs/benchmarks.md), the input's own format elsewhere (the CUDA kernels are NCHW). Not the
-    default yet: on the digits recipe (32x32 inputs) training epochs after the warm-up ran ~20x
-    slower channels_last than NCHW, a slowdown not yet explained. ``channels_last`` and
-    ``contiguous`` force one.
+    default: once a model fits, denormal gradients made channels_last training ~10x slower
+    unless denormals are flushed (``torch.set_flush_denormal(True)``, which ``involution.train``
+    sets; a model constructor should not). ``channels_last`` and ``contiguous`` force one.
     """
     if memory_format == "channels_last" or (memory_format == "auto" and x.device.type == "cpu"):
         return x.contiguous(memory_format=torch.channels_last)
