@@ -1,6 +1,6 @@
-"""``.ci/gpu-check``, the one script a GPU session runs: its refusals (one line, exit 2, before any
-work) and, on whatever machine runs the suite, one short end-to-end run into a given folder (on a
-machine without a GPU the gpu tests skip and the benchmark measures the CPU)."""
+"""``.ci/gpu-check``, the one script run on a GPU machine: its refusals (one line, exit 2, before
+any work) and, on whatever machine runs the suite, one short end-to-end run into a given folder (on
+a machine without a GPU the gpu tests skip and the benchmark measures the CPU)."""
 
 from __future__ import annotations
 
