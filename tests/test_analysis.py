@@ -30,15 +30,8 @@ from involution.lit import ImageClassifier
 from involution.ops import involution2d
 
 from analysis_artifacts import Artifacts, make_artifacts
+from conftest import TINY_MODEL
 
-TINY_MODEL = {
-    "name": "rednet26",
-    "num_classes": 10,
-    "in_channels": 1,
-    "stem": "small",
-    "base_width": 4,
-    "stem_width": 8,
-}
 INVOLUTION = {"name": "involution", "kernel_size": 3, "group_channels": 4, "reduction_ratio": 4}
 CONVOLUTION = {"name": "convolution", "kernel_size": 3}
 

@@ -26,17 +26,19 @@ from involution.data.base import EpochSampler, ResumableLoader, SeededItems
 from involution.guards import Preempted
 from involution.train import train, trainer_plugins
 
-from conftest import REPO
+from conftest import CSV_ONLY, QUIET, REPO, TINY_WIDTHS, quick_schedule
 
 TESTS = Path(__file__).resolve().parent
 WANDB = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
 # A digits run that learns in seconds: 3 epochs x 8 steps at 16x16, checkpoints every 4 steps.
 STEPS = 24
 SMALL = [
-    "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.limit_val_batches=4",
+    "trainer.log_every_n_steps=1",
     "data.batch_size=32", "data.image_size=16", "model.base_width=16", "model.stem_width=8",
     "callbacks.progress_bar.refresh_rate=0", "callbacks.step_checkpoint.every_n_train_steps=4",
-    "module.lr=0.8", "module.warmup_epochs=0.25", "test=false", "+callbacks.fault._target_=faults.Fault",
+    "module.lr=0.8", "module.warmup_epochs=0.25", "test=false",
+    "+callbacks.fault._target_=faults.Fault",
 ]  # fmt: skip
 
 
@@ -222,9 +224,11 @@ def _compose_in(compose_train, overrides: list[str], run_dir: Path):
     return cfg
 
 
-TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-        "trainer.log_every_n_steps=1", "data.batch_size=16", "data.image_size=16", "model.base_width=16",
-        "model.stem_width=8", "callbacks.progress_bar.refresh_rate=0", "test=false", "logger=csv"]  # fmt: skip
+# conftest's tiny network and quick schedule (4 training batches), 16x16 images, no test stage.
+TINY = [
+    *quick_schedule(train_batches=4), *TINY_WIDTHS, *QUIET, *CSV_ONLY, "data.image_size=16",
+    "test=false",
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -266,8 +270,9 @@ def test_sigusr1_checkpoints_the_current_step_and_stops(
 def fault_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     root = tmp_path_factory.mktemp("faults")
     sweep_dir = root / "multirun"
-    args = ["-m", "hydra/callbacks=sweep_summary", "+callbacks.fault.kind=none,nan_weights,error,oom",
-            "+callbacks.fault.step=8", f"hydra.sweep.dir={sweep_dir}", "logger=csv", *SMALL]  # fmt: skip
+    args = ["-m", "hydra/callbacks=sweep_summary",
+            "+callbacks.fault.kind=none,nan_weights,error,oom", "+callbacks.fault.step=8",
+            f"hydra.sweep.dir={sweep_dir}", *CSV_ONLY, *SMALL]  # fmt: skip
     return run_train(args, cwd=root), sweep_dir
 
 

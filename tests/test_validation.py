@@ -17,7 +17,9 @@ from involution.models import create_model
 from involution.train import SetupError, build_run
 from involution.validation import check_config, check_overrides, run_cli
 
-SMALL_MODEL = ["data.image_size=16", "model.base_width=16", "model.stem_width=8"]
+from conftest import CSV_ONLY, TINY_WIDTHS
+
+SMALL_MODEL = ["data.image_size=16", *TINY_WIDTHS]
 
 
 def one_line(error: BaseException) -> str:
@@ -57,8 +59,9 @@ def test_wrong_type_names_the_key_and_the_type(override: str, expected: str) -> 
 
 @pytest.mark.parametrize(
     ("override", "closest"),
-    [("trainer.max_epoch=3", "trainer.max_epochs"), ("operator.kernal_size=3", "operator.kernel_size"),
-     ("model.lr=0.1", "module.lr"), ("module.learning_rate=0.1", None), ("data.batchsize=8", "data.batch_size")],
+    [("trainer.max_epoch=3", "trainer.max_epochs"),
+     ("operator.kernal_size=3", "operator.kernel_size"), ("model.lr=0.1", "module.lr"),
+     ("module.learning_rate=0.1", None), ("data.batchsize=8", "data.batch_size")],
 )  # fmt: skip
 def test_mistyped_key_names_the_closest_valid_key(override: str, closest: str | None) -> None:
     with pytest.raises(SetupError) as error:
@@ -71,9 +74,10 @@ def test_mistyped_key_names_the_closest_valid_key(override: str, closest: str | 
 
 def test_valid_overrides_and_sweeps_pass_and_bad_sweep_values_do_not() -> None:
     check_overrides([
-        "trainer.max_epochs=3", "operator.group_channels=null", "module.warmup_epochs=0.5", "trainer.precision=16-mixed",
-        "trainer.limit_train_batches=0.25", "data=cifar10", "data.download=true", "+new_key=1", "model.checkpoint=/x.pth",
-        "hydra.run.dir=/tmp/x", "tags=[a,b]", "resume=never", "hydra/launcher=slurm", "experiment=cifar10",
+        "trainer.max_epochs=3", "operator.group_channels=null", "module.warmup_epochs=0.5",
+        "trainer.precision=16-mixed", "trainer.limit_train_batches=0.25", "data=cifar10",
+        "data.download=true", "+new_key=1", "model.checkpoint=/x.pth", "hydra.run.dir=/tmp/x",
+        "tags=[a,b]", "resume=never", "hydra/launcher=slurm", "experiment=cifar10",
     ])  # fmt: skip
     check_overrides(["-m", "operator.kernel_size=3,5", "data=digits,synthetic"])
     with pytest.raises(SetupError, match="operator.kernel_size=abc: expected an int"):
@@ -135,9 +139,9 @@ def test_output_directory_that_cannot_be_created_or_written(compose_train, tmp_p
     blocker.write_text("x")
     with pytest.raises(SetupError) as error:
         check_config(compose_train([f"paths.output_dir={blocker / 'run'}"]))
-    assert (
-        one_line(error.value)
-        == f"paths.output_dir={blocker / 'run'}: cannot be created, {blocker} is a file, not a directory"
+    assert one_line(error.value) == (
+        f"paths.output_dir={blocker / 'run'}: cannot be created, "
+        f"{blocker} is a file, not a directory"
     )
     with pytest.raises(
         SetupError, match=r"paths.output_dir=/proc/involution-run: cannot be written"
@@ -198,8 +202,8 @@ def test_bad_data_directory_names_it(compose_train, tmp_path: Path, case: str) -
 
 def test_good_image_folder_builds(compose_train, tmp_path: Path) -> None:
     data = _image_folder(tmp_path / "images")
-    run = build_run(compose_train(["data=imagenet", f"data.data_dir={data}", "data.image_size=16", "data.num_workers=0",
-                                   "model.base_width=16", "model.stem_width=8", "logger=csv"]))  # fmt: skip
+    overrides = ["data=imagenet", f"data.data_dir={data}", "data.num_workers=0", *SMALL_MODEL]
+    run = build_run(compose_train([*overrides, *CSV_ONLY]))
     assert run.datamodule.num_classes == 2 and len(run.datamodule.train_set) == 4
 
 
@@ -281,7 +285,8 @@ def test_cli_bad_value_leaves_an_existing_run_directory_untouched(tmp_path: Path
     before = _snapshot(run_dir)
     env = {**os.environ, "WANDB_MODE": "offline"}
     result = subprocess.run(
-        [sys.executable, "-m", "involution.train", f"hydra.run.dir={run_dir}", "operator.kernel_size=4"],
+        [sys.executable, "-m", "involution.train", f"hydra.run.dir={run_dir}",
+         "operator.kernel_size=4"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 2
