@@ -4,6 +4,8 @@
   (float64 gradcheck and gradgradcheck on odd sizes, strides, dilations, channels_last inputs),
   keeps no generated kernel alive between forward and backward, and works under
   ``torch.compile(fullgraph=True)``, CPU autocast and DDP;
+- ``Involution2d`` gives exactly Ho x Wo (the unfold spec's output) for odd and even sizes and
+  strides 1/2/3, and its pooling (``CeilAvgPool2d``) equals ``AvgPool2d(ceil_mode=True)``;
 - ``conv_bn`` / ``ConvBNReLU`` fold an eval-mode BN into the convolution exactly (float64) and stay
   differentiable; training mode runs the modules unchanged.
 """
@@ -19,7 +21,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from involution.layers import ConvBNReLU, Involution2d, conv_bn, fold_batch_norm, make_spatial_op
+from involution.layers import (
+    CeilAvgPool2d,
+    ConvBNReLU,
+    Involution2d,
+    conv_bn,
+    fold_batch_norm,
+    make_spatial_op,
+)
+from involution.ops import involution2d_reference
 
 # (channels, kernel_size, stride, group_channels, dilation, (H, W), channels_last)
 LAYER_CASES = [
@@ -78,7 +88,8 @@ def test_recompute_gives_the_plain_gradients(case, backend):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-# small enough for a full float64 Jacobian: (channels, K, stride, group channels, dilation, size, NHWC)
+# small enough for a full float64 Jacobian:
+# (channels, K, stride, group channels, dilation, size, NHWC)
 GRADCHECK_CASES = [(8, 3, 2, 4, 1, (5, 4), False), (8, 3, 1, 8, 2, (4, 5), True)]
 
 
@@ -193,6 +204,37 @@ def test_recompute_under_ddp(tmp_path):
     torch.testing.assert_close(dx, want_dx)
     for got, want in zip(dp, want_dp, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba_cpu"])
+@pytest.mark.parametrize(
+    ("kernel_size", "group_channels"), [(3, 4), (5, 8)], ids=["k3-nchw", "k5-nhwc"]
+)
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("size", [(7, 7), (8, 9), (13, 10)])
+def test_involution2d_layer_output_size(size, stride, kernel_size, group_channels, backend):
+    """Kernel generation yields exactly Ho x Wo for odd and even sizes, strides 1/2/3."""
+    torch.manual_seed(0)
+    layer = Involution2d(16, kernel_size, stride, group_channels, backend=backend).eval()
+    x = torch.randn(2, 16, *size)
+    out = layer(x)
+    assert out.shape == (2, 16, -(-size[0] // stride), -(-size[1] // stride))
+    pad = (kernel_size - 1) // 2
+    spec = involution2d_reference(x, layer.generate_kernel(x), (stride, stride), (pad, pad), (1, 1))
+    torch.testing.assert_close(out, spec, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_ceil_avg_pool_matches_avg_pool_ceil_mode(stride):
+    """Involution2d's pooling (written to compile correctly) equals AvgPool2d(ceil_mode=True)."""
+    x = torch.randn(2, 3, 7, 11, dtype=torch.float64, requires_grad=True)
+    want = torch.nn.AvgPool2d(stride, stride, ceil_mode=True)(x)
+    got = CeilAvgPool2d(stride)(x)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(
+        torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0]
+    )
 
 
 def _randomised_bn(channels: int) -> nn.BatchNorm2d:
