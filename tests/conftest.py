@@ -99,8 +99,8 @@ def run_module(
 
 @pytest.fixture(scope="session")
 def kernel_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """The kernel_reduction sweep narrowed to 2 x 2 on the command line (which wins over its params);
-    W&B offline. Shared by the sweep summary and the dashboard tests."""
+    """The kernel_reduction sweep narrowed to 2 x 2 on the command line (which wins over its
+    params); W&B offline. Shared by the sweep summary and the dashboard tests."""
     root = tmp_path_factory.mktemp("sweep")
     sweep_dir = root / "multirun" / "2030-01-02" / "03-04-05"
     args = [
@@ -138,7 +138,8 @@ def compose_entry(config_name: str, run_dir: Path, overrides: list[str]) -> Dict
 
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """compose_train(overrides) -> the train config, with Hydra's runtime set to a temporary run dir."""
+    """compose_train(overrides) -> the train config, with Hydra's runtime set to a temporary run
+    dir."""
     yield lambda overrides=None: compose_entry("train", tmp_path / "run", overrides or [])
     GlobalHydra.instance().clear()
 

@@ -37,7 +37,8 @@ CASES = [
 
 
 def plain_attention(layer: LocalSelfAttention2d, x: torch.Tensor) -> torch.Tensor:
-    """SASA written directly: y_ij = sum_ab softmax_ab(q_ij . (k_ab + r_{a-i, b-j})) v_ab with unfold."""
+    """SASA written directly, with unfold:
+    y_ij = sum_ab softmax_ab(q_ij . (k_ab + r_{a-i, b-j})) v_ab."""
     n, c, h, w = x.shape
     k, s, d, g = layer.kernel_size, layer.stride, layer.dilation, layer.heads
     p, dh = d * (k - 1) // 2, c // g

@@ -201,8 +201,8 @@ def test_operator_sweep_gets_bars_and_one_macs_line_per_operator(tmp_path: Path)
     import pandas as pd
 
     frame = pd.DataFrame({
-        "job": [0, 1, 2], "operator": ["involution", "convolution", "attention"], "status": ["ok"] * 3,
-        "best_val_top1": [0.9, 0.8, 0.85], "macs": [2.0e7, 4.0e7, 3.0e7],
+        "job": [0, 1, 2], "operator": ["involution", "convolution", "attention"],
+        "status": ["ok"] * 3, "best_val_top1": [0.9, 0.8, 0.85], "macs": [2.0e7, 4.0e7, 3.0e7],
         "name": ["involution-d1-gc16-k7-r4", "convolution-d1-g1-k3", "attention-d1-h8-k7"],
     })  # fmt: skip
     sweep = dashboard.Sweep(

@@ -76,7 +76,8 @@ def _write_cifar(
 def test_cifar_reads_the_torchvision_format(
     tmp_path, monkeypatch, name, folder, label_key, num_classes
 ) -> None:
-    # Real archives carry md5 sums we cannot reproduce for tiny files; everything else is the real path.
+    # Real archives carry md5 sums we cannot reproduce for tiny files; everything else is the real
+    # path.
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
     _write_cifar(tmp_path, folder, label_key, num_classes, np.random.default_rng(0))
     dm = CIFARDataModule(name=name, data_dir=str(tmp_path), batch_size=4, num_workers=0, val_size=5)

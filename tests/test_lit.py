@@ -1,4 +1,5 @@
-"""The training recipe: linear warm-up from 0.25 x lr, cosine to zero, lr scaled by the total batch."""
+"""The training recipe: linear warm-up from 0.25 x lr, cosine to zero, lr scaled by the total
+batch."""
 
 from __future__ import annotations
 

@@ -279,7 +279,8 @@ def test_features_bad_out_indices(bad):
         (
             "rednet26",
             {"operator": {"group_channels": 48}},
-            r"stem\.1 \(spatial op with 32 channels\): operator\.group_channels=48 must divide the 32 channels",
+            r"stem\.1 \(spatial op with 32 channels\): "
+            r"operator\.group_channels=48 must divide the 32 channels",
         ),
         (
             "rednet26",

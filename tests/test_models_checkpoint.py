@@ -1,10 +1,11 @@
 """Checkpoint import: official mmcls RedNet layout, torchvision ResNet, native and Lightning files.
 
 The official network is rebuilt here with the official module names and structure (mmcv-style
-ConvModule with ``.conv``/``.bn``/``.activate``, the official ``involution`` with ``conv1``/``conv2``
-ConvModules and the unfold aggregation, mmcls Bottleneck/ResLayer, ``stem`` + separate ``maxpool``,
-GlobalAveragePooling neck and ``head.fc``), given random weights and random BatchNorm statistics,
-and saved in the official ``{'state_dict': {'backbone.…', 'head.fc.…'}, 'meta': …}`` format.
+ConvModule with ``.conv``/``.bn``/``.activate``, the official ``involution`` with
+``conv1``/``conv2`` ConvModules and the unfold aggregation, mmcls Bottleneck/ResLayer, ``stem`` +
+separate ``maxpool``, GlobalAveragePooling neck and ``head.fc``), given random weights and random
+BatchNorm statistics, and saved in the official
+``{'state_dict': {'backbone.…', 'head.fc.…'}, 'meta': …}`` format.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The notebooks run headless (nbclient) against a tiny real sweep and checkpoints, save every figure
-as a non-blank PNG, stop bad input with one line in the first cell that needs it, and are committed
-without outputs."""
+"""The notebooks run headless (nbclient) against a tiny real sweep and checkpoints, save every
+figure as a non-blank PNG, stop bad input with one line in the first cell that needs it, and are
+committed without outputs."""
 
 from __future__ import annotations
 
@@ -141,7 +141,8 @@ def test_committed_notebook_has_no_outputs(path: Path) -> None:
         and (cell.get("outputs") or cell.get("execution_count") is not None)
     ]
     assert not dirty, (
-        f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing "
+        f"{path.name}: cells {dirty} carry outputs or execution counts; "
+        "clear them before committing "
         f"(python -m involution.analysis.nbtools --strip {path.relative_to(REPO)})"
     )
 

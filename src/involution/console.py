@@ -49,7 +49,8 @@ def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, resolve: bo
 def print_config_tree(
     cfg: DictConfig, save_dir: str | Path | None = None, resolve: bool = True
 ) -> Path | None:
-    """Print the config tree (without the ``hydra`` node) and write it to ``save_dir/config_tree.log``."""
+    """Print the config tree (without the ``hydra`` node) and write it to
+    ``save_dir/config_tree.log``."""
     import rich
     from rich.console import Console
 

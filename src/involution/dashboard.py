@@ -1,8 +1,9 @@
 """A W&B dashboard for a sweep, built with W&B's own ``wandb-workspaces`` library.
 
-``python -m involution.dashboard [multirun dir]`` (``make dashboard DIR=multirun/train/<date>/<time>``;
-default: the latest multirun). The sweep's jobs are W&B runs in one group (involution.loggers);
-the dashboard is a saved W&B *workspace view* of that group with three sections:
+``python -m involution.dashboard [multirun dir]``
+(``make dashboard DIR=multirun/train/<date>/<time>``; default: the latest multirun). The sweep's
+jobs are W&B runs in one group (involution.loggers); the dashboard is a saved W&B *workspace
+view* of that group with three sections:
 
 - **Ablation**: best val top-1 against the first numeric swept key, one line per value of the
   other swept keys (kernel_reduction: against kernel size, one line per reduction ratio); a
@@ -107,7 +108,8 @@ def read_sweep(root: str | Path, project: str | None = None, entity: str | None 
     wandb_cfg = (config.get("logger") or {}).get("wandb")
     if wandb_cfg is None and project is None:
         raise DashboardError(
-            f"{root}: the sweep logged no W&B runs (logger has no wandb entry); rerun it with logger=default"
+            f"{root}: the sweep logged no W&B runs (logger has no wandb entry); "
+            "rerun it with logger=default"
         )
     wandb_cfg = wandb_cfg or {}
     master = runs.read_yaml(root / "multirun.yaml")
@@ -321,7 +323,8 @@ def definition(workspace: ws.Workspace) -> dict[str, Any]:
 
 
 def load_definition(path: str | Path) -> ws.Workspace:
-    """A workspace back from ``dashboard.json`` (e.g. to save it later: ``load_definition(p).save()``)."""
+    """A workspace back from ``dashboard.json`` (e.g. to save it later:
+    ``load_definition(p).save()``)."""
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces.workspaces import internal
 
@@ -420,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dashboard: {workspace.url}")
         return 0
     print(
-        "W&B is offline: the jobs' runs and the summary run are on disk. When logged in (wandb login):\n"
+        "W&B is offline: the jobs' runs and the summary run are on disk. "
+        "When logged in (wandb login):\n"
         f"  wandb sync {root}/*/wandb/offline-run-* {run_dir}\n"
         f"  make dashboard DIR={root}\n"
         "(the second command saves the workspace and prints its URL)"

@@ -56,7 +56,8 @@ def read_checkpoint(path: str | None) -> dict[str, Any]:
     """The checkpoint object (tensors and plain containers only: ``weights_only=True``)."""
     if not path:
         raise SetupError(
-            "ckpt_path is not set: make eval CKPT=<file> (or python -m involution.eval ckpt_path=<file>)"
+            "ckpt_path is not set: make eval CKPT=<file> "
+            "(or python -m involution.eval ckpt_path=<file>)"
         )
     file = Path(path)
     if not file.is_file():
@@ -66,7 +67,8 @@ def read_checkpoint(path: str | None) -> dict[str, Any]:
     except Exception as error:  # a truncated file, a pickle of other objects, not a torch file
         text = str(error).strip().splitlines()
         raise SetupError(
-            f"ckpt_path={path!r} is not a loadable checkpoint: {type(error).__name__}: {text[0] if text else ''}"
+            f"ckpt_path={path!r} is not a loadable checkpoint: "
+            f"{type(error).__name__}: {text[0] if text else ''}"
         ) from None
     if not isinstance(obj, dict):
         raise SetupError(
@@ -110,13 +112,14 @@ def check_fits_data(
     if head is not None and head.shape[0] != datamodule.num_classes:
         raise SetupError(
             f"data={data} has {datamodule.num_classes} classes but checkpoint {path!r} classifies "
-            f"{head.shape[0]} (fc.weight {tuple(head.shape)}); choose a data group with {head.shape[0]} classes"
+            f"{head.shape[0]} (fc.weight {tuple(head.shape)}); "
+            f"choose a data group with {head.shape[0]} classes"
         )
     convs = [v for k, v in state.items() if v.ndim == 4 and k.startswith("stem.")]
     if convs and convs[0].shape[1] != datamodule.in_channels:
         raise SetupError(
-            f"data={data} has {datamodule.in_channels}-channel images but checkpoint {path!r} takes "
-            f"{convs[0].shape[1]} channels"
+            f"data={data} has {datamodule.in_channels}-channel images but checkpoint {path!r} "
+            f"takes {convs[0].shape[1]} channels"
         )
 
 
@@ -128,10 +131,12 @@ def mismatch_line(error: CheckpointMismatchError, path: str, arguments: dict[str
     operator = arguments.get("operator", {})
     hyper = ", ".join(f"{k}={v}" for k, v in operator.items() if k not in ("name", "backend"))
     return (
-        f"ckpt_path={path!r} does not fit model={arguments['name']} (operator={operator.get('name')}"
-        f"{', ' + hyper if hyper else ''}; stem={arguments.get('stem')}, base_width={arguments.get('base_width')}): "
-        f"{len(error.missing)} missing, {len(error.unexpected)} unexpected, {len(error.mismatched)} "
-        f"mismatched keys, e.g. {first}; set model=/operator=/experiment= to the checkpoint's architecture"
+        f"ckpt_path={path!r} does not fit model={arguments['name']} "
+        f"(operator={operator.get('name')}{', ' + hyper if hyper else ''}; "
+        f"stem={arguments.get('stem')}, base_width={arguments.get('base_width')}): "
+        f"{len(error.missing)} missing, {len(error.unexpected)} unexpected, "
+        f"{len(error.mismatched)} mismatched keys, e.g. {first}; "
+        "set model=/operator=/experiment= to the checkpoint's architecture"
     )
 
 

@@ -47,7 +47,8 @@ class Preempted(Exception):
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
-    """``<dirpath of the first ModelCheckpoint>/last.ckpt`` (else ``<default_root_dir>/checkpoints``)."""
+    """``<dirpath of the first ModelCheckpoint>/last.ckpt`` (else
+    ``<default_root_dir>/checkpoints``)."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return (
@@ -110,8 +111,8 @@ class RunGuard(Callback):
             trainer.global_step,
             path,
         )
-        # Raised at the next hook: Lightning logs this batch's metrics after on_train_batch_end,
-        # and they belong to the steps before the checkpoint (a resumed run does not log them again).
+        # Raised at the next hook: Lightning logs this batch's metrics after on_train_batch_end, and
+        # they belong to the steps before the checkpoint (a resumed run does not log them again).
         self._stop = Preempted(signum, trainer.global_step, path)
 
     def _stop_now(self, trainer: L.Trainer) -> None:
@@ -151,7 +152,8 @@ class RunGuard(Callback):
         for name, parameter in pl_module.named_parameters():
             if not torch.isfinite(parameter).all():
                 raise Diverged(
-                    f"parameter {name} is not finite at step {trainer.global_step}; checkpoint not written",
+                    f"parameter {name} is not finite at step {trainer.global_step}; "
+                    "checkpoint not written",
                     trainer.global_step,
                 )
         for logger in trainer.loggers:

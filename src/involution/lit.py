@@ -1,4 +1,5 @@
-"""LightningModule: the paper's recipe (label-smoothed CE, Nesterov SGD, warm-up + cosine), top-1/5."""
+"""LightningModule: the paper's recipe (label-smoothed CE, Nesterov SGD, warm-up + cosine),
+top-1/5."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from involution.models import create_model
 class ImageClassifier(L.LightningModule):
     """Wraps a registry model built from ``model`` (``create_model`` keyword arguments).
 
-    Storing the model's arguments (not the module) in the hyperparameters means any checkpoint can be
-    rebuilt with ``ImageClassifier.load_from_checkpoint(path)`` and no Hydra.
-    ``lr`` is the learning rate for a total batch of ``lr_reference_batch``; it is scaled linearly by
-    the real total batch (per-device batch x devices x nodes x accumulation), as in the paper.
+    Storing the model's arguments (not the module) in the hyperparameters means any checkpoint can
+    be rebuilt with ``ImageClassifier.load_from_checkpoint(path)`` and no Hydra.
+    ``lr`` is the learning rate for a total batch of ``lr_reference_batch``; it is scaled linearly
+    by the real total batch (per-device batch x devices x nodes x accumulation), as in the paper.
     """
 
     def __init__(

@@ -24,7 +24,8 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 def wandb_api_key_configured() -> bool:
-    """True when W&B has a key: WANDB_API_KEY, or a ~/.netrc entry for the W&B host (``wandb login``)."""
+    """True when W&B has a key: WANDB_API_KEY, or a ~/.netrc entry for the W&B host
+    (``wandb login``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
@@ -203,7 +204,9 @@ def build_loggers(
         ValueError: an entry has no ``_target_``.
 
     Example:
-        >>> build_loggers(cfg.logger, run_identity(cfg.operator, "train", None), [])  # doctest: +SKIP
+        >>> build_loggers(  # doctest: +SKIP
+        ...     cfg.logger, run_identity(cfg.operator, "train", None), []
+        ... )
     """
     context = RunContext(dict(identity), tuple(extra_tags), wandb_id, resume_step)
     loggers: list[Logger] = []

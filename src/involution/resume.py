@@ -75,7 +75,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LoaderStateOnResume(Callback):
-    """Hands the training loader its checkpointed position (``involution.data.base.ResumableLoader``).
+    """Hands the training loader its checkpointed position
+    (``involution.data.base.ResumableLoader``).
 
     Lightning restores loader states only while building the loader after the loops are restored;
     a module that asks ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` (ours:
@@ -108,7 +109,8 @@ class LoaderStateOnResume(Callback):
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Every checkpoint of a run directory: ``checkpoints/*.ckpt`` and Lightning's SLURM ``hpc_ckpt_*``."""
+    """Every checkpoint of a run directory: ``checkpoints/*.ckpt`` and Lightning's SLURM
+    ``hpc_ckpt_*``."""
     root = Path(run_dir)
     return sorted([*(root / CHECKPOINTS).glob("*.ckpt"), *root.glob("hpc_ckpt_*.ckpt")])
 
@@ -130,7 +132,8 @@ def wandb_run_id(checkpoint: str | Path) -> str | None:
 
 def unfinished_runs(base: str | Path) -> list[Path]:
     """Run directories under ``base`` whose job.json is not ok (nor diverged) and that hold a
-    checkpoint, newest first; a run whose recorded process is still alive on this host is skipped."""
+    checkpoint, newest first; a run whose recorded process is still alive on this host is
+    skipped."""
     found = []
     for record_path in Path(base).glob("**/" + RECORD):
         run_dir = record_path.parent
@@ -176,7 +179,8 @@ def resume_argv(args: Sequence[str]) -> list[str]:
             raise ResumeError(f"resume={value}: no such run directory")
         if latest_checkpoint(run_dir) is None:
             raise ResumeError(
-                f"resume={value}: the directory holds no checkpoint (checkpoints/last.ckpt) to continue from"
+                f"resume={value}: the directory holds no checkpoint (checkpoints/last.ckpt) "
+                "to continue from"
             )
     saved_path = run_dir / ".hydra" / "overrides.yaml"
     saved = [str(o) for o in OmegaConf.load(saved_path)] if saved_path.is_file() else []

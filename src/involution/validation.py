@@ -110,7 +110,8 @@ def _expected(reference: DictConfig, key: str) -> tuple[Any, bool] | None:
 
 
 def matches(value: Any, annotation: Any) -> bool:
-    """Whether a command-line value fits a type annotation (unknown classes are given the benefit)."""
+    """Whether a command-line value fits a type annotation (unknown classes are given the
+    benefit)."""
     if annotation is Any:
         return True
     origin = typing.get_origin(annotation)
@@ -137,8 +138,8 @@ def matches(value: Any, annotation: Any) -> bool:
 
 def describe(annotation: Any) -> str:
     """``Optional[int]`` -> ``an int or null``."""
-    names = {int: "an int", float: "a number", bool: "true or false", str: "a string", type(None): "null",
-             list: "a list", dict: "a mapping"}  # fmt: skip
+    names = {int: "an int", float: "a number", bool: "true or false", str: "a string",
+             type(None): "null", list: "a list", dict: "a mapping"}  # fmt: skip
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         parts = list(dict.fromkeys(describe(arg) for arg in typing.get_args(annotation)))
@@ -183,7 +184,8 @@ def _compose(config_module: str, config_name: str, overrides: list[str]) -> Dict
 def check_overrides(
     args: Sequence[str], config_name: str = "train", config_module: str = "involution.conf"
 ) -> None:
-    """Raise SetupError for a mistyped key or a value of the wrong type among command-line overrides.
+    """Raise SetupError for a mistyped key or a value of the wrong type among command-line
+    overrides.
 
     Anything this cannot judge (Hydra flags, parse errors, unknown group options) is left to
     Hydra, which reports it itself.
@@ -349,7 +351,8 @@ def check_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     if resume not in RESUME_MODES:
         raise SetupError(
             f"resume={resume}: inside a config it must be one of {', '.join(RESUME_MODES)} "
-            "(a run directory or 'latest' is a command-line form: python -m involution.train resume=DIR)"
+            "(a run directory or 'latest' is a command-line form: "
+            "python -m involution.train resume=DIR)"
         )
     existing = run_checkpoints(output) if Path(output).is_dir() else []
     ckpt_path = OmegaConf.select(cfg, "ckpt_path")
@@ -402,7 +405,8 @@ def fail(message: str, status: int = 2) -> typing.NoReturn:
 
 
 class Preflight(Callback):
-    """Hydra callback: :func:`check_config` before a single run's directory is created or written."""
+    """Hydra callback: :func:`check_config` before a single run's directory is created or
+    written."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig

@@ -1,4 +1,5 @@
-"""What a trained network computes: the involution kernels it generates, the filters a convolution learned.
+"""What a trained network computes: the involution kernels it generates, the filters a
+convolution learned.
 
 - ``load_involution_model`` / ``load_convolution_model``: a checkpoint of ``involution.train`` ->
   the network in eval mode, or one line saying why the checkpoint does not fit.
@@ -95,8 +96,9 @@ def load_classifier(checkpoint: PathLike) -> LoadedModel:
     if missing or unexpected or mismatched:
         example = (mismatched or missing or unexpected)[0]
         raise CheckpointError(
-            f"{path}: its weights do not fit the {model_args.get('name')} its hyperparameters describe "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} of another shape, "
+            f"{path}: its weights do not fit the {model_args.get('name')} its hyperparameters "
+            f"describe ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} of another shape, "
             f"e.g. {example})"
         )
     module.load_state_dict(state["state_dict"], strict=False)
@@ -225,7 +227,8 @@ def sample_images(
     expected = model.hparams["model"].get("in_channels", 3)
     if images_t.shape[1] != expected:
         raise AnalysisError(
-            f"the model takes {expected}-channel images, the data set gives {images_t.shape[1]} channels"
+            f"the model takes {expected}-channel images, "
+            f"the data set gives {images_t.shape[1]} channels"
         )
     return images_t, torch.as_tensor(labels)
 
@@ -298,7 +301,8 @@ class LayerKernels:
         return self.kernel[sample, group, :, :, i, j]
 
     def window_extent(self, pixel: tuple[int, int]) -> tuple[float, float, float, float]:
-        """(left, right, bottom, top) of the kernel's window in image coordinates (imshow extent)."""
+        """(left, right, bottom, top) of the kernel's window in image coordinates (imshow
+        extent)."""
         sy, sx = self.scale()
         i, j = self.position(pixel)
         k, d = self.kernel_size, self.dilation

@@ -1,4 +1,5 @@
-"""Keep notebooks free of outputs: ``python -m involution.analysis.nbtools --strip notebooks/*.ipynb``.
+"""Keep notebooks free of outputs:
+``python -m involution.analysis.nbtools --strip notebooks/*.ipynb``.
 
 The notebooks are committed without outputs or execution counts (tests/test_notebooks.py checks);
 this clears them in place, like Jupyter Lab's "Clear All Outputs", without starting a kernel.

@@ -1,5 +1,6 @@
 """Figures for the notebooks. Each function returns a ``matplotlib.figure.Figure`` drawn on the
-Agg canvas (no pyplot, no global state, works headless); ``show`` saves it as PNG and displays it."""
+Agg canvas (no pyplot, no global state, works headless); ``show`` saves it as PNG and displays
+it."""
 
 from __future__ import annotations
 

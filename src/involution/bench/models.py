@@ -1,4 +1,5 @@
-"""Model benchmark: training step, inference and peak memory of the zoo next to torchvision's ResNet-50.
+"""Model benchmark: training step, inference and peak memory of the zoo next to torchvision's
+ResNet-50.
 
     python -m involution.bench.models [--quick] [--models rednet50 ...] [--batches 8 32]
                                       [--modes eager compile] [--processes 3] [--reps 5]
@@ -21,8 +22,9 @@ yardstick, random 224x224 images, 1000 classes.
 - GPU (``--device cuda``): AMP (``--amp bf16 fp16``) with channels_last models and inputs;
   fp16 trains with a GradScaler.
 
-Results: JSON records (``benchmarks.models.json`` beside ``benchmarks.md``) and this benchmark's section of the
-markdown file, with every row's ratio to torchvision's ResNet-50 at the same batch and mode.
+Results: JSON records (``benchmarks.models.json`` beside ``benchmarks.md``) and this benchmark's
+section of the markdown file, with every row's ratio to torchvision's ResNet-50 at the same batch
+and mode.
 """
 
 from __future__ import annotations
@@ -233,8 +235,9 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- Versions: {report.versions_line(meta['versions'])}",
         f"- Load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}",
         "- Method: each model as `create_model(name)` builds it (torchvision's `resnet50()` as the "
-        f"yardstick), {meta['image_size']}x{meta['image_size']} random images, 1000 classes. Training step = forward + "
-        "cross-entropy + backward + SGD step; inference = eval-mode forward under `no_grad`. "
+        f"yardstick), {meta['image_size']}x{meta['image_size']} random images, 1000 classes. "
+        "Training step = forward + cross-entropy + backward + SGD step; "
+        "inference = eval-mode forward under `no_grad`. "
         f"Every (model, batch, mode) alone in a fresh process, {meta['processes']} process(es) per "
         f"model alternating round by round, {meta['warmup']} warm-up and {meta['reps']} timed "
         "repetitions each, the heap held steady within a process; times are each process's "

@@ -545,9 +545,9 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     gpu_summary = _gpu_summary(rows)
     if gpu_summary:
         lines += [
-            "Targets (numba_cuda forward+backward at batch 64 in float32 and bfloat16: within 2x of "
-            "the bandwidth floor, at least 5x faster than the unfold reference, at most 1.5x the "
-            "depthwise conv):",
+            "Targets (numba_cuda forward+backward at batch 64 in float32 and bfloat16: within 2x "
+            "of the bandwidth floor, at least 5x faster than the unfold reference, at most 1.5x "
+            "the depthwise conv):",
             "",
             *gpu_summary,
             "",

@@ -35,7 +35,8 @@ def read_sections(text: str) -> dict[str, str]:
 
 
 def write_section(path: Path, body: str, name: str) -> None:
-    """Replace (or append) section ``name`` of ``path`` with ``body``, leaving the rest untouched."""
+    """Replace (or append) section ``name`` of ``path`` with ``body``, leaving the rest
+    untouched."""
     begin, end = markers(name)
     section = f"{begin}\n{body.rstrip()}\n{end}\n"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"

@@ -1,4 +1,5 @@
-"""LightningDataModules: digits (embedded default), CIFAR-10/100, ImageFolder (ImageNet), synthetic."""
+"""LightningDataModules: digits (embedded default), CIFAR-10/100, ImageFolder (ImageNet),
+synthetic."""
 
 from involution.data.cifar import CIFARDataModule
 from involution.data.digits import DigitsDataModule

@@ -125,7 +125,8 @@ class ResumableLoader(DataLoader):
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in setup."""
+    """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in
+    setup."""
 
     num_classes: int
     in_channels: int

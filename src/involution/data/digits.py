@@ -30,7 +30,8 @@ class _Augmented(Dataset):
 
 
 class DigitsDataModule(ClassificationDataModule):
-    """Digits resized to ``image_size`` (1 channel), split train/val/test by a stratified, seeded split."""
+    """Digits resized to ``image_size`` (1 channel), split train/val/test by a stratified, seeded
+    split."""
 
     num_classes = 10
     in_channels = 1

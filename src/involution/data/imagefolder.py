@@ -17,12 +17,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageFolderDataModule(ClassificationDataModule):
-    """Standard ImageNet augmentation: RandomResizedCrop + flip for train; resize + center crop for eval.
+    """Standard ImageNet augmentation: RandomResizedCrop + flip for train; resize + center crop
+    for eval.
 
     ImageNet's test labels are not public, so ``val/`` serves as both validation and test set.
     With ``verify_images`` (default) every image's header and structure is checked with PIL before
-    training (threads; about a minute for ImageNet's 1.3 M files on a local disk), so an unreadable or
-    corrupt file stops the run at once with its path instead of failing hours in.
+    training (threads; about a minute for ImageNet's 1.3 M files on a local disk), so an unreadable
+    or corrupt file stops the run at once with its path instead of failing hours in.
     """
 
     in_channels = 3
@@ -43,7 +44,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         for split in ("train", "val"):
             if not (self.data_dir / split).is_dir():
                 raise FileNotFoundError(
-                    f"data.data_dir={str(self.data_dir)!r} must contain {split}/ with one folder per class"
+                    f"data.data_dir={str(self.data_dir)!r} must contain {split}/ "
+                    "with one folder per class"
                 )
         try:
             self.num_classes = len(datasets.folder.find_classes(str(self.data_dir / "train"))[0])

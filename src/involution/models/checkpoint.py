@@ -38,7 +38,8 @@ _TORCHVISION_STEM = {"0": "conv1", "1": "bn1"}
 
 
 class CheckpointMismatchError(RuntimeError):
-    """The checkpoint does not fit the model; ``missing``, ``unexpected``, ``mismatched`` say how."""
+    """The checkpoint does not fit the model; ``missing``, ``unexpected``, ``mismatched`` say
+    how."""
 
     def __init__(
         self,
@@ -74,7 +75,8 @@ class CheckpointMismatchError(RuntimeError):
         self.source = source
 
     def one_line(self, limit: int = 400) -> str:
-        """The same report on one line (the first few keys of each kind), for command-line errors."""
+        """The same report on one line (the first few keys of each kind), for command-line
+        errors."""
 
         def few(items: list[str]) -> str:
             shown = ", ".join(items[:3])
@@ -124,8 +126,9 @@ def read_checkpoint(source: PathLike, mmap: bool = False) -> Any:
         )
         reason = reason.replace("unsupported GLOBAL", "Unsupported global: GLOBAL")
         raise CheckpointFileError(
-            f"checkpoint {path!r} cannot be loaded with weights_only=True: it holds pickled code or "
-            f"objects other than tensors and plain containers ({reason}); re-save it with plain dicts"
+            f"checkpoint {path!r} cannot be loaded with weights_only=True: it holds pickled code "
+            f"or objects other than tensors and plain containers ({reason}); "
+            "re-save it with plain dicts"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -17,13 +17,15 @@ def count_params(model: nn.Module) -> int:
 
 
 def _op_name(op: object) -> str:
-    """'namespace::name' of an OpOverloadPacket (e.g. 'aten::convolution', 'involution::involution2d')."""
+    """'namespace::name' of an OpOverloadPacket (e.g. 'aten::convolution',
+    'involution::involution2d')."""
     name = getattr(op, "_qualified_op_name", None)
     return name if isinstance(name, str) else str(op)
 
 
 def _is_aggregation(op_name: str) -> bool:
-    """The involution aggregation op itself (not its gradient ops, which attention uses for logits)."""
+    """The involution aggregation op itself (not its gradient ops, which attention uses for
+    logits)."""
     return op_name == "involution::involution2d"
 
 

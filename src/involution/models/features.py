@@ -1,4 +1,5 @@
-"""Backbones: the stage feature maps of a ``BottleneckNet`` (``create_model(..., features_only=True)``)."""
+"""Backbones: the stage feature maps of a ``BottleneckNet``
+(``create_model(..., features_only=True)``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from involution.models.network import BottleneckNet, in_memory_format
 
 
 class FeatureInfo(list):
-    """One dict per returned feature map: ``num_chs``, ``reduction`` (stride), ``module``, ``index``.
+    """One dict per returned feature map: ``num_chs``, ``reduction`` (stride), ``module``,
+    ``index``.
 
     timm-compatible accessors ``channels()`` and ``reduction()``; ``strides()`` is an alias.
     """
