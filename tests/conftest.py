@@ -144,10 +144,6 @@ def compose_train(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
-# W&B start-up costs seconds per job; only the tests that read W&B runs pay it.
-CSV_ONLY = ["logger=csv"]
-
-
 def run_tiny_sweep(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
     """``python -m involution.train *args`` as a tiny CSV-only multirun into ``tmp_path/multirun``
     (args name the sweep: ``-m`` and the swept values, or an ``hparams_search``)."""
