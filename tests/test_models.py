@@ -326,14 +326,32 @@ def test_bad_hyperparameters_name_stage_and_key(name, overrides, message):
         meta_model(name, **overrides)
 
 
-@pytest.mark.parametrize("memory_format", ["keep", "auto", "channels_last", "contiguous"])
-def test_memory_format_changes_layout_not_values(memory_format):
-    """auto on the CPU and channels_last compute channels_last, keep (the default) the input's
-    format; every format gives the same values in float64, in training (with gradients) and in
-    eval mode (BN folded)."""
+@pytest.mark.parametrize(
+    "memory_format, flush, expected",
+    [
+        ("keep", True, False),
+        ("auto", True, True),  # training (involution.train) flushes denormals
+        ("auto", False, False),  # without that, channels_last would crawl on denormals
+        ("channels_last", False, True),
+        ("contiguous", True, False),
+    ],
+)
+def test_memory_format_changes_layout_not_values(memory_format, flush, expected):
+    """auto (the default) computes channels_last on the CPU when the model is built while
+    denormals are flushed, the input's format otherwise; channels_last forces it, keep and
+    contiguous do not; every format gives the same values in float64, in training (with
+    gradients) and in eval mode (BN folded)."""
     torch.manual_seed(0)
-    reference = create_model("rednet26", num_classes=7, stem="small", memory_format="contiguous")
-    model = create_model("rednet26", num_classes=7, stem="small", memory_format=memory_format)
+    torch.set_flush_denormal(flush)
+    try:
+        reference = create_model(
+            "rednet26", num_classes=7, stem="small", memory_format="contiguous"
+        )
+        model = create_model("rednet26", num_classes=7, stem="small", memory_format=memory_format)
+        default = create_model("rednet26", num_classes=7, stem="small")
+    finally:
+        torch.set_flush_denormal(False)
+    assert default.memory_format == "auto" and default.layout == ("auto" if flush else "keep")
     model.load_state_dict(reference.state_dict())
     reference, model = reference.double(), model.double()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
@@ -342,8 +360,6 @@ def test_memory_format_changes_layout_not_values(memory_format):
     for train in (True, False):
         reference.train(train), model.train(train)
         torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
-    channels_last = seen[0].is_contiguous(memory_format=torch.channels_last)
-    assert channels_last == (memory_format in ("auto", "channels_last"))
-    assert create_model("rednet26").memory_format == "keep"
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) == expected
     with pytest.raises(ValueError, match="memory_format must be one of"):
         create_model("rednet26", memory_format="nhwc")

@@ -5,9 +5,10 @@ ResNet-50.
                                       [--modes eager compile] [--processes 3] [--reps 5]
                                       [--device cpu|cuda] [--output docs/benchmarks.md]
 
-What a user gets: each model as ``create_model(name)`` builds it (its defaults: memory-lean
-involution, BN folded in eval mode, channels_last on the CPU), torchvision's ``resnet50()`` as the
-yardstick, random 224x224 images, 1000 classes.
+What a user of ``make train`` gets: each model as ``create_model(name)`` builds it (its
+defaults: memory-lean involution, BN folded in eval mode, ``memory_format=auto``) in a process
+that flushes denormals as ``involution.train`` does (so ``auto`` is channels_last on the CPU),
+torchvision's ``resnet50()`` as the yardstick, random 224x224 images, 1000 classes.
 
 - Training step: forward + cross-entropy + backward + SGD step (momentum, weight decay), after
   warm-up; inference: forward in eval mode under ``no_grad``.
@@ -85,6 +86,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     (``model``, ``batch``, ``mode``, ``reps``, ``warmup``, ``device``, ``amp``)."""
     from involution.bench.ops import cuda_peak_memory, peak_memory, steady_heap
 
+    # as involution.train does (flush_denormal: true), before the model is built: the default
+    # memory_format=auto is channels_last on the CPU only in that mode
+    torch.set_flush_denormal(True)
     device = torch.device(spec["device"])
     amp = spec.get("amp")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

@@ -58,7 +58,7 @@ class BottleneckFeatures(nn.Module):
         self.out_indices = check_out_indices(out_indices)
         self.depth, self.operator, self.stem_kind = net.depth, net.operator, net.stem_kind
         self.stem = net.stem
-        self.memory_format = net.memory_format
+        self.memory_format, self.layout = net.memory_format, net.layout
         self.num_stages = max(self.out_indices) + 1
         for index in range(self.num_stages):
             self.add_module(f"layer{index + 1}", getattr(net, f"layer{index + 1}"))
@@ -73,7 +73,7 @@ class BottleneckFeatures(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(in_memory_format(x, self.memory_format))
+        x = self.stem(in_memory_format(x, self.layout))
         stages = []
         for index in range(self.num_stages):
             x = getattr(self, f"layer{index + 1}")(x)

@@ -22,20 +22,38 @@ STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
 }
 
 
-def in_memory_format(x: torch.Tensor, memory_format: str) -> torch.Tensor:
-    """The input in the memory format a network computes in.
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal(True)``):
+    a denormal times two gives zero only then."""
+    return float(torch.tensor([1e-39]) * 2) == 0.0
 
-    ``keep`` (the default): the input's own format. ``auto``: channels_last on the CPU, where
-    oneDNN's convolutions and the Numba involution kernels both work natively in NHWC (RedNet-50's
-    first training steps at 224x224 0.90x torchvision ResNet-50's time against ~1.04x in NCHW,
-    docs/benchmarks.md), the input's own format elsewhere (the CUDA kernels are NCHW). Not the
-    default: once a model fits, denormal gradients made channels_last training ~10x slower
-    unless denormals are flushed (``torch.set_flush_denormal(True)``, which ``involution.train``
-    sets; a model constructor should not). ``channels_last`` and ``contiguous`` force one.
+
+def resolve_memory_format(memory_format: str) -> str:
+    """``memory_format`` as a network applies it: ``auto`` stays ``auto`` (channels_last on the
+    CPU) only while denormals are flushed, and becomes ``keep`` otherwise.
+
+    channels_last on the CPU: oneDNN's convolutions and the Numba involution kernels both work
+    natively in NHWC (at 224x224, RedNet-50's training step 0.90x torchvision ResNet-50's time in
+    channels_last against ~1.1x in NCHW, docs/benchmarks.md). But once a model fits, its
+    gradients shrink into the denormal range, and there channels_last training ran ~10x slower
+    (digits: 0.5 s to 5 s per step) unless denormals are flushed, which ``involution.train``
+    does (``flush_denormal: true``) and a model constructor should not do behind a user's back.
     """
-    if memory_format == "channels_last" or (memory_format == "auto" and x.device.type == "cpu"):
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    if memory_format == "auto" and not denormals_flushed():
+        return "keep"
+    return memory_format
+
+
+def in_memory_format(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The input in the memory format a network computes in (``layout``: a resolved
+    ``memory_format``). ``keep``: the input's own format; ``auto``: channels_last on the CPU, the
+    input's own format elsewhere (the CUDA kernels are NCHW); ``channels_last`` and
+    ``contiguous`` force one."""
+    if layout == "channels_last" or (layout == "auto" and x.device.type == "cpu"):
         return x.contiguous(memory_format=torch.channels_last)
-    if memory_format == "contiguous":
+    if layout == "contiguous":
         return x.contiguous()
     return x
 
@@ -60,15 +78,13 @@ class BottleneckNet(nn.Module):
         base_width: int = 64,
         stem_width: int = 64,
         zero_init_residual: bool = True,
-        memory_format: str = "keep",
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(
-                f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}"
-            )
+        # resolved once, here: ``auto`` depends on the denormal mode when the model is built
+        self.layout = resolve_memory_format(memory_format)
         self.memory_format = memory_format
         operator = dict(operator or {"name": "involution"})
         self.depth, self.operator, self.stem_kind = depth, operator, stem
@@ -116,7 +132,7 @@ class BottleneckNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four stage outputs (strides ``stage_strides``, channels ``stage_channels``)."""
-        x = self.stem(in_memory_format(x, self.memory_format))
+        x = self.stem(in_memory_format(x, self.layout))
         features = []
         for index in range(4):
             x = getattr(self, f"layer{index + 1}")(x)
