@@ -24,8 +24,9 @@ STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
 
 def denormals_flushed() -> bool:
     """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal(True)``):
-    a denormal times two gives zero only then."""
-    return float(torch.tensor([1e-39]) * 2) == 0.0
+    a denormal times two gives zero only then. On the CPU explicitly: models are also built under
+    ``torch.device("meta")`` (MAC counting), where a probe could not be read."""
+    return float(torch.tensor([1e-39], device="cpu") * 2) == 0.0
 
 
 def resolve_memory_format(memory_format: str) -> str:
