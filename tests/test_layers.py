@@ -76,16 +76,22 @@ def _grads(layer, x, grad=None):
 @pytest.mark.parametrize("backend", ["reference", "numba_cpu"])
 @pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: f"C{c[0]}k{c[1]}s{c[2]}d{c[4]}")
 def test_recompute_gives_the_plain_gradients(case, backend):
+    """Same output and gradients as the plain graph (float64), and the generation branch's BN
+    running statistics updated once, as the plain graph does, although backward recomputes it."""
     lean, plain = _layer(case, backend), _layer(case, backend, recompute=False)
     plain.load_state_dict(lean.state_dict())
     x = _input(case)
-    grad = torch.randn(lean(x).shape, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
-    lean_out, lean_dx, lean_dp = _grads(lean, x, grad)
+    shape = lean.eval()(x).shape  # eval mode: the running statistics stay untouched
+    grad = torch.randn(shape, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+    lean_out, lean_dx, lean_dp = _grads(lean.train(), x, grad)
     plain_out, plain_dx, plain_dp = _grads(plain, x, grad)
     torch.testing.assert_close(lean_out, plain_out, rtol=0, atol=0)
     torch.testing.assert_close(lean_dx, plain_dx, rtol=1e-12, atol=1e-12)
     for got, want in zip(lean_dp, plain_dp, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(lean.reduce_bn.buffers(), plain.reduce_bn.buffers(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert int(lean.reduce_bn.num_batches_tracked) == 1
 
 
 # small enough for a full float64 Jacobian:
@@ -109,28 +115,47 @@ def test_recompute_gradcheck_and_gradgradcheck(case):
     assert torch.autograd.gradgradcheck(fn, (x, *weights), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_recompute_keeps_no_kernel_alive():
-    """Between forward and backward the generated kernel [N,G,K,K,Ho,Wo] is freed with
-    recompute_kernel=True and kept by the graph with recompute_kernel=False."""
+def test_recompute_keeps_no_generation_map_alive():
+    """Between forward and backward none of the generation branch's maps (the 1x1 conv's output
+    that the BN normalises, the hidden map, the generated kernel [N,G,K,K,Ho,Wo]) is alive with
+    recompute_kernel=True; the plain graph keeps all three. Backward makes the kernel twice
+    more (for the aggregation's gradient, and in the branch's own recomputation)."""
     case = LAYER_CASES[2]
-    alive = {}
+    alive, made_counts = {}, {}
     for recompute in (True, False):
         layer = _layer(case, recompute=recompute, dtype=torch.float32)
-        made: list[weakref.ref] = []
-        span = layer._span
+        made: dict[str, list[weakref.ref]] = {"reduced": [], "hidden": [], "kernel": []}
+        calls = {"kernel": 0, "hidden": 0}
+        hidden_fn, span_fn = layer._hidden, layer._span
 
-        def recording_span(hidden, params=None, dtype=None, span=span, made=made):
-            kernel = span(hidden, params, dtype)
-            made.append(weakref.ref(kernel))
-            return kernel
+        def recording(fn, name, made=made, calls=calls):
+            def call(x):
+                # counted on entry: the branch's recomputation stops (checkpoint's early stop)
+                # inside the last op whose saved tensors it needs, before it returns
+                calls[name] += 1
+                out = fn(x)
+                made[name].append(weakref.ref(out))
+                return out
 
-        layer._span = recording_span
+            return call
+
+        layer._hidden = recording(hidden_fn, "hidden")
+        layer._span = recording(span_fn, "kernel")
+        layer.reduce.register_forward_hook(
+            lambda module, args, out, made=made: made["reduced"].append(weakref.ref(out))
+        )
         out = layer(_input(case, torch.float32))
         gc.collect()
-        alive[recompute] = [ref() is not None for ref in made]
-        out.sum().backward()  # the regenerated kernel is made (and dropped) here
-        assert len(made) == (2 if recompute else 1)
-    assert alive == {True: [False], False: [True]}
+        alive[recompute] = {
+            name: [ref() is not None for ref in refs] for name, refs in made.items()
+        }
+        out.sum().backward()
+        made_counts[recompute] = calls["kernel"]
+    assert alive == {
+        True: {"reduced": [False], "hidden": [False], "kernel": [False]},
+        False: {"reduced": [True], "hidden": [True], "kernel": [True]},
+    }
+    assert made_counts == {True: 3, False: 1}
 
 
 def test_recompute_off_by_the_operator_key():
@@ -153,6 +178,8 @@ def test_recompute_under_torch_compile_fullgraph(compile_backend):
     compiled_plain = torch.compile(plain, fullgraph=True, backend=compile_backend)
     out, dx, dp = _grads(compiled_lean, x)
     want_out, want_dx, want_dp = _grads(compiled_plain, x)
+    for got, want in zip(lean.reduce_bn.buffers(), plain.reduce_bn.buffers(), strict=True):
+        torch.testing.assert_close(got, want)  # updated once, by the functionalised forward
     torch.testing.assert_close(out, want_out)
     torch.testing.assert_close(dx, want_dx)
     for got, want in zip(dp, want_dp, strict=True):
