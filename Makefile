@@ -8,6 +8,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test / test-fast (0: one process). Two halve the suite's time even
+# on 2 cores: much of it is single-threaded (interpreter start-up, imports, Numba compilation).
+# loadscope keeps each module on one worker, so module fixtures (a small sweep, say) run once.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope)
 
 .PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize dashboard search lab
 
@@ -39,11 +44,11 @@ CKPT ?=
 eval: $(STAMP) ## evaluate CKPT=<checkpoint> on the test split (ARGS="split=val data=..."); JSON in its run dir
 	$(PY) -m involution.eval $(if $(CKPT),"ckpt_path='$(CKPT)'") $(ARGS)
 
-test: $(STAMP) ## run the whole test suite (GPU tests run only where CUDA is present)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## run the whole test suite (GPU tests run only where CUDA is present; TEST_WORKERS=2)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the suite without tests marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check of the package, kernels and tests
 	$(VENV)/bin/ruff check src kernels tests
