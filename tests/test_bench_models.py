@@ -104,6 +104,39 @@ def test_render_has_one_row_per_model_and_the_failure():
     assert "rednet50 (failed: TimeoutExpired / x)" in text and "| 15.54 | 2.65 |" in text
 
 
+def test_merge_keeps_the_counts_and_commands_of_the_rows_it_keeps(tmp_path, monkeypatch):
+    """A merged call counts only its own models; the kept rows keep their parameter and MAC
+    counts and the section names every call whose rows it shows."""
+    monkeypatch.setattr(bench, "counts", lambda name, image_size=224: {"params": 1, "macs": 2})
+    monkeypatch.setattr(
+        bench,
+        "run_worker",
+        lambda spec, timeout: {**spec, **_run(spec["model"], spec["batch"], [1.0], [0.5], 2**20)},
+    )
+    out = tmp_path / "benchmarks.md"
+    common = ["--batches", "8", "--modes", "eager", "--processes", "1", "--reps", "1"]
+    common += ["--device", "cpu", "--output", str(out)]
+    bench.main(["--models", "rednet26", *common])
+    first = json.loads((tmp_path / "benchmarks.models.json").read_text())["meta"]["command"]
+    monkeypatch.setattr(bench, "counts", lambda name, image_size=224: {"params": 3, "macs": 4})
+    bench.main(["--models", "resnet26", "--merge", *common])
+    second = json.loads((tmp_path / "benchmarks.models.json").read_text())["meta"]["command"]
+    path = tmp_path / "benchmarks.models.json"
+    lacking = json.loads(path.read_text())
+    del lacking["meta"]["counts"]["resnet26"]  # as records written before counts were merged
+    path.write_text(json.dumps(lacking))
+    monkeypatch.setattr(bench, "counts", lambda name, image_size=224: {"params": 5, "macs": 6})
+    bench.main(["--models", "sasa50", "--merge", *common])
+    records = json.loads(path.read_text())
+    assert records["meta"]["counts"]["rednet26"] == {"params": 1, "macs": 2}
+    assert records["meta"]["counts"]["resnet26"] == {"params": 5, "macs": 6}  # counted again
+    assert records["meta"]["counts"]["sasa50"] == {"params": 5, "macs": 6}
+    assert records["meta"]["merged"] == [second, first]
+    section = read_sections(out.read_text())[bench.SECTION]
+    assert f"merged with the rows of `{second}`; `{first}`." in section
+    assert "| rednet26 | 8 | eager | 0.00 | 0.00 |" in section  # 1 param, 2 MACs
+
+
 def _bench_models(out: Path, *argv: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [

@@ -227,13 +227,27 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _merged_commands(previous: dict[str, Any]) -> list[str]:
+    """The commands whose rows a merged call keeps: the previous call's, then the ones it kept
+    (newest first, each once; older records hold one command as a string)."""
+    earlier = previous.get("merged") or []
+    commands = [previous["command"], *([earlier] if isinstance(earlier, str) else earlier)]
+    return list(dict.fromkeys(commands))
+
+
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     device = meta["device"]
+    merged = meta.get("merged") or []
+    merged = [merged] if isinstance(merged, str) else merged
     lines = [
         "## Models: training step, inference and memory against torchvision's ResNet-50",
         "",
         f"Measured {meta['date']} with `{meta['command']}` (`make bench`)"
-        + (f", merged with the rows of `{meta['merged']}`." if meta.get("merged") else "."),
+        + (
+            ", merged with the rows of " + "; ".join(f"`{c}`" for c in merged) + "."
+            if merged
+            else "."
+        ),
         "",
         f"- Machine: {meta['machine']}",
         f"- Versions: {report.versions_line(meta['versions'])}",
@@ -469,7 +483,12 @@ def main(argv: list[str] | None = None) -> None:
         measured = {_row_key(spec) for spec in specs}
         previous = report.read_records(report.records_path(args.output, NAME))
         results = [run for run in previous["runs"] if _row_key(run) not in measured]
-        meta["merged"] = previous["meta"]["command"]
+        meta["merged"] = _merged_commands(previous["meta"])
+        if previous["meta"].get("image_size") == args.image_size:
+            # the kept rows' parameter and MAC counts (this call counts only its own models)
+            meta["counts"] = {**previous["meta"].get("counts", {}), **meta["counts"]}
+        for name in sorted({run["model"] for run in results} - set(meta["counts"])):
+            meta["counts"][name] = counts(name, args.image_size)  # records that lacked them
     json_path = None
     started = time.perf_counter()
     for index, spec in enumerate(specs, 1):
