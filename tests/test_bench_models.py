@@ -106,7 +106,7 @@ def test_render_has_one_row_per_model_and_the_failure():
 
 def test_merge_keeps_the_counts_and_commands_of_the_rows_it_keeps(tmp_path, monkeypatch):
     """A merged call counts only its own models; the kept rows keep their parameter and MAC
-    counts and the section names every call whose rows it shows."""
+    counts and the section names every call whose rows it shows, and only those."""
     monkeypatch.setattr(bench, "counts", lambda name, image_size=224: {"params": 1, "macs": 2})
     monkeypatch.setattr(
         bench,
@@ -131,9 +131,11 @@ def test_merge_keeps_the_counts_and_commands_of_the_rows_it_keeps(tmp_path, monk
     assert records["meta"]["counts"]["rednet26"] == {"params": 1, "macs": 2}
     assert records["meta"]["counts"]["resnet26"] == {"params": 5, "macs": 6}  # counted again
     assert records["meta"]["counts"]["sasa50"] == {"params": 5, "macs": 6}
-    assert records["meta"]["merged"] == [second, first]
+    assert records["meta"]["merged"] == [first, second]
     section = read_sections(out.read_text())[bench.SECTION]
-    assert f"merged with the rows of `{second}`; `{first}`." in section
+    assert f"merged with the rows of `{first}`; `{second}`." in section
+    bench.main(["--models", "rednet26", "resnet26", "--merge", *common])  # measures them again
+    assert json.loads(path.read_text())["meta"]["merged"] == [records["meta"]["command"]]
     assert "| rednet26 | 8 | eager | 0.00 | 0.00 |" in section  # 1 param, 2 MACs
 
 

@@ -227,12 +227,10 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _merged_commands(previous: dict[str, Any]) -> list[str]:
-    """The commands whose rows a merged call keeps: the previous call's, then the ones it kept
-    (newest first, each once; older records hold one command as a string)."""
-    earlier = previous.get("merged") or []
-    commands = [previous["command"], *([earlier] if isinstance(earlier, str) else earlier)]
-    return list(dict.fromkeys(commands))
+def _merged_commands(previous: dict[str, Any], kept: list[dict[str, Any]]) -> list[str]:
+    """The commands that measured the runs a merged call keeps, each once (a run records its
+    command; one from older records, which did not, counts as the previous call's)."""
+    return list(dict.fromkeys(run.get("command", previous["command"]) for run in kept))
 
 
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -483,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         measured = {_row_key(spec) for spec in specs}
         previous = report.read_records(report.records_path(args.output, NAME))
         results = [run for run in previous["runs"] if _row_key(run) not in measured]
-        meta["merged"] = _merged_commands(previous["meta"])
+        meta["merged"] = _merged_commands(previous["meta"], results)
         if previous["meta"].get("image_size") == args.image_size:
             # the kept rows' parameter and MAC counts (this call counts only its own models)
             meta["counts"] = {**previous["meta"].get("counts", {}), **meta["counts"]}
@@ -492,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     json_path = None
     started = time.perf_counter()
     for index, spec in enumerate(specs, 1):
-        result = run_worker(spec, args.timeout)
+        result = {**run_worker(spec, args.timeout), "command": meta["command"]}
         results.append(result)
         elapsed = time.perf_counter() - started
         eta = elapsed / index * (len(specs) - index)
