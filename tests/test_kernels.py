@@ -45,6 +45,10 @@ KERNEL_CASES = [
     (1, 6, 3, 9, 11, 5, 1, 2),  # stride 1, dilation 2: the flat-plane kernels
     (2, 4, 4, 4, 3, 7, 1, 1),  # image narrower than the kernel
     (1, 3, 1, 1, 1, 3, 1, 1),  # 1x1 image
+    # wide enough for the NHWC interior blocks (4 pixels x 2 channel blocks):
+    (1, 40, 2, 5, 13, 3, 1, 1),  # 20 channels per group: a block pair + 4 tail channels
+    (2, 24, 1, 6, 17, 5, 2, 1),  # 3 blocks (a pair + the odd one), stride 2
+    (1, 16, 2, 5, 14, 3, 1, 2),  # one block per group, dilation 2
 ]
 
 # (layout, flat): the NCHW row kernels, the NCHW flat-plane kernels (stride 1 only), NHWC
@@ -90,6 +94,37 @@ def test_cpu_kernels_with_numpy(case, layout, flat):
     inner = np.vdot(numpy_forward(x, kern, (s, s), (p, p), (d, d)), go)
     np.testing.assert_allclose(np.vdot(x, from_layout(gx)), inner, rtol=1e-10)
     np.testing.assert_allclose(np.vdot(kern, gk), inner, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("channels", "groups", "width", "k", "stride", "dilation", "gather"),
+    [(48, 2, 23, 5, 1, 1, False), (48, 2, 23, 5, 1, 1, True), (40, 1, 30, 7, 2, 2, False)],
+    ids=["forward", "grad-input", "forward-stride2-dilation2-tail"],
+)
+def test_nhwc_interior_blocks_change_no_bit(channels, groups, width, k, stride, dilation, gather):
+    """The interior's register blocks sum every pixel's taps in the generic loop's order: the
+    result is bit for bit the one of the generic loop alone (lo = hi), in float32."""
+    from involution.kernels.cpu.nhwc import interior, taps_nhwc
+    from involution.kernels.cpu.tables import gather_table, tap_table
+
+    p = dilation * (k - 1) // 2
+    size = (width + stride - 1) // stride
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_normal((2, groups, k, k, size, size)).astype(np.float32)
+    if gather:  # grad_input: grad_out [N, Ho, Wo, C] -> [N, H, W, C]
+        src = rng.standard_normal((2, size, size, channels)).astype(np.float32)
+        rows = gather_table(width, k, stride, p, dilation, size)
+        dst_w, step, offsets, src_w = width, 1, p - np.arange(k) * dilation, size
+    else:
+        src = rng.standard_normal((2, width, width, channels)).astype(np.float32)
+        rows = tap_table(size, k, stride, p, dilation, width)
+        dst_w, step, offsets, src_w = size, stride, np.arange(k) * dilation - p, width
+    lo, hi = interior(step, offsets, src_w, dst_w)
+    assert hi - lo >= 8  # the case reaches the blocks
+    blocked, generic = (np.empty((2, dst_w, dst_w, channels), np.float32) for _ in range(2))
+    taps_nhwc(src, kernel, blocked, rows, rows, gather, step, offsets, lo, hi)
+    taps_nhwc(src, kernel, generic, rows, rows, gather, step, offsets, 0, 0)
+    assert np.array_equal(blocked, generic)
 
 
 def test_layout_policy():
