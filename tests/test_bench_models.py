@@ -224,3 +224,27 @@ def test_render_of_malformed_records_names_the_file(tmp_path: Path, capsys):
     assert exited.value.code == 2
     assert f"argument --render: {records}: meta lacks date, command, machine, versions" in err
     assert not (tmp_path / "benchmarks.md").exists()
+
+
+def test_floor_is_resnet50_without_its_spatial_operators():
+    """The floor row: our resnet50 with every 3x3 conv of its bottlenecks removed. What it lacks
+    is exactly those convolutions: their parameters and multiply-adds, nothing else."""
+    import torch
+
+    from involution.models import count_macs, count_params, create_model
+    from involution.models.blocks import Bottleneck
+
+    floor, full = bench.build(bench.FLOOR), create_model("resnet50")
+    blocks = [m for m in full.modules() if isinstance(m, Bottleneck)]
+    spatial_params = sum(b.conv2.weight.numel() for b in blocks)
+    assert count_params(full) - count_params(floor) == spatial_params
+    assert not any(
+        isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in floor.modules()
+    )
+    # each 3x3 conv's weight once per pixel of its block's output grid (56, 28, 14, 7 at 224)
+    spatial_macs = sum(
+        b.conv2.weight.numel() * (56 // scale) ** 2
+        for b, scale in zip(blocks, [1] * 3 + [2] * 4 + [4] * 6 + [8] * 3, strict=True)
+    )
+    assert count_macs(full, (3, 224, 224)) - count_macs(floor, (3, 224, 224)) == spatial_macs
+    assert floor(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

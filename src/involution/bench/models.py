@@ -8,7 +8,9 @@ ResNet-50.
 What a user of ``make train`` gets: each model as ``create_model(name)`` builds it (its
 defaults: memory-lean involution, BN folded in eval mode, ``memory_format=auto``) in a process
 that flushes denormals as ``involution.train`` does (so ``auto`` is channels_last on the CPU),
-torchvision's ``resnet50()`` as the yardstick, random 224x224 images, 1000 classes.
+torchvision's ``resnet50()`` as the yardstick, random 224x224 images, 1000 classes. The
+``no_spatial50`` row is a lower bound, not a model: resnet50 with its bottlenecks' spatial
+operators removed (``build``), what every 50-layer row pays before its spatial operator.
 
 - Training step: forward + cross-entropy + backward + SGD step (momentum, weight decay), after
   warm-up; inference: forward in eval mode under ``no_grad``.
@@ -46,7 +48,9 @@ from involution.bench import report, sections
 NAME = "models"
 SECTION = "involution.bench.models"
 YARDSTICK = "torchvision_resnet50"
-MODELS = ["rednet26", "rednet50", "rednet101", "resnet26", "resnet50", "sasa50", YARDSTICK]
+# the bottleneck skeleton of resnet50/rednet50 without its spatial operator (see ``build``)
+FLOOR = "no_spatial50"
+MODELS = ["rednet26", "rednet50", "rednet101", "resnet26", "resnet50", "sasa50", FLOOR, YARDSTICK]
 QUICK_MODELS = ["rednet26", "resnet26", "rednet50", YARDSTICK]
 RESULT = "BENCH-RESULT "
 
@@ -61,13 +65,28 @@ PAIRS = [("rednet50", YARDSTICK), ("rednet26", "resnet26")]
 
 
 def build(name: str) -> torch.nn.Module:
+    """The model ``name`` as a user gets it: ``create_model(name)``, torchvision's ``resnet50()``
+    for the yardstick, and for ``FLOOR`` our resnet50 with every bottleneck's spatial operator
+    removed (an identity, an average pool where the block strides): what the 1x1 convolutions,
+    BNs, ReLUs, shortcuts and head cost on their own, which no choice of spatial operator (the
+    involution layer included) can go below. Not a network to train: a lower bound to read the
+    other rows against."""
     if name == YARDSTICK:
         import torchvision
 
         return torchvision.models.resnet50()
     from involution.models import create_model
 
-    return create_model(name)
+    if name != FLOOR:
+        return create_model(name)
+    from involution.models.blocks import Bottleneck
+
+    model = create_model("resnet50")
+    for block in model.modules():
+        if isinstance(block, Bottleneck):
+            stride = block.conv2.stride[0]
+            block.conv2 = torch.nn.AvgPool2d(stride) if stride > 1 else torch.nn.Identity()
+    return model
 
 
 def _timed(fn, reps: int, sync) -> list[float]:
