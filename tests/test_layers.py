@@ -29,7 +29,7 @@ from involution.layers import (
     fold_batch_norm,
     make_spatial_op,
 )
-from involution.ops import involution2d_reference
+from involution.ops import _numba_cpu, involution2d_reference
 
 # (channels, kernel_size, stride, group_channels, dilation, (H, W), channels_last)
 LAYER_CASES = [
@@ -115,17 +115,18 @@ def test_recompute_gradcheck_and_gradgradcheck(case):
     assert torch.autograd.gradgradcheck(fn, (x, *weights), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_recompute_keeps_no_generation_map_alive():
+def test_recompute_keeps_no_generation_map_alive(monkeypatch):
     """Between forward and backward none of the generation branch's maps (the 1x1 conv's output
     that the BN normalises, the hidden map, the generated kernel [N,G,K,K,Ho,Wo]) is alive with
-    recompute_kernel=True; the plain graph keeps all three. Backward makes the kernel twice
-    more (for the aggregation's gradient, and in the branch's own recomputation)."""
+    recompute_kernel=True; the plain graph keeps all three. Backward makes the kernel once
+    more, for the aggregation's gradient and the branch's own backward alike, and runs no
+    aggregation forward again."""
     case = LAYER_CASES[2]
     alive, made_counts = {}, {}
     for recompute in (True, False):
         layer = _layer(case, recompute=recompute, dtype=torch.float32)
         made: dict[str, list[weakref.ref]] = {"reduced": [], "hidden": [], "kernel": []}
-        calls = {"kernel": 0, "hidden": 0}
+        calls = {"kernel": 0, "hidden": 0, "aggregated": 0}
         hidden_fn, span_fn = layer._hidden, layer._span
 
         def recording(fn, name, made=made, calls=calls):
@@ -141,6 +142,14 @@ def test_recompute_keeps_no_generation_map_alive():
 
         layer._hidden = recording(hidden_fn, "hidden")
         layer._span = recording(span_fn, "kernel")
+        aggregations = [0]
+        forward = _numba_cpu.forward
+
+        def counting(*args, forward=forward, aggregations=aggregations):
+            aggregations[0] += 1  # the aggregation's kernel computing an output
+            return forward(*args)
+
+        monkeypatch.setattr(_numba_cpu, "forward", counting)
         layer.reduce.register_forward_hook(
             lambda module, args, out, made=made: made["reduced"].append(weakref.ref(out))
         )
@@ -150,12 +159,13 @@ def test_recompute_keeps_no_generation_map_alive():
             name: [ref() is not None for ref in refs] for name, refs in made.items()
         }
         out.sum().backward()
-        made_counts[recompute] = calls["kernel"]
+        made_counts[recompute] = (calls["kernel"], aggregations[0])
     assert alive == {
         True: {"reduced": [False], "hidden": [False], "kernel": [False]},
         False: {"reduced": [True], "hidden": [True], "kernel": [True]},
     }
-    assert made_counts == {True: 3, False: 1}
+    # (kernels generated, aggregation forwards computed)
+    assert made_counts == {True: (2, 1), False: (1, 1)}
 
 
 def test_recompute_off_by_the_operator_key():

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from involution.ops import involution2d
+from involution.ops._library import output_unused
 from involution.ops.window_dot import window_dot
 
 
@@ -163,6 +164,27 @@ class _RunningStatsKept:
         self.saved = []
 
 
+class _Recomputing:
+    """The context of a region's recomputation: ``_RunningStatsKept`` over the module's BNs,
+    and ``extra()`` when given. Re-entrant, as checkpoint enters one such context for each
+    recomputation of the region (gradcheck and ``retain_graph`` run several)."""
+
+    def __init__(self, module: nn.Module, extra) -> None:
+        self.stats = _RunningStatsKept(module.modules())
+        self.extra = extra
+        self.stacks: list[contextlib.ExitStack] = []
+
+    def __enter__(self) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.stats)
+        if self.extra is not None:
+            stack.enter_context(self.extra())
+        self.stacks.append(stack)
+
+    def __exit__(self, *exc_info) -> None:
+        self.stacks.pop().__exit__(*exc_info)
+
+
 def _with_parameters(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]):
     """(parameter tensors of ``module`` now, ``call(x, *values)``): ``fn(x)`` computed with
     ``values`` in place of those parameters (``torch.func.functional_call``), so that a
@@ -179,12 +201,15 @@ def _with_parameters(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tenso
 
 
 def recomputed(
-    module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    module: nn.Module,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    recompute_context: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """``fn(x)``, a computation of ``module``, keeping for backward only ``x`` and the parameters
     (``torch.utils.checkpoint``): backward runs ``fn`` again to get the rest. The recomputation
-    uses the parameter tensors of this forward and leaves the running statistics of the
-    module's BNs as the forward updated them."""
+    uses the parameter tensors of this forward, leaves the running statistics of the module's
+    BNs as the forward updated them, and runs inside ``recompute_context()`` where given."""
     if not torch.is_grad_enabled():
         return fn(x)
     if torch.compiler.is_compiling():
@@ -193,33 +218,10 @@ def recomputed(
         return checkpoint(fn, x, use_reentrant=False)
 
     def contexts():
-        return contextlib.nullcontext(), _RunningStatsKept(module.modules())
+        return contextlib.nullcontext(), _Recomputing(module, recompute_context)
 
     values, with_values = _with_parameters(module, fn)
     return checkpoint(with_values, x, *values, use_reentrant=False, context_fn=contexts)
-
-
-def _replay(
-    module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> Callable[[], torch.Tensor]:
-    """A function computing ``fn(x)`` again later (in backward) as this forward does: with its
-    parameter tensors, under its autocast state (autocast does not reach into backward), and
-    leaving the running statistics of the module's BNs as they are."""
-    values, with_values = _with_parameters(module, fn)
-    autocast = [
-        (device, torch.get_autocast_dtype(device))
-        for device in ("cpu", x.device.type)
-        if torch.is_autocast_enabled(device)
-    ]
-
-    def replay() -> torch.Tensor:
-        with contextlib.ExitStack() as stack:
-            for device, dtype in dict(autocast).items():
-                stack.enter_context(torch.autocast(device, dtype=dtype))
-            stack.enter_context(_RunningStatsKept(module.modules()))
-            return with_values(x, *values)
-
-    return replay
 
 
 class _Call(nn.Module):
@@ -244,12 +246,13 @@ class Involution2d(nn.Module):
     Memory (``recompute_kernel=True``, the default): the generated kernel [N, G, K, K, Ho, Wo]
     holds K*K*G/C (about 3x for K = 7, 16 channels per group) the elements of the layer's input,
     and the generation branch's two C/r-channel maps (the BN's input and the hidden map) would be
-    kept for its own backward. The layer keeps none of them: backward generates the kernel again
-    from the layer's input (which the aggregation keeps anyway) when the aggregation's gradient
-    asks for it, and the branch's own backward recomputes its maps from that input
-    (``torch.utils.checkpoint``). The branch is cheap next to what it saves: two 1x1 convs from
-    C/r channels. Gradients are the plain graph's (the same operations on the same values, the
-    BN's running statistics updated once); ``recompute_kernel=False`` keeps the plain graph.
+    kept for its own backward. The layer keeps none of them: it is one ``torch.utils.checkpoint``
+    region from its input (which the aggregation keeps anyway), and backward runs the branch
+    once more, when the aggregation's gradient asks for the kernel; that one recomputation
+    serves the aggregation's and the branch's backward, and skips the aggregation's own output.
+    The branch is cheap next to what it saves: two 1x1 convs from C/r channels. Gradients are
+    the plain graph's (the same operations on the same values, the BN's running statistics
+    updated once); ``recompute_kernel=False`` keeps the plain graph.
 
     Args:
         channels: C, input and output channels.
@@ -342,10 +345,11 @@ class Involution2d(nn.Module):
             # which re-runs only what backward reads (the generation branch), never the
             # aggregation; the functionalised forward updates the running statistics once.
             return checkpoint(self._generate_aggregate, x, use_reentrant=False)
-        regenerate = _replay(self, self.generate_kernel, x)
-        kernel = recomputed(self, self.generate_kernel, x)
-        with _regenerated_when_saved(kernel.shape, regenerate):
-            return self._aggregate(x, kernel)
+        # Eager: the layer is one checkpoint region, recomputed when the aggregation's backward
+        # asks for its saved kernel. The recomputation makes the kernel (and the branch's maps)
+        # once for both backwards, and stops at the aggregation once it has saved its operands
+        # (checkpoint's early stop), which computes no output there (``output_unused``).
+        return recomputed(self, self._generate_aggregate, x, recompute_context=output_unused)
 
     def extra_repr(self) -> str:
         return (
@@ -353,35 +357,6 @@ class Involution2d(nn.Module):
             f"groups={self.groups}, dilation={self.dilation}, backend={self.backend!r}, "
             f"recompute_kernel={self.recompute_kernel}"
         )
-
-
-class _Regenerate:
-    """What autograd keeps of a generated kernel instead of the kernel: how to make it again."""
-
-    __slots__ = ("make", "dtype")
-
-    def __init__(self, make, dtype: torch.dtype) -> None:
-        self.make, self.dtype = make, dtype
-
-
-def _regenerated_when_saved(shape: torch.Size, make):
-    """Saved-tensor hooks under which the aggregation's saved kernel (the 6-D operand of this
-    ``shape``: the generated kernel, or the cast of it that the op's autocast rule made) is
-    replaced by ``make``, called again when backward unpacks it. In a plain backward grad mode
-    is off there, so the regenerated kernel carries no graph; with ``create_graph=True`` it is
-    on, and double backward differentiates through ``make``."""
-
-    def pack(saved: torch.Tensor):
-        if saved.dim() == 6 and saved.shape == shape:
-            return _Regenerate(make, saved.dtype)
-        return saved
-
-    def unpack(packed):
-        if isinstance(packed, _Regenerate):
-            return packed.make().to(packed.dtype)
-        return packed
-
-    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 class LocalSelfAttention2d(nn.Module):

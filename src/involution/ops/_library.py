@@ -22,7 +22,9 @@ Memory formats (the fake implementations promise the same strides):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +38,28 @@ from involution.ops._formats import memory_format
 # ------------------------------------------------------------------------------------------------
 
 
+class _OutputUnused(threading.local):
+    active = False
+
+
+_OUTPUT_UNUSED = _OutputUnused()
+
+
+@contextlib.contextmanager
+def output_unused() -> Iterator[None]:
+    """Within this context (this thread), ``involution2d`` runs no kernel: it returns an
+    uninitialised output of the right shape and format, and autograd saves its operands as
+    usual. For a ``torch.utils.checkpoint`` recomputation that ends with the op: it only needs
+    the op to save (input, kernel) again for the op's backward, while the forward's output was
+    kept by whatever consumed it (``involution.layers.Involution2d``)."""
+    previous = _OUTPUT_UNUSED.active
+    _OUTPUT_UNUSED.active = True
+    try:
+        yield
+    finally:
+        _OUTPUT_UNUSED.active = previous
+
+
 @torch.library.custom_op("involution::involution2d", mutates_args=())
 def involution2d_op(
     input: Tensor,
@@ -45,13 +69,14 @@ def involution2d_op(
     dilation: Sequence[int],
     backend: str,
 ) -> Tensor:
+    if _OUTPUT_UNUSED.active:
+        return _empty_output(input, kernel)
     impl = _backends.get(backend)
     out = impl.forward(input, kernel, tuple(stride), tuple(padding), tuple(dilation))
     return out.contiguous(memory_format=memory_format(input))
 
 
-@involution2d_op.register_fake
-def _(input, kernel, stride, padding, dilation, backend):
+def _empty_output(input: Tensor, kernel: Tensor) -> Tensor:
     n, c = input.shape[0], input.shape[1]
     ho, wo = kernel.shape[4], kernel.shape[5]
     return torch.empty(
@@ -60,6 +85,11 @@ def _(input, kernel, stride, padding, dilation, backend):
         device=input.device,
         memory_format=memory_format(input),
     )
+
+
+@involution2d_op.register_fake
+def _(input, kernel, stride, padding, dilation, backend):
+    return _empty_output(input, kernel)
 
 
 @torch.library.custom_op("involution::involution2d_grad_input", mutates_args=())
