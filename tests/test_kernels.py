@@ -135,6 +135,12 @@ def test_layout_policy():
     assert cpu.grad_kernel_nhwc_is_faster(16, 49, (1, 1), 14, 14)
     assert cpu.grad_kernel_nhwc_is_faster(16, 49, (2, 2), 56, 28)
     assert not cpu.grad_kernel_nhwc_is_faster(4, 49, (1, 1), 14, 14)
+    # 3x3 (the RedNet stem): NCHW from NCHW operands, NHWC from NHWC ones (no transposes)
+    assert not cpu.grad_kernel_nhwc_is_faster(16, 9, (1, 1), 112, 112)
+    assert cpu.grad_kernel_nhwc_is_faster(16, 9, (1, 1), 112, 112, operands_nhwc=True)
+    assert not cpu.grad_kernel_nhwc_is_faster(4, 9, (1, 1), 112, 112, operands_nhwc=True)
+    # 7x7 on a wide map: the flat NCHW kernel even from NHWC operands
+    assert not cpu.grad_kernel_nhwc_is_faster(16, 49, (1, 1), 56, 56, operands_nhwc=True)
 
 
 # (N, C, G, H, W, K, dilation, row padding): stride 1, column padding dilation*(K-1)//2 (so the

@@ -39,9 +39,11 @@ def uses_nhwc(input: Tensor, kernel: Tensor) -> bool:
     )
 
 
-def _grad_kernel_uses_nhwc(channels, groups, kernel_size, stride, width, out_width) -> bool:
+def _grad_kernel_uses_nhwc(
+    channels, groups, kernel_size, stride, width, out_width, operands_nhwc
+) -> bool:
     return kernels.grad_kernel_nhwc_is_faster(
-        channels // groups, kernel_size[0] * kernel_size[1], stride, width, out_width
+        channels // groups, kernel_size[0] * kernel_size[1], stride, width, out_width, operands_nhwc
     )
 
 
@@ -50,7 +52,13 @@ def grad_out_format(input: Tensor, kernel: Tensor, stride) -> torch.memory_forma
     of the incoming gradient, shared by both, cheaper than letting each op lay it out as it needs
     (on wide maps the kernel gradient stays NCHW, and a shared copy would cost a transpose back)."""
     shares = uses_nhwc(input, kernel) and _grad_kernel_uses_nhwc(
-        input.shape[1], kernel.shape[1], kernel.shape[2:4], stride, input.shape[3], kernel.shape[5]
+        input.shape[1],
+        kernel.shape[1],
+        kernel.shape[2:4],
+        stride,
+        input.shape[3],
+        kernel.shape[5],
+        is_channels_last(input),
     )
     return torch.channels_last if shares else None
 
@@ -112,7 +120,9 @@ def grad_kernel(
     grad_out: Tensor, input: Tensor, kernel_size, groups, stride, padding, dilation
 ) -> Tensor:
     n, c, ho, wo = grad_out.shape
-    nhwc = _grad_kernel_uses_nhwc(c, groups, kernel_size, stride, input.shape[3], wo)
+    nhwc = _grad_kernel_uses_nhwc(
+        c, groups, kernel_size, stride, input.shape[3], wo, is_channels_last(input)
+    )
     grad = torch.empty((n, groups, kernel_size[0], kernel_size[1], ho, wo), dtype=grad_out.dtype)
     layout = "nhwc" if nhwc else "nchw"
     kernels.grad_kernel(
