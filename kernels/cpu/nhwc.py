@@ -70,8 +70,9 @@ def interior(step, offsets, src_w, dst_w):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def taps_nhwc(src, kernel, dst, rows, cols, kernel_at_src, step, offsets, lo, hi):
-    # pragma: no cover - compiled
+def taps_nhwc(
+    src, kernel, dst, rows, cols, kernel_at_src, step, offsets, lo, hi
+):  # pragma: no cover - compiled
     """dst[n,y,x,c] = sum over the taps (u, v) with a = rows[y,u] >= 0 and b = cols[x,v] >= 0 of
     kernel[n,g,u,v,(a,b) if kernel_at_src else (y,x)] * src[n,a,b,c]: the forward (tables from
     ``tap_table``, the kernel follows the output) and grad_input (tables from ``gather_table``, a
