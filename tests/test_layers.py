@@ -123,10 +123,19 @@ def test_recompute_keeps_no_generation_map_alive(monkeypatch):
     aggregation forward again."""
     case = LAYER_CASES[2]
     alive, made_counts = {}, {}
+    aggregations = [0]  # the aggregation's backend kernel computing an output
+    forward = _numba_cpu.forward
+
+    def counting(*args):
+        aggregations[0] += 1
+        return forward(*args)
+
+    monkeypatch.setattr(_numba_cpu, "forward", counting)
     for recompute in (True, False):
+        aggregations[0] = 0
         layer = _layer(case, recompute=recompute, dtype=torch.float32)
         made: dict[str, list[weakref.ref]] = {"reduced": [], "hidden": [], "kernel": []}
-        calls = {"kernel": 0, "hidden": 0, "aggregated": 0}
+        calls = {"kernel": 0, "hidden": 0}
         hidden_fn, span_fn = layer._hidden, layer._span
 
         def recording(fn, name, made=made, calls=calls):
@@ -142,14 +151,6 @@ def test_recompute_keeps_no_generation_map_alive(monkeypatch):
 
         layer._hidden = recording(hidden_fn, "hidden")
         layer._span = recording(span_fn, "kernel")
-        aggregations = [0]
-        forward = _numba_cpu.forward
-
-        def counting(*args, forward=forward, aggregations=aggregations):
-            aggregations[0] += 1  # the aggregation's kernel computing an output
-            return forward(*args)
-
-        monkeypatch.setattr(_numba_cpu, "forward", counting)
         layer.reduce.register_forward_hook(
             lambda module, args, out, made=made: made["reduced"].append(weakref.ref(out))
         )
