@@ -20,28 +20,52 @@ from involution.ops._library import output_unused
 from involution.ops.window_dot import window_dot
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# The operator keys' rules that hold whatever the channels: one table, read by the constructors
+# below (through check_operator_fit) and by the run's pre-flight check (check_operator_spec)
+# before anything is built, so both say the same line.
+OPERATOR_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kernel_size": (lambda v: _positive_int(v) and v % 2 == 1, "an odd positive int"),
+    "group_channels": (
+        lambda v: v is None or _positive_int(v),
+        "a positive int or null (one group)",
+    ),
+    "reduction_ratio": (_positive_int, "an int >= 1"),
+    "dilation": (_positive_int, "an int >= 1"),
+    "heads": (_positive_int, "an int >= 1"),
+}
+
+
+def check_operator_spec(spec: Mapping[str, Any]) -> None:
+    """Raise ``ValueError("operator.<key> must be <allowed>, got <value>")`` for the first key of
+    ``spec`` (the ``operator`` group as a dict) that breaks its rule in ``OPERATOR_RULES``."""
+    for key, (ok, allowed) in OPERATOR_RULES.items():
+        if key in spec and not ok(spec[key]):
+            raise ValueError(f"operator.{key} must be {allowed}, got {spec[key]!r}")
+
+
 def check_operator_fit(
     channels: int,
     kernel_size: int,
     group_channels: int | None = None,
     reduction_ratio: int | None = None,
+    **spec: Any,
 ) -> None:
-    """Raise a one-line ValueError naming the key when a hyperparameter does not fit
-    ``channels``."""
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(
-            f"kernel_size must be an odd positive int (1, 3, 5, 7, ...), got {kernel_size!r}"
-        )
-    if group_channels is not None and (
-        not isinstance(group_channels, int) or group_channels < 1 or channels % group_channels
-    ):
+    """Raise a one-line ValueError naming the key when a hyperparameter breaks its rule or does
+    not fit ``channels``."""
+    spec = {"kernel_size": kernel_size, "group_channels": group_channels, **spec}
+    if reduction_ratio is not None:
+        spec["reduction_ratio"] = reduction_ratio
+    check_operator_spec(spec)
+    if group_channels is not None and channels % group_channels:
         raise ValueError(
             f"group_channels={group_channels!r} must divide the {channels} channels "
             f"(allowed: a divisor of {channels}, or null for one group)"
         )
-    if reduction_ratio is not None and (
-        not isinstance(reduction_ratio, int) or reduction_ratio < 1 or reduction_ratio > channels
-    ):
+    if reduction_ratio is not None and reduction_ratio > channels:
         raise ValueError(
             f"reduction_ratio={reduction_ratio!r} must be an int in [1, {channels}] "
             f"for {channels} channels"
@@ -289,7 +313,9 @@ class Involution2d(nn.Module):
         recompute_kernel: bool = True,
     ) -> None:
         super().__init__()
-        check_operator_fit(channels, kernel_size, group_channels, reduction_ratio)
+        check_operator_fit(
+            channels, kernel_size, group_channels, reduction_ratio, dilation=dilation
+        )
         if not isinstance(recompute_kernel, bool):
             raise ValueError(f"recompute_kernel must be true or false, got {recompute_kernel!r}")
         self.channels = channels
@@ -407,14 +433,12 @@ class LocalSelfAttention2d(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        check_operator_fit(channels, kernel_size)
+        check_operator_fit(channels, kernel_size, dilation=dilation)
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or channels % heads:
             raise ValueError(
                 f"heads={heads!r} must divide the {channels} channels "
                 f"(allowed: a positive divisor of {channels})"
             )
-        if not isinstance(dilation, int) or dilation < 1:
-            raise ValueError(f"dilation must be a positive int, got {dilation!r}")
         self.channels = channels
         self.kernel_size = kernel_size
         self.stride = stride
@@ -512,7 +536,7 @@ def make_spatial_op(operator: Mapping[str, Any], channels: int, stride: int = 1)
     kernel_size = spec.get("kernel_size", 3)
     dilation = spec.get("dilation", 1)
     groups = spec.get("groups", 1)
-    check_operator_fit(channels, kernel_size)
+    check_operator_fit(channels, kernel_size, dilation=dilation)
     if channels % groups:
         raise ValueError(f"groups={groups!r} must divide the {channels} channels")
     return nn.Conv2d(

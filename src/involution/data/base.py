@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from involution import rules
+
 
 class EpochSampler(DistributedSampler):
     """A seeded permutation per epoch (``set_epoch``, called by Lightning), optionally without its
@@ -126,8 +128,13 @@ class ResumableLoader(DataLoader):
 
 class ClassificationDataModule(L.LightningDataModule):
     """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in
-    setup."""
+    setup. The loader keys' ranges are ``ARGUMENT_RULES``, checked here and by the run's
+    pre-flight."""
 
+    ARGUMENT_RULES: dict[str, rules.Rule] = {
+        "batch_size": rules.int_at_least(1),
+        "num_workers": rules.int_at_least(0),
+    }
     num_classes: int
     in_channels: int
     image_size: int
@@ -137,10 +144,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
     ) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"data.batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"data.num_workers must be an int >= 0, got {num_workers!r}")
+        arguments = {"batch_size": batch_size, "num_workers": num_workers}
+        rules.check(arguments, self.ARGUMENT_RULES, "data")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
