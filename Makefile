@@ -87,7 +87,7 @@ summarize: $(STAMP) ## (re)build a multirun's summary table: make summarize DIR=
 	$(PY) -m involution.runs summarize $(DIR)
 
 dashboard: $(STAMP) ## W&B workspace of a sweep: make dashboard DIR=multirun/... (default latest); ARGS="--entity ..."
-	$(PY) -m involution.dashboard $(DIR) $(ARGS)
+	$(PY) -m involution.runs dashboard $(DIR) $(ARGS)
 
 search: $(STAMP) ## Optuna search SEARCH=digits_optuna (conf/hparams_search); ARGS="..."
 	$(PY) -m involution.train hparams_search=$(SEARCH) $(ARGS)

@@ -123,6 +123,15 @@ def limit_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return run_module("involution.train", args, cwd=root), run_dir
 
 
+@pytest.fixture
+def no_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No WANDB_MODE, no API key, no netrc entry: what a fresh machine has."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    return monkeypatch
+
+
 def compose_entry(config_name: str, run_dir: Path, overrides: list[str]) -> DictConfig:
     """An entry config (train, eval) composed as its entry point does, with Hydra's runtime set:
     output dir ``run_dir``, job number 0."""
