@@ -40,11 +40,11 @@ def resolve_memory_format(memory_format: str) -> str:
     CPU) only while denormals are flushed, and becomes ``keep`` otherwise.
 
     channels_last on the CPU: oneDNN's convolutions and the Numba involution kernels both work
-    natively in NHWC (at 224x224, RedNet-50's training step 0.90x torchvision ResNet-50's time in
-    channels_last against ~1.1x in NCHW, docs/benchmarks.md). But once a model fits, its
-    gradients shrink into the denormal range, and there channels_last training ran ~10x slower
-    (digits: 0.5 s to 5 s per step) unless denormals are flushed, which ``involution.train``
-    does (``flush_denormal: true``) and a model constructor should not do behind a user's back.
+    natively in NHWC, which is faster (docs/models.md; the figures are the model benchmark's
+    records, docs/benchmarks.models.json). But once a model fits, its gradients shrink into the
+    denormal range, where channels_last training crawls unless denormals are flushed, which
+    training does (``flush_denormal: true``) and a model constructor should not do behind a
+    user's back.
     """
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")

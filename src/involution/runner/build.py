@@ -36,7 +36,13 @@ from involution.models.checkpoint import CheckpointFileError, extract_state_dict
 from involution.runner.guards import RunGuard
 from involution.runner.loggers import build_loggers
 from involution.runner.preflight import SetupError, check_config
-from involution.runner.resume import LoaderStateOnResume, ResumePoint, resume_point, trainer_plugins
+from involution.runner.resume import (
+    LoaderStateOnResume,
+    ResumeError,
+    ResumePoint,
+    resume_point,
+    trainer_plugins,
+)
 from involution.runs.identity import run_identity, split_override, sweep_context
 
 
@@ -249,7 +255,10 @@ def build(
             load_checkpoint(module.model, obj)
         except CheckpointMismatchError as error:
             raise SetupError(mismatch_line(error, str(cfg.ckpt_path), arguments)) from None
-    resume = None if evaluate else resume_point(cfg, module.state_dict())
+    try:
+        resume = None if evaluate else resume_point(cfg, module.state_dict())
+    except ResumeError as error:
+        raise SetupError(str(error)) from error
     image = (1, datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     info.update(
         params=sum(p.numel() for p in module.model.parameters()),

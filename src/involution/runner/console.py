@@ -26,7 +26,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from involution.runner.build import Run
-    from involution.runner.lifecycle import Outcome
+    from involution.runner.outcome import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from involution import rules
+from involution.runner.resume import RESUME_MODES, ResumeError, resume_argv, run_checkpoints
 
 
 class SetupError(ValueError):
@@ -331,8 +332,6 @@ def check_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
 
     ``run_dir`` is the directory the run will write (default ``paths.output_dir``).
     """
-    from involution.runner.resume import RESUME_MODES, run_checkpoints
-
     check_ranges(cfg)
     output = str(run_dir if run_dir is not None else cfg.paths.output_dir)
     check_writable(output, "paths.output_dir")
@@ -407,8 +406,6 @@ def run_cli(
 ) -> Any:
     """``resume=<dir>``/``latest`` expanded (``resumable``) and the overrides checked, then the
     Hydra task runs."""
-    from involution.runner.resume import ResumeError, resume_argv
-
     args = sys.argv[1:] if argv is None else argv
     try:
         args = resume_argv(args) if resumable else list(args)

@@ -37,13 +37,16 @@ from involution.models.checkpoint import (
     read_checkpoint,
 )
 from involution.runner.guards import WANDB_ID_KEY
-from involution.runner.preflight import SetupError
 from involution.runs.records import RECORD, process_alive, read_record
 
 CHECKPOINTS = "checkpoints"
 RESUME_MODES = ("auto", "never")
 # job.json statuses of runs worth continuing (diverged runs would diverge again)
 UNFINISHED = ("running", "preempted", "failed")
+
+
+class ResumeError(ValueError):
+    """``resume=`` names something that cannot be continued; the message is one line."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -152,7 +155,7 @@ class ResumePoint:
 def resume_point(cfg: DictConfig, own_state: Mapping[str, torch.Tensor]) -> ResumePoint | None:
     """``ckpt_path``, else (``resume=auto``) the newest checkpoint already in the run directory,
     else None (a fresh start). The checkpoint must fit ``own_state`` (the module's state dict):
-    SetupError otherwise."""
+    ResumeError (one line) otherwise."""
     if cfg.get("ckpt_path"):
         path = str(cfg.ckpt_path)
     elif str(cfg.get("resume", "auto")) == "auto" and latest_checkpoint(cfg.paths.output_dir):
@@ -162,7 +165,7 @@ def resume_point(cfg: DictConfig, own_state: Mapping[str, torch.Tensor]) -> Resu
     try:
         state = read_checkpoint(path, mmap=True)
     except (CheckpointFileError, FileNotFoundError) as error:
-        raise SetupError(f"resuming: {error}") from error
+        raise ResumeError(f"resuming: {error}") from error
     weights = state.get("state_dict", {})
     missing = [k for k in own_state if k not in weights]
     unexpected = [k for k in weights if k not in own_state]
@@ -172,7 +175,7 @@ def resume_point(cfg: DictConfig, own_state: Mapping[str, torch.Tensor]) -> Resu
     mismatched = [(k, theirs, ours) for k, (theirs, ours) in shapes.items() if theirs != ours]
     if missing or unexpected or mismatched:
         error = CheckpointMismatchError(repr(path), missing, unexpected, mismatched)
-        raise SetupError(error.one_line())
+        raise ResumeError(error.one_line())
     if not Path(path).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve()):
         return ResumePoint(path)
     # this run's own checkpoint: the same W&B run and metrics files continue
@@ -194,10 +197,6 @@ def unfinished_runs(base: str | Path) -> list[Path]:
             continue
         found.append(run_dir)
     return sorted(found, key=lambda d: (d / RECORD).stat().st_mtime_ns, reverse=True)
-
-
-class ResumeError(ValueError):
-    """``resume=`` names something that cannot be continued; the message is one line."""
 
 
 def _value(args: Sequence[str], key: str) -> str | None:

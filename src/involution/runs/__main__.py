@@ -4,7 +4,9 @@ W&B workspace, see involution.runs.dashboard)."""
 
 import sys
 
-COMMANDS = {"summarize": "involution.runs.summary", "dashboard": "involution.runs.dashboard"}
+from involution.runs import dashboard, summary
+
+COMMANDS = {"summarize": summary.main, "dashboard": dashboard.main}
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:] or [""]
@@ -12,6 +14,4 @@ if __name__ == "__main__":
         print(f"usage: python -m involution.runs {{{','.join(COMMANDS)}}} [DIR] [options]",
               file=sys.stderr)  # fmt: skip
         sys.exit(2)
-    from importlib import import_module
-
-    sys.exit(import_module(COMMANDS[command]).main(rest))
+    sys.exit(COMMANDS[command](rest))

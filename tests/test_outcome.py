@@ -1,4 +1,4 @@
-"""involution.runner.lifecycle: every way a job can end maps to one outcome (job.json status,
+"""involution.runner.outcome: every way a job can end maps to one outcome (job.json status,
 exit status, whether a sweep goes on); end to end in test_train, test_resume and test_summary."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from involution.runner.guards import Preempted
-from involution.runner.lifecycle import outcome_of
+from involution.runner.outcome import outcome_of
 from involution.runner.preflight import SetupError
 from involution.runs.records import NonFiniteMetrics
 from involution.tasks import Diverged
