@@ -130,8 +130,9 @@ def header(run: Run) -> None:
         log.info("resuming from %s", run.resume.path)
 
 
-def closing(cfg: DictConfig, outcome: Outcome, job: int | None) -> None:
-    """What a run says at its end, for every outcome (``job``: a multirun job's number).
+def closing(cfg: DictConfig, outcome: Outcome, run: Run | None, job: int | None) -> None:
+    """What a run says at its end, for every outcome (``run``: None when it was not built;
+    ``job``: a multirun job's number).
 
     ok: the optimized metric; a multirun job that did not finish: one logged line (the sweep goes
     on); a single run: ``error: <line>`` (bad input, divergence) or the ``preempted: ...`` line on

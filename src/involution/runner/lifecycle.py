@@ -40,12 +40,17 @@ def prepare(cfg: DictConfig) -> None:
         console.print_config_tree(cfg, save_dir=cfg.paths.output_dir)
 
 
+def start(cfg: DictConfig, **build_options: Any) -> Run:
+    """Build the run and show its header."""
+    run = build(cfg, **build_options)
+    console.header(run)
+    return run
+
+
 def execute(cfg: DictConfig, work: Work, **build_options: Any) -> dict[str, Any]:
     """prepare -> build -> header -> ``work(run)``; returns its metrics, raises what goes wrong."""
     prepare(cfg)
-    run = build(cfg, **build_options)
-    console.header(run)
-    return dict(work(run))
+    return dict(work(start(cfg, **build_options)))
 
 
 @contextmanager
@@ -82,7 +87,8 @@ def finish_wandb(outcome: Outcome) -> None:
 
 
 def run_job(cfg: DictConfig, work: Work, **build_options: Any) -> Outcome:
-    """:func:`execute` as a Hydra job whose every outcome is recorded (see the module's table).
+    """:func:`execute` as a Hydra job whose every outcome is recorded (the table of
+    :mod:`involution.runner.outcome`).
 
     Returns the outcome of a run that finished, or of a multirun job that did not (the sweep goes
     on); a single run that did not finish ends the process (or re-raises an unexpected error).
@@ -93,11 +99,14 @@ def run_job(cfg: DictConfig, work: Work, **build_options: Any) -> Outcome:
     recorder = JobRecorder(
         cfg.paths.output_dir, job, hydra_cfg.overrides.task, identity(cfg), rank_zero_only.rank
     )
+    run = None
     try:
         with ddp_children_run_this_job() if multirun else nullcontext():
-            metrics = execute(cfg, work, **build_options)
+            prepare(cfg)
+            run = start(cfg, **build_options)
+            metrics = dict(work(run))
         check_finite({k: v for k, v in metrics.items() if isinstance(v, int | float)})
-    except BaseException as error:  # every outcome is recorded, then mapped (the module's table)
+    except BaseException as error:  # every ending is recorded, then acted on (runner.outcome)
         outcome = outcome_of(error, cfg)
     else:
         key = cfg.get("optimized_metric")
@@ -109,7 +118,7 @@ def run_job(cfg: DictConfig, work: Work, **build_options: Any) -> Outcome:
     else:
         recorder.failed(outcome.recorded)
     finish_wandb(outcome)
-    console.closing(cfg, outcome, job if multirun else None)
+    console.closing(cfg, outcome, run, job if multirun else None)
     if outcome.status == "ok" or (multirun and outcome.sweep_goes_on):
         if outcome.exit_code == 1 and torch.cuda.is_available():
             torch.cuda.empty_cache()  # the next job of the sweep starts with the memory free
