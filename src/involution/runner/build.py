@@ -191,26 +191,41 @@ def mismatch_line(error: CheckpointMismatchError, path: str, arguments: dict[str
     )
 
 
-def _evaluated_arguments(
-    cfg: DictConfig, obj: Mapping[str, Any], datamodule: L.LightningDataModule
-) -> dict[str, Any]:
-    """The architecture to evaluate: a Lightning checkpoint's own, else the model and operator
-    groups (a state dict such as an official mmcls file)."""
+def evaluated_model(
+    cfg: DictConfig, weights: Mapping[str, Any], datamodule: L.LightningDataModule
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The architecture to evaluate (a Lightning checkpoint's own, else the model and operator
+    groups: a state dict such as an official mmcls file) and what is evaluated, for the record."""
     path = str(cfg.ckpt_path)
-    stored = stored_model(obj)
+    try:
+        state = extract_state_dict(weights)
+    except (TypeError, ValueError) as error:
+        raise SetupError(f"ckpt_path={path!r}: {error}") from None
+    data = choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
+    check_weights_fit_data(state, path, data, datamodule)
+    stored = stored_model(weights)
     if stored is None:
         arguments = model_arguments(cfg, datamodule)
         arguments.pop("checkpoint", None)  # the weights are ckpt_path's
-        return arguments
-    named = set()
-    if HydraConfig.initialized():
-        named = {split_override(o)[0] for o in HydraConfig.get().overrides.task}
-    if ({"model", "model.name"} & named) and cfg.model.name != stored["name"]:
-        raise SetupError(
-            f"model.name={cfg.model.name} but checkpoint {path!r} holds a {stored['name']}; "
-            "a Lightning checkpoint of this project brings its architecture (drop model=...)"
-        )
-    return {**stored, "num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
+    else:
+        named = set()
+        if HydraConfig.initialized():
+            named = {split_override(o)[0] for o in HydraConfig.get().overrides.task}
+        if ({"model", "model.name"} & named) and cfg.model.name != stored["name"]:
+            raise SetupError(
+                f"model.name={cfg.model.name} but checkpoint {path!r} holds a {stored['name']}; "
+                "a Lightning checkpoint of this project brings its architecture (drop model=...)"
+            )
+        shape = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
+        arguments = {**stored, **shape}
+    info = {
+        "checkpoint": str(Path(path).resolve()),
+        "checkpoint_kind": "state_dict" if stored is None else "lightning",
+        "model": arguments["name"],
+        "operator": arguments.get("operator"),
+        "data": data,
+    }
+    return arguments, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,33 +241,17 @@ def build(
     ``module_overrides``: keyword arguments of the LightningModule that win over ``cfg.module``.
     Raises SetupError (one line) for any problem with the config, the data or a checkpoint.
     """
-    obj = read_weights(cfg.get("ckpt_path")) if evaluate else None
+    weights = read_weights(cfg.get("ckpt_path")) if evaluate else None
     check_config(cfg)
     datamodule = build_data(cfg, fitting=not evaluate)
-    info: dict[str, Any] = {}
-    if obj is None:
-        arguments = model_arguments(cfg, datamodule)
+    if weights is None:
+        arguments, info = model_arguments(cfg, datamodule), {}
     else:
-        path = str(cfg.ckpt_path)
-        try:
-            state = extract_state_dict(obj)
-        except (TypeError, ValueError) as error:
-            raise SetupError(f"ckpt_path={path!r}: {error}") from None
-        data = choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
-        check_weights_fit_data(state, path, data, datamodule)
-        arguments = _evaluated_arguments(cfg, obj, datamodule)
-        kind = "state_dict" if stored_model(obj) is None else "lightning"
-        info = {
-            "checkpoint": str(Path(path).resolve()),
-            "checkpoint_kind": kind,
-            "model": arguments["name"],
-            "operator": arguments.get("operator"),
-            "data": data,
-        }
+        arguments, info = evaluated_model(cfg, weights, datamodule)
     module = build_module(cfg, arguments, module_overrides)
-    if obj is not None:
+    if weights is not None:
         try:
-            load_checkpoint(module.model, obj)
+            load_checkpoint(module.model, weights)
         except CheckpointMismatchError as error:
             raise SetupError(mismatch_line(error, str(cfg.ckpt_path), arguments)) from None
     try:
@@ -260,14 +259,9 @@ def build(
     except ResumeError as error:
         raise SetupError(str(error)) from error
     image = (1, datamodule.in_channels, datamodule.image_size, datamodule.image_size)
-    info.update(
-        params=sum(p.numel() for p in module.model.parameters()),
-        macs=count_macs(module.model, image),
-        input_size=list(image),
-    )
-    operator = dict(arguments.get("operator") or {})
-    operator.setdefault("name", arguments["name"])
-    run_id = identity(cfg, operator)
+    params = sum(p.numel() for p in module.model.parameters())
+    info.update(params=params, macs=count_macs(module.model, image), input_size=list(image))
+    run_id = identity(cfg, {"name": arguments["name"], **(arguments.get("operator") or {})})
     loggers = build_loggers(
         cfg.logger,
         run_id,
