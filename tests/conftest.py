@@ -67,6 +67,34 @@ TINY_MODEL = {
     "stem_width": 8,
 }
 
+# The smallest detection/segmentation backbone (create_model overrides): rednet26's official
+# stem (stride 4 at layer1) at the narrowest widths its default involutions divide.
+TINY_BACKBONE = {"base_width": 16, "stem_width": 32}
+# A tiny detector (create_detector keyword arguments, bar the name) for 64-96 px images.
+TINY_DETECTOR = {
+    "backbone": "rednet26",
+    "num_classes": 3,
+    "backbone_args": TINY_BACKBONE,
+    "fpn_channels": 32,
+    "box_head_channels": 64,
+    "anchor_sizes": (8, 16, 32, 64, 128),
+    "min_size": 64,
+    "max_size": 96,
+    "rpn_pre_nms_top_n_train": 100,
+    "rpn_post_nms_top_n_train": 50,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 20,
+    "box_batch_size_per_image": 32,
+}
+# A tiny segmenter (create_segmenter keyword arguments, bar the name).
+TINY_SEGMENTER = {
+    "backbone": "rednet26",
+    "num_classes": 4,
+    "backbone_args": TINY_BACKBONE,
+    "fpn_channels": 32,
+    "head_channels": 32,
+}
+
 # ---------------------------------------------------------------------------------------------
 
 
