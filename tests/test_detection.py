@@ -19,21 +19,11 @@ from involution.models import (
 )
 from involution.models.checkpoint import official_names
 
-from conftest import TINY_BACKBONE, TINY_DETECTOR
-
-_RCNN_ONLY = {
-    "rpn_pre_nms_top_n_train",
-    "rpn_post_nms_top_n_train",
-    "rpn_pre_nms_top_n_test",
-    "rpn_post_nms_top_n_test",
-    "box_batch_size_per_image",
-    "box_head_channels",
-}
+from conftest import TINY_BACKBONE, tiny_detector
 
 
 def tiny(name: str, **overrides) -> nn.Module:
-    args = {k: v for k, v in TINY_DETECTOR.items() if name != "retinanet" or k not in _RCNN_ONLY}
-    return create_detector(name, **{**args, **overrides})
+    return create_detector(**{**tiny_detector(name), **overrides})
 
 
 def scenes(count: int = 2, size: int = 64, masks: bool = True):
@@ -144,7 +134,7 @@ def test_bad_arguments_are_one_line_errors(overrides, message):
     overrides = dict(overrides)
     name = overrides.pop("name", "maskrcnn")
     with pytest.raises(ValueError) as error:
-        tiny(name, **overrides)
+        create_detector(**{**tiny_detector("maskrcnn"), "name": name, **overrides})
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
