@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -182,18 +181,8 @@ def worker(spec_json: str) -> None:
 
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """``measure(spec)`` in a fresh interpreter (``bench.models``' protocol: one ``RESULT``
-    line); its error (or a time-out) becomes the result."""
-    command = [sys.executable, "-m", "involution.bench.detection", "--worker", json.dumps(spec)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {timeout:.0f} s"}
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT) :])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**spec, "error": f"worker exited {done.returncode}: {tail}"[:200]}
+    """``measure(spec)`` in a fresh interpreter, through the model benchmark's launcher."""
+    return bench_models.run_worker(spec, timeout, module="involution.bench.detection")
 
 
 # ------------------------------------------------------------------------------------------------
