@@ -181,9 +181,13 @@ def worker(spec_json: str) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
-def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """``measure(spec)`` in a fresh interpreter; its error (or a time-out) becomes the result."""
-    command = [sys.executable, "-m", "involution.bench.models", "--worker", json.dumps(spec)]
+def run_worker(
+    spec: dict[str, Any], timeout: float, module: str = "involution.bench.models"
+) -> dict[str, Any]:
+    """``measure(spec)`` in a fresh interpreter (``python -m <module> --worker SPEC``, whose
+    worker prints one ``RESULT`` line: this module's, or another benchmark's such as
+    ``bench.detection``); its error (or a time-out) becomes the result."""
+    command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
