@@ -3,8 +3,6 @@ contract of the detection and segmentation modules, and the keys' errors."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from sklearn.datasets import load_digits
 from involution.data import SceneDetectionDataModule, SceneSegmentationDataModule
 from involution.data.base import SeededItems
 from involution.data.digits import split_indices
-from involution.data.scenes import SceneConfig, compose_scene, digit_pools, main
+from involution.data.scenes import SceneConfig, compose_scene, digit_pools
 
 SMALL = {"train_size": 12, "val_size": 6, "test_size": 4, "batch_size": 4}
 
@@ -176,22 +174,3 @@ def test_bad_scene_keys_name_the_key(keys: dict, named: str) -> None:
 def test_an_unknown_scene_key_is_named() -> None:
     with pytest.raises(TypeError, match="canvas_sise"):
         SceneSegmentationDataModule(canvas_sise=32)
-
-
-def test_the_command_line_writes_both_formats(tmp_path, capsys) -> None:
-    sizes = ["--train-size", "2", "--val-size", "1", "--test-size", "1", "--canvas-size", "48"]
-    assert main(["write-coco", str(tmp_path / "coco"), *sizes, "--max-digit-size", "24"]) == 0
-    annotations = json.loads((tmp_path / "coco/annotations/instances_val2017.json").read_text())
-    assert annotations["images"][0] == {
-        "id": 1,
-        "file_name": "000000000001.png",
-        "height": 48,
-        "width": 48,
-    }
-    assert (tmp_path / "coco/train2017/000000000002.png").is_file()
-    assert main(["write-cityscapes", str(tmp_path / "city"), *sizes, "--max-digit-size", "24"]) == 0
-    assert len(list((tmp_path / "city/gtFine/test/scenes").glob("*_gtFine_labelIds.png"))) == 1
-    assert "wrote" in capsys.readouterr().out
-    assert main(["write-coco", str(tmp_path / "bad"), "--canvas-size", "16"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["error: data.max_digit_size=32 must be <= data.canvas_size=16"]

@@ -17,15 +17,13 @@ Defaults, chosen for a tiny detector and a tiny Semantic FPN on a 2-core CPU: 64
 stride-4 and stride-8 levels see every digit with a few cells across it; anchors of 16 and 32 px
 cover them), 4,000 training scenes an epoch (about 10,000 digits), 500 each for val and test.
 
-``python -m involution.data.scenes write-coco DIR`` (or ``write-cityscapes DIR``) writes the scenes
-in those formats (see ``involution.data.scene_files``).
+``python -m involution.data.scene_files write-coco DIR`` (or ``write-cityscapes DIR``) writes the
+scenes in those formats.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
@@ -335,44 +333,3 @@ class SceneSegmentationDataModule(_SceneDataModule, SegmentationDataModule):
     output = "segmentation"
     num_classes = 11
     class_names = ["background", *DIGIT_NAMES]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m involution.data.scenes write-coco DIR`` / ``write-cityscapes DIR``."""
-    from involution.data import scene_files  # the writers build on this module
-
-    parser = argparse.ArgumentParser(
-        prog="python -m involution.data.scenes",
-        description="Write the digit scenes to disk in a real data set format.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    writers = {
-        "write-coco": scene_files.write_coco,
-        "write-cityscapes": scene_files.write_cityscapes,
-    }
-    for name, writer in writers.items():
-        command = commands.add_parser(name, help=(writer.__doc__ or "").splitlines()[0])
-        command.add_argument("directory")
-        command.add_argument("--seed", type=int, default=42)
-        for split, default in (("train", 4000), ("val", 500), ("test", 500)):
-            command.add_argument(f"--{split}-size", type=int, default=default)
-        for field in dataclasses.fields(SceneConfig):
-            command.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default))
-    args = parser.parse_args(argv)
-    scene = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(SceneConfig)
-        if getattr(args, field.name) is not None
-    }
-    sizes = {split: getattr(args, f"{split}_size") for split in SPLITS}
-    try:
-        written = writers[args.command](args.directory, sizes=sizes, seed=args.seed, **scene)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {written}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
