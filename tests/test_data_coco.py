@@ -310,3 +310,36 @@ def test_the_run_path_reports_a_bad_annotation_file_in_one_line(compose_train, c
         build_run(cfg)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "line 1 column 13" in message
+
+
+def test_polygon_and_uncompressed_rle_segmentations_decode(coco: Path) -> None:
+    """Real COCO files hold polygons (objects) and uncompressed RLE (crowds), not only the
+    compressed RLE the scene writer uses."""
+    plain = COCODataModule(data_dir=str(coco), **PLAIN)
+    plain.setup("validate")
+    _, before = plain.val_set[0]
+    original = torch.as_tensor(before["masks"][1]).bool()
+
+    def respell(document: dict) -> None:
+        first, second = document["annotations"][:2]
+        x, y, w, h = first["bbox"]
+        first["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        runs, value, count = [], False, 0  # column-major runs, starting with background
+        for pixel in original.T.reshape(-1).tolist():
+            if pixel != value:
+                runs.append(count)
+                value, count = pixel, 0
+            count += 1
+        second["segmentation"] = {"size": [64, 64], "counts": [*runs, count]}
+
+    _edit(coco, "val", respell)
+    dm = COCODataModule(data_dir=str(coco), **PLAIN)
+    dm.setup("validate")
+    _, target = dm.val_set[0]
+    masks = torch.as_tensor(target["masks"]).bool()
+    assert torch.equal(masks[1], original)
+    x0, y0, x1, y1 = (int(v) for v in before["boxes"][0])
+    rows, cols = masks[0].any(1).nonzero(), masks[0].any(0).nonzero()
+    assert abs(int(rows.min()) - y0) <= 1 and abs(int(rows.max()) + 1 - y1) <= 1
+    assert abs(int(cols.min()) - x0) <= 1 and abs(int(cols.max()) + 1 - x1) <= 1
+    assert masks[0][y0 + 1 : y1 - 1, x0 + 1 : x1 - 1].all()  # the polygon is filled
