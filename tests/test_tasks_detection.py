@@ -125,7 +125,7 @@ def test_masks_of_a_detector_without_a_mask_head_is_a_one_line_error():
     with pytest.raises(ValueError) as error:
         ObjectDetector({"name": "fasterrcnn", **MODEL}, masks=True)
     assert str(error.value) == (
-        "masks=true needs a detector with a mask head (maskrcnn); fasterrcnn has none"
+        "module.masks=true needs a detector with a mask head (model=maskrcnn); fasterrcnn has none"
     )
 
 

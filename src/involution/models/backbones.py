@@ -20,7 +20,12 @@ from involution.models.checkpoint import (
 from involution.models.features import BottleneckFeatures, check_out_indices
 from involution.models.registry import create_model
 
-__all__ = ["FrozenStagesBackbone", "create_backbone", "load_backbone_checkpoint"]
+__all__ = [
+    "FrozenStagesBackbone",
+    "backbone_arguments",
+    "create_backbone",
+    "load_backbone_checkpoint",
+]
 
 
 def _not_in_backbone(key: str, num_stages: int) -> bool:
@@ -117,6 +122,26 @@ class FrozenStagesBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"frozen_stages={self.frozen_stages}, norm_eval={self.norm_eval}"
+
+
+def backbone_arguments(backbone_args: Mapping[str, Any] | None, **shortcuts: Any) -> dict[str, Any]:
+    """``backbone_args`` with the detector's / segmenter's shortcuts for the backbone's own
+    ``create_model`` keys (``operator``, ``in_channels``: those a classifier takes at top level,
+    so that one config places them for every task) merged in; None shortcuts are left out.
+
+    Raises:
+        ValueError: a key given both ways (one line naming it).
+    """
+    merged = dict(backbone_args or {})
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key in merged:
+            raise ValueError(
+                f"{key} is given twice: as {key}= and as backbone_args.{key}; keep one"
+            )
+        merged[key] = value
+    return merged
 
 
 def create_backbone(

@@ -204,7 +204,11 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
     if lightning or all(k.startswith("model.") for k in state):
         # our LightningModule keeps the network as ``self.model``; other entries are not weights
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    if any(k.startswith("backbone.") for k in state):  # mmcls: backbone.* + head.fc.*
+    # mmcls: backbone.* + head.fc.* and nothing else (a detector's own keys start with
+    # backbone. too, beside rpn., roi_heads., head.classification_head., ...)
+    if any(k.startswith("backbone.") for k in state) and all(
+        k.startswith(("backbone.", "head.fc.")) for k in state
+    ):
         state = {
             k[len("backbone.") :]
             if k.startswith("backbone.")

@@ -35,7 +35,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from involution.models.backbones import create_backbone
+from involution.models.backbones import backbone_arguments, create_backbone
 from involution.models.necks import BackboneWithFPN, replace_spatial_convs, resolve_operator
 
 __all__ = ["DETECTORS", "create_detector", "fixed_roi_forward", "has_mask_head"]
@@ -95,13 +95,37 @@ def _anchor_generator(
     return AnchorGenerator(per_level, (ratios,) * levels)
 
 
+def _resize_sides(
+    image_size: int | Sequence[int] | None, min_size: int | None, max_size: int | None
+) -> tuple[int, int]:
+    """(min_size, max_size) of the detector's resize: given, else ``image_size``'s shorter and
+    longer side, else COCO's 800 and 1333."""
+    if image_size is not None:
+        sides = [image_size] if isinstance(image_size, int) else list(image_size)
+        if len(sides) not in (1, 2) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides
+        ):
+            raise ValueError(
+                f"image_size must be (height, width) or one side in pixels, got {image_size!r}"
+            )
+        min_size = min(sides) if min_size is None else min_size
+        max_size = max(sides) if max_size is None else max_size
+    min_size = _positive_int(800 if min_size is None else min_size, "min_size")
+    max_size = _positive_int(1333 if max_size is None else max_size, "max_size")
+    if max_size < min_size:
+        raise ValueError(f"max_size={max_size} must be >= min_size={min_size}")
+    return min_size, max_size
+
+
 def create_detector(
     name: str,
     backbone: str = "rednet50",
     num_classes: int = 80,
     *,
+    operator: Mapping[str, Any] | None = None,
     neck: str | Mapping[str, Any] | None = "convolution",
     heads: str | Mapping[str, Any] | None = "convolution",
+    in_channels: int | None = None,
     backbone_args: Mapping[str, Any] | None = None,
     backbone_checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
     frozen_stages: int | None = None,
@@ -111,8 +135,9 @@ def create_detector(
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     box_head_channels: int = 1024,
     mask_head_channels: int | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
+    image_size: int | Sequence[int] | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """A torchvision detector with an FPN over a zoo backbone.
@@ -122,9 +147,14 @@ def create_detector(
         backbone: a registered model (``list_models()``: rednet26..152, resnet*, sasa*).
         num_classes: foreground categories; the detector predicts ``num_classes + 1`` (label 0 is
             the background), so targets carry labels 1..num_classes.
+        operator: the backbone's spatial operator, as ``create_model``'s (a dict ``{"name": ...,
+            **hyperparameters}``, merged onto the family's default); the same as
+            ``backbone_args["operator"]``.
         neck: the FPN's output operator: ``convolution`` (torchvision's 3x3), ``involution``,
             ``attention``, or a dict ``{"name": ..., **hyperparameters}`` (``necks``).
         heads: the RPN head's and mask head's operator, likewise (RetinaNet: convolution).
+        in_channels: the images' channels (default 3; others need ``image_mean``/``image_std``
+            of that length); the same as ``backbone_args["in_channels"]``.
         backbone_args: ``create_model`` overrides of the backbone (``operator``, ``stem``,
             ``base_width``, ``stem_width``, ``memory_format``, ...).
         backbone_checkpoint: a classification checkpoint for the backbone (an official mmcls
@@ -140,7 +170,11 @@ def create_detector(
         aspect_ratios: anchor height/width ratios.
         box_head_channels: the R-CNN box head's FC width (1024).
         mask_head_channels: the mask head's width (default ``fpn_channels``).
-        min_size, max_size: ``GeneralizedRCNNTransform``'s resize (800, 1333 for COCO).
+        image_size: (H, W) (or one side) of the images the detector is given: its resize keeps
+            them as they are (``min_size`` = the shorter side, ``max_size`` = the longer).
+        min_size, max_size: ``GeneralizedRCNNTransform``'s resize (the shorter side to
+            ``min_size``, the longer at most ``max_size``); default from ``image_size``, else
+            800 and 1333 (COCO).
         **kwargs: any other argument of the torchvision class (``rpn_pre_nms_top_n_train``,
             ``box_detections_per_img``, ``image_mean``, ``score_thresh`` ...).
 
@@ -164,6 +198,14 @@ def create_detector(
         )
     num_classes = _positive_int(num_classes, "num_classes")
     fpn_channels = _positive_int(fpn_channels, "fpn_channels")
+    min_size, max_size = _resize_sides(image_size, min_size, max_size)
+    channels = 3 if in_channels is None else _positive_int(in_channels, "in_channels")
+    for key in ("image_mean", "image_std"):
+        if channels != 3 and len(kwargs.get(key) or ()) != channels:
+            raise ValueError(
+                f"in_channels={channels}: {key} must give one value per channel "
+                "(the default is ImageNet's, for 3)"
+            )
     neck_op = resolve_operator(neck, "neck")
     head_op = resolve_operator(heads, "heads")
     if name == "retinanet" and head_op is not None:
@@ -187,7 +229,7 @@ def create_detector(
         checkpoint=backbone_checkpoint,
         frozen_stages=(1 if with_checkpoint else -1) if frozen_stages is None else frozen_stages,
         norm_eval=with_checkpoint if norm_eval is None else norm_eval,
-        **dict(backbone_args or {}),
+        **backbone_arguments(backbone_args, operator=operator, in_channels=in_channels),
     )
     if name == "retinanet":
         # P6 from C5 (mmdet's add_extra_convs="on_input"); torchvision uses P5 only when the

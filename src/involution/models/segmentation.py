@@ -35,7 +35,7 @@ from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import Conv2dNormActivation
 
-from involution.models.backbones import create_backbone
+from involution.models.backbones import backbone_arguments, create_backbone
 from involution.models.necks import BackboneWithFPN, resolve_operator, spatial_op
 
 __all__ = ["SEGMENTERS", "SemanticFPNHead", "Segmenter", "UPerHead", "create_segmenter"]
@@ -189,7 +189,9 @@ def create_segmenter(
     backbone: str = "rednet50",
     num_classes: int = 19,
     *,
+    operator: Mapping[str, Any] | None = None,
     neck: str | Mapping[str, Any] | None = "convolution",
+    in_channels: int | None = None,
     backbone_args: Mapping[str, Any] | None = None,
     backbone_checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
     frozen_stages: int = -1,
@@ -208,9 +210,13 @@ def create_segmenter(
         name: ``semantic_fpn`` (mmseg's FPN: neck + FPNHead) or ``upernet`` (UPerHead).
         backbone: a registered model (``list_models()``).
         num_classes: classes predicted (the background included where it is a class).
+        operator: the backbone's spatial operator, as ``create_model``'s; the same as
+            ``backbone_args["operator"]``.
         neck: semantic_fpn: the FPN's 3x3 output operator (``convolution``: torchvision's,
             ``involution``: the official FPN_involution, ``attention``, or a dict); upernet: the
             3x3 output convolutions of UPerHead's FPN (the official UPerNet: convolution).
+        in_channels: the images' channels (default 3; ``mean`` and ``std`` give one value per
+            channel); the same as ``backbone_args["in_channels"]``.
         backbone_args: ``create_model`` overrides of the backbone.
         backbone_checkpoint: a classification checkpoint for the backbone.
         frozen_stages, norm_eval: as :class:`~involution.models.backbones.FrozenStagesBackbone`;
@@ -239,7 +245,12 @@ def create_segmenter(
             raise ValueError(f"{key} must be a positive int, got {value!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    operator = resolve_operator(neck, "neck")
+    if in_channels is not None and (len(mean) != in_channels or len(std) != in_channels):
+        raise ValueError(
+            f"in_channels={in_channels}: mean and std must give one value per channel, "
+            f"got {len(mean)} and {len(std)}"
+        )
+    neck_operator = resolve_operator(neck, "neck")
     aux = name == "upernet" if aux_head is None else aux_head
     if aux and name == "semantic_fpn":
         # its decode head reads the pyramid; mmseg's FPN config has no auxiliary head
@@ -249,17 +260,22 @@ def create_segmenter(
         checkpoint=backbone_checkpoint,
         frozen_stages=frozen_stages,
         norm_eval=norm_eval,
-        **dict(backbone_args or {}),
+        **backbone_arguments(backbone_args, operator=operator, in_channels=in_channels),
     )
     stage_channels = body.feature_info.channels()
     aux_module = FCNHead(stage_channels[2], num_classes) if aux else None
     if name == "semantic_fpn":
-        fpn = BackboneWithFPN(body, fpn_channels, None, operator)
+        fpn = BackboneWithFPN(body, fpn_channels, None, neck_operator)
         head = SemanticFPNHead(
             fpn_channels, fpn.strides, head_channels or 128, num_classes, dropout
         )
         return Segmenter(fpn, head, None, mean=mean, std=std)
     head = UPerHead(
-        stage_channels, head_channels or 512, num_classes, tuple(pool_scales), dropout, operator
+        stage_channels,
+        head_channels or 512,
+        num_classes,
+        tuple(pool_scales),
+        dropout,
+        neck_operator,
     )
     return Segmenter(body, head, aux_module, aux_index=2, mean=mean, std=std)

@@ -40,7 +40,7 @@ class SemanticSegmenter(L.LightningModule):
         model: ``create_segmenter`` keyword arguments, ``name`` and ``num_classes`` included.
         ignore_index: the label of unlabelled pixels (Cityscapes: 255).
         aux_weight: the auxiliary head's loss weight (mmseg: 0.4).
-        lr: for a total batch of ``lr_reference_batch`` (mmseg Cityscapes: 0.01 for 8 x 2
+        lr: for a total batch of ``lr_reference_batch`` (mmseg Cityscapes: 0.01 for 4 GPUs x 2
             images), scaled linearly to the real total batch.
         schedule: ``poly`` (mmseg: power 0.9 down to ``min_lr_factor`` x lr = 1e-4), ``cosine``
             or ``step`` (x ``gamma`` at each of ``milestones`` epochs), after ``warmup_steps``
@@ -53,7 +53,7 @@ class SemanticSegmenter(L.LightningModule):
         ignore_index: int = 255,
         aux_weight: float = 0.4,
         lr: float = 0.01,
-        lr_reference_batch: int = 16,
+        lr_reference_batch: int = 8,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         nesterov: bool = False,
@@ -99,11 +99,9 @@ class SemanticSegmenter(L.LightningModule):
         """Logits [N, num_classes, H, W]."""
         return self.model(images)["out"]
 
-    def setup(self, stage: str) -> None:
-        """The data must fit the model: one-line errors before any step."""
-        datamodule = self.trainer.datamodule
-        if datamodule is None:
-            return
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        """The data must fit the model: a one-line ValueError otherwise (the run's builder calls
+        this before anything trains; ``setup`` calls it for a bare ``Trainer.fit``)."""
         for key, ours in (
             ("num_classes", self.num_classes),
             ("ignore_index", self.hparams.ignore_index),
@@ -115,6 +113,10 @@ class SemanticSegmenter(L.LightningModule):
                     f"{where}={ours} but the data has {key}={found} "
                     f"(data.{type(datamodule).__name__}.{key})"
                 )
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.datamodule is not None:
+            self.check_data(self.trainer.datamodule)
 
     def _loss(
         self, outputs: dict[str, torch.Tensor], masks: torch.Tensor, split: str
