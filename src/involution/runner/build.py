@@ -75,17 +75,79 @@ def identity(cfg: DictConfig, operator: Mapping[str, Any] | None = None) -> dict
     return run_identity(operator, cfg.task_name, choice("experiment"), sweep_context(cfg))
 
 
+# The groups that choose a spatial operator, each passed to the model under its own name: the
+# backbone's (``operator``: create_model's, create_detector's and create_segmenter's) and, where
+# an experiment selects them, the neck's and the heads' (create_detector's ``neck``, ``heads``).
+OPERATOR_GROUPS = ("operator", "neck", "heads")
+# The data's shape, which every model factory takes: always the data's (a model group that
+# sets one must agree). ``image_size`` is filled only where the model group names it (null: the
+# data's), as a detector's resize does.
+DATA_SHAPE = ("num_classes", "in_channels")
+
+
+def data_name(cfg: DictConfig) -> str:
+    """The data group's option (``data=scenes_detection``), else its class name."""
+    return choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
+
+
+def image_size(datamodule: L.LightningDataModule) -> tuple[int, int] | None:
+    """The data's typical (H, W) (``image_size``: an int for square images, (H, W) for the
+    detection and segmentation data), or None when the data does not fix one."""
+    size = getattr(datamodule, "image_size", None)
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
 def model_arguments(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
-    """``create_model`` keyword arguments: the model group + the operator group + the data's
-    shape."""
+    """The model's keyword arguments (``create_model``, ``create_detector``,
+    ``create_segmenter``): the model group + each selected operator group under its name + the
+    data's shape (classes, channels; the image size where the model group names it).
+
+    Raises SetupError when the model group sets a class or channel count the data does not have.
+    """
     arguments = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(arguments, dict)
-    if arguments.get("checkpoint") is None:
-        arguments.pop("checkpoint", None)
-    arguments["operator"] = OmegaConf.to_container(cfg.operator, resolve=True)
-    arguments["num_classes"] = datamodule.num_classes
-    arguments["in_channels"] = datamodule.in_channels
+    for key in ("checkpoint", "backbone_checkpoint"):
+        if arguments.get(key) is None:
+            arguments.pop(key, None)
+    for group in OPERATOR_GROUPS:
+        if isinstance(cfg.get(group), DictConfig):
+            arguments[group] = OmegaConf.to_container(cfg[group], resolve=True)
+    for key in DATA_SHAPE:
+        found = getattr(datamodule, key)
+        if arguments.get(key) is not None and arguments[key] != found:
+            raise SetupError(
+                f"model.{key}={arguments[key]} but data={data_name(cfg)} has {found} "
+                f"{'classes' if key == 'num_classes' else 'channels'}; drop model.{key} "
+                "(the data sets it) or choose data that fits"
+            )
+        arguments[key] = found
+    if "image_size" in arguments and arguments["image_size"] is None:
+        size = image_size(datamodule)
+        arguments["image_size"] = list(size) if size else None
     return arguments
+
+
+def input_size(
+    datamodule: L.LightningDataModule, arguments: Mapping[str, Any], model: torch.nn.Module
+) -> tuple[int, int, int, int]:
+    """The (1, C, H, W) input the model's multiply-adds are counted at: the data's image size,
+    else the model's (``image_size``), else the size a model that resizes its input (a
+    torchvision detector) resizes to."""
+    size = image_size(datamodule) or arguments.get("image_size")
+    if size is None:
+        transform = getattr(model, "transform", None)
+        size = (transform.min_size[-1], transform.max_size) if transform is not None else None
+    if size is None:
+        raise SetupError(
+            f"data={type(datamodule).__name__} gives no image_size to count the model's cost at"
+        )
+    height, width = (size, size) if isinstance(size, int) else size
+    return (1, datamodule.in_channels, int(height), int(width))
 
 
 def _one_line(error: BaseException) -> str:
@@ -107,16 +169,29 @@ def build_data(cfg: DictConfig, fitting: bool) -> L.LightningDataModule:
 
 
 def build_module(
-    cfg: DictConfig, arguments: dict[str, Any], overrides: Mapping[str, Any] | None = None
+    cfg: DictConfig,
+    arguments: dict[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    datamodule: L.LightningDataModule | None = None,
 ) -> L.LightningModule:
-    """The task's LightningModule: ``cfg.module`` with ``model=arguments`` (and ``overrides``)."""
+    """The task's LightningModule: ``cfg.module`` with ``model=arguments`` (and ``overrides``);
+    when it has ``check_data``, asked whether ``datamodule`` fits it (a detector's classes and
+    masks, a segmenter's ignored label)."""
     factory = instantiate(cfg.module, _partial_=True, _convert_="all")
     try:
-        return factory(model=arguments, **(overrides or {}))
+        module = factory(model=arguments, **(overrides or {}))
+        if datamodule is not None and hasattr(module, "check_data"):
+            module.check_data(datamodule)
     except CheckpointMismatchError as error:
-        raise SetupError(f"model.checkpoint: {error.one_line()}") from error
+        key = (
+            "model.backbone_checkpoint"
+            if "backbone_checkpoint" in arguments
+            else "model.checkpoint"
+        )
+        raise SetupError(f"{key}: {error.one_line()}") from error
     except (ValueError, TypeError, FileNotFoundError, CheckpointFileError) as error:
         raise SetupError(_one_line(error)) from error
+    return module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +249,19 @@ def check_weights_fit_data(
         )
 
 
+def check_classes(
+    stored: Mapping[str, Any] | None, path: str, data: str, datamodule: L.LightningDataModule
+) -> None:
+    """A Lightning checkpoint of this project was trained for ``stored["num_classes"]`` classes:
+    the data must have as many (any task)."""
+    trained = (stored or {}).get("num_classes")
+    if trained is not None and trained != datamodule.num_classes:
+        raise SetupError(
+            f"data={data} has {datamodule.num_classes} classes but checkpoint {path!r} was "
+            f"trained for {trained} (model.num_classes); use the data it was trained on"
+        )
+
+
 def mismatch_line(error: CheckpointMismatchError, path: str, arguments: dict[str, Any]) -> str:
     """One line for a checkpoint of another architecture: counts and the first offending key."""
     first = [*error.mismatched[:1], *error.unexpected[:1], *error.missing[:1]][0]
@@ -181,10 +269,13 @@ def mismatch_line(error: CheckpointMismatchError, path: str, arguments: dict[str
         first = f"{first[0]} is {first[1]} in the checkpoint, {first[2]} in the model"
     operator = arguments.get("operator", {})
     hyper = ", ".join(f"{k}={v}" for k, v in operator.items() if k not in ("name", "backend"))
+    shape = (
+        ("backbone", "stem", "base_width") if "backbone" in arguments else ("stem", "base_width")
+    )
     return (
         f"ckpt_path={path!r} does not fit model={arguments['name']} "
         f"(operator={operator.get('name')}{', ' + hyper if hyper else ''}; "
-        f"stem={arguments.get('stem')}, base_width={arguments.get('base_width')}): "
+        f"{', '.join(f'{k}={arguments.get(k)}' for k in shape)}): "
         f"{len(error.missing)} missing, {len(error.unexpected)} unexpected, "
         f"{len(error.mismatched)} mismatched keys, e.g. {first}; "
         "set model=/operator=/experiment= to the checkpoint's architecture"
@@ -201,9 +292,10 @@ def evaluated_model(
         state = extract_state_dict(weights)
     except (TypeError, ValueError) as error:
         raise SetupError(f"ckpt_path={path!r}: {error}") from None
-    data = choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
+    data = data_name(cfg)
     check_weights_fit_data(state, path, data, datamodule)
     stored = stored_model(weights)
+    check_classes(stored, path, data, datamodule)
     if stored is None:
         arguments = model_arguments(cfg, datamodule)
         arguments.pop("checkpoint", None)  # the weights are ckpt_path's
@@ -216,8 +308,10 @@ def evaluated_model(
                 f"model.name={cfg.model.name} but checkpoint {path!r} holds a {stored['name']}; "
                 "a Lightning checkpoint of this project brings its architecture (drop model=...)"
             )
-        shape = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
+        shape = {key: getattr(datamodule, key) for key in DATA_SHAPE}
         arguments = {**stored, **shape}
+        if "image_size" in arguments and image_size(datamodule):
+            arguments["image_size"] = list(image_size(datamodule))
     info = {
         "checkpoint": str(Path(path).resolve()),
         "checkpoint_kind": "state_dict" if stored is None else "lightning",
@@ -246,9 +340,13 @@ def build(
     datamodule = build_data(cfg, fitting=not evaluate)
     if weights is None:
         arguments, info = model_arguments(cfg, datamodule), {}
+        if cfg.get("ckpt_path"):  # a fit that starts from another run's checkpoint
+            start = read_checkpoint(str(cfg.ckpt_path), mmap=True)
+            stored = stored_model(start) if isinstance(start, dict) else None
+            check_classes(stored, str(cfg.ckpt_path), data_name(cfg), datamodule)
     else:
         arguments, info = evaluated_model(cfg, weights, datamodule)
-    module = build_module(cfg, arguments, module_overrides)
+    module = build_module(cfg, arguments, module_overrides, datamodule)
     if weights is not None:
         try:
             load_checkpoint(module.model, weights)
@@ -258,7 +356,7 @@ def build(
         resume = None if evaluate else resume_point(cfg, module.state_dict())
     except ResumeError as error:
         raise SetupError(str(error)) from error
-    image = (1, datamodule.in_channels, datamodule.image_size, datamodule.image_size)
+    image = input_size(datamodule, arguments, module.model)
     params = sum(p.numel() for p in module.model.parameters())
     info.update(params=params, macs=count_macs(module.model, image), input_size=list(image))
     run_id = identity(cfg, {"name": arguments["name"], **(arguments.get("operator") or {})})
