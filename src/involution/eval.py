@@ -49,9 +49,11 @@ def evaluate_split(run: Run) -> dict[str, Any]:
 
 
 def options(cfg: DictConfig) -> dict[str, Any]:
-    """The builder's options: evaluate ``ckpt_path``; the reported loss uses ``label_smoothing``
-    (plain cross-entropy by default), not the training recipe's."""
-    return {"evaluate": True, "module_overrides": {"label_smoothing": cfg.label_smoothing}}
+    """The builder's options: evaluate ``ckpt_path``; a classifier's reported loss uses
+    ``label_smoothing`` (plain cross-entropy by default), not the training recipe's (tasks
+    without the key have no such choice)."""
+    overrides = {"label_smoothing": cfg.label_smoothing} if "label_smoothing" in cfg.module else {}
+    return {"evaluate": True, "module_overrides": overrides}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -61,14 +63,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://involution.conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra task: prints the result as JSON; returns top-1."""
+    """Hydra task: prints the result as JSON; returns the task's metric (top-1, box mAP, mIoU)."""
     outcome = run_job(cfg, evaluate_split, **options(cfg))
     if outcome.status != "ok":
         return None
     print(json.dumps(outcome.metrics, indent=2), flush=True)
     path = Path(cfg.paths.output_dir) / METRICS_JSON
-    log.info("%s top-1 = %s -> %s", cfg.split, outcome.metrics.get("top1"), path)
-    return outcome.metrics.get("top1")
+    key = headline(cfg)
+    log.info("%s %s = %s -> %s", cfg.split, key, outcome.metrics.get(key), path)
+    return outcome.metrics.get(key)
+
+
+def headline(cfg: DictConfig) -> str:
+    """The task's metric as ``evaluate_split`` names it (val/acc_top1 -> top1, val/map -> map)."""
+    return str(cfg.optimized_metric).partition("/")[2].removeprefix("acc_")
 
 
 def cli() -> None:

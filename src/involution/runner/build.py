@@ -33,6 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from involution.models import CheckpointMismatchError, count_macs, load_checkpoint
 from involution.models.checkpoint import CheckpointFileError, extract_state_dict, read_checkpoint
+from involution.models.detection import DETECTORS
+from involution.models.segmentation import SEGMENTERS
 from involution.runner.guards import RunGuard
 from involution.runner.loggers import build_loggers
 from involution.runner.preflight import SetupError, check_config
@@ -262,6 +264,24 @@ def check_classes(
         )
 
 
+def task_of(model: str) -> str:
+    """The task whose module builds ``model`` (a detector, a segmenter, else a classifier)."""
+    if model in DETECTORS:
+        return "detection"
+    return "segmentation" if model in SEGMENTERS else "classification"
+
+
+def check_task(model: str, path: str) -> None:
+    """A checkpoint's model must be one the selected task's module builds."""
+    task = task_of(model)
+    selected = choice("task") or task
+    if selected != task:
+        raise SetupError(
+            f"checkpoint {path!r} holds a {model} ({task}) but task={selected}; evaluate it with "
+            f"the experiment it was trained with (experiment=...) or task={task} and its data"
+        )
+
+
 def mismatch_line(error: CheckpointMismatchError, path: str, arguments: dict[str, Any]) -> str:
     """One line for a checkpoint of another architecture: counts and the first offending key."""
     first = [*error.mismatched[:1], *error.unexpected[:1], *error.missing[:1]][0]
@@ -292,9 +312,11 @@ def evaluated_model(
         state = extract_state_dict(weights)
     except (TypeError, ValueError) as error:
         raise SetupError(f"ckpt_path={path!r}: {error}") from None
+    stored = stored_model(weights)
+    if stored is not None:
+        check_task(stored["name"], path)
     data = data_name(cfg)
     check_weights_fit_data(state, path, data, datamodule)
-    stored = stored_model(weights)
     check_classes(stored, path, data, datamodule)
     if stored is None:
         arguments = model_arguments(cfg, datamodule)

@@ -91,7 +91,8 @@ class ObjectDetector(L.LightningModule):
             raise ValueError(f"model.name must be one of {sorted(DETECTORS)}, got {name!r}")
         if masks and name != "maskrcnn":
             raise ValueError(
-                f"masks=true needs a detector with a mask head (maskrcnn); {name} has none"
+                f"module.masks=true needs a detector with a mask head (model=maskrcnn); "
+                f"{name} has none"
             )
         check_schedule(schedule, lr, milestones, warmup_steps, warmup_start_factor)
         pretrained = model.pop("backbone_checkpoint", None)
@@ -111,11 +112,9 @@ class ObjectDetector(L.LightningModule):
     def forward(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(list(images))
 
-    def setup(self, stage: str) -> None:
-        """The data must fit the model: one-line errors before any step."""
-        datamodule = self.trainer.datamodule
-        if datamodule is None:
-            return
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        """The data must fit the model: a one-line ValueError otherwise (the run's builder calls
+        this before anything trains; ``setup`` calls it for a bare ``Trainer.fit``)."""
         found = getattr(datamodule, "num_classes", None)
         if found is not None and found != self.num_classes:
             raise ValueError(
@@ -125,8 +124,17 @@ class ObjectDetector(L.LightningModule):
         if has_mask_head(self.model) and getattr(datamodule, "has_masks", True) is False:
             raise ValueError(
                 f"{self.hparams.model['name']} trains a mask head but the data has no instance "
-                "masks; use fasterrcnn or retinanet, or data with masks"
+                "masks (data.masks=false); use fasterrcnn or retinanet, or data with masks"
             )
+        if self.masks and getattr(datamodule, "has_masks", True) is False:
+            raise ValueError(
+                "module.masks=true asks for mask mAP but the data has no instance masks "
+                "(data.masks=false)"
+            )
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.datamodule is not None:
+            self.check_data(self.trainer.datamodule)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -158,9 +166,13 @@ class ObjectDetector(L.LightningModule):
 
     def _log_map(self, metric: MeanAveragePrecision, split: str) -> None:
         results = metric.compute()
+        # torchmetrics prefixes its keys with the IoU type only when it evaluates two
+        several = len(metric.iou_type) > 1
         for iou, prefix in (("bbox", ""), ("segm", "mask_")):
+            if iou not in metric.iou_type:
+                continue
             for key in MAP_KEYS:
-                value = results.get(f"{iou}_{key}")
+                value = results.get(f"{iou}_{key}" if several else key)
                 if value is not None:
                     self.log(f"{split}/{prefix}{key}", value.float(), prog_bar=key == "map_50")
         metric.reset()
