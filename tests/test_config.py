@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,9 @@ def _named_overrides() -> dict[tuple[str, str, str], object]:
             for comment, line in itertools.pairwise(lines):
                 if comment.strip().startswith("# experiments:"):
                     key = line.split(":")[0].strip()
-                    for pair in comment.split(":", 1)[1].split(","):
+                    # commas inside [...] or {...} belong to the value
+                    pairs = re.split(r",(?![^\[{]*[\]}])", comment.split(":", 1)[1])
+                    for pair in pairs:
                         name, value = (part.strip() for part in pair.split("->"))
                         named[(name, section, key)] = yaml.safe_load(value)
     return named
@@ -89,7 +92,8 @@ def test_what_an_experiment_overrides_is_named_in_the_group(compose_train) -> No
     changed: dict[tuple[str, str, str], object] = {}
     for experiment in EXPERIMENTS:
         cfg = compose_train([f"experiment={experiment}"])
-        options = [f"{group}={cfg.hydra.runtime.choices[group]}" for group in ("data", *SECTIONS)
+        options = [f"{group}={cfg.hydra.runtime.choices[group]}"
+                   for group in ("data", "task", *SECTIONS)
                    if group in GROUPS]  # fmt: skip
         plain = compose_train(["~experiment", *options])
         for section in SECTIONS:
@@ -160,3 +164,127 @@ def test_run_directories_follow_the_layout(tmp_path: Path) -> None:
     ).stdout.split()
     assert lines[0].startswith("outputs/train/") and len(lines[0].split("/")) == 4
     assert lines[1].startswith("multirun/train/")
+
+
+# The official mmdet / mmseg recipes (REFERENCE.md): what each experiment must compose to.
+COCO_1X = {
+    "optimized_metric": "val/map",
+    "model.backbone": "rednet50",
+    "model.frozen_stages": 1,
+    "model.norm_eval": True,
+    "model.fpn_channels": 256,
+    "model.anchor_sizes": None,  # create_detector's: scale 8 x strides 4-64
+    "model.aspect_ratios": [0.5, 1.0, 2.0],
+    "model.box_head_channels": 1024,
+    "data._target_": "involution.data.COCODataModule",
+    "data.train_short_sides": [800],
+    "data.eval_short_side": 800,
+    "data.max_size": 1333,
+    "data.hflip": 0.5,
+    "data.batch_size": 2,
+    "trainer.devices": 8,
+    "trainer.max_epochs": 12,
+    "module._target_": "involution.tasks.ObjectDetector",
+    "module.lr": 0.02,
+    "module.lr_reference_batch": 16,
+    "module.momentum": 0.9,
+    "module.weight_decay": 1.0e-4,
+    "module.schedule": "step",
+    "module.milestones": [8, 11],
+    "module.gamma": 0.1,
+    "module.warmup_steps": 500,
+    "module.warmup_start_factor": 0.001,
+}
+CITYSCAPES_80K = {
+    "optimized_metric": "val/miou",
+    "model.backbone": "rednet50",
+    "model.frozen_stages": -1,
+    "model.norm_eval": False,
+    "data._target_": "involution.data.CityscapesDataModule",
+    "data.scale": [2048, 1024],
+    "data.ratio_range": [0.5, 2.0],
+    "data.crop_size": [512, 1024],
+    "data.batch_size": 2,
+    "trainer.devices": 4,
+    "trainer.sync_batchnorm": True,
+    "trainer.max_steps": 80000,
+    "trainer.val_check_interval": 8000,
+    "module._target_": "involution.tasks.SemanticSegmenter",
+    "module.lr": 0.01,
+    "module.lr_reference_batch": 8,
+    "module.momentum": 0.9,
+    "module.weight_decay": 5.0e-4,
+    "module.schedule": "poly",
+    "module.poly_power": 0.9,
+    "module.min_lr_factor": 0.01,
+    "module.ignore_index": 255,
+}
+OFFICIAL = {
+    "coco_fasterrcnn_rednet50": {
+        **COCO_1X,
+        "model.name": "fasterrcnn",
+        "neck.name": "convolution",
+        "data.masks": False,
+    },
+    "coco_fasterrcnn_rednet50_neck": {
+        **COCO_1X,
+        "model.name": "fasterrcnn",
+        "neck.name": "involution",
+        "neck.kernel_size": 7,
+        "data.masks": False,
+    },
+    "coco_maskrcnn_rednet50": {
+        **COCO_1X,
+        "model.name": "maskrcnn",
+        "neck.name": "convolution",
+        "data.masks": True,
+    },
+    "coco_maskrcnn_rednet50_neck": {
+        **COCO_1X,
+        "model.name": "maskrcnn",
+        "neck.name": "involution",
+        "neck.kernel_size": 7,
+        "heads.name": "convolution",
+        "data.masks": True,
+    },
+    "cityscapes_fpn_rednet50": {
+        **CITYSCAPES_80K,
+        "model.name": "semantic_fpn",
+        "neck.name": "convolution",
+        "model.fpn_channels": 256,
+        "model.head_channels": 128,
+    },
+    "cityscapes_fpn_rednet50_neck": {
+        **CITYSCAPES_80K,
+        "model.name": "semantic_fpn",
+        "neck.name": "involution",
+        "neck.kernel_size": 7,
+        "model.head_channels": 128,
+    },
+    "cityscapes_upernet_rednet50": {
+        **CITYSCAPES_80K,
+        "model.name": "upernet",
+        "neck.name": "convolution",
+        "model.head_channels": 512,
+        "module.aux_weight": 0.4,
+    },
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(OFFICIAL))
+def test_official_experiments_compose_to_the_official_recipe(compose_train, experiment) -> None:
+    cfg = compose_train([f"experiment={experiment}"])
+    found = {key: OmegaConf.select(cfg, key) for key in OFFICIAL[experiment]}
+    resolved = OmegaConf.to_container(OmegaConf.create(found), resolve=True)
+    assert resolved == OFFICIAL[experiment]
+
+
+def test_embedded_scene_experiments_are_sized_for_two_cpu_cores(compose_train) -> None:
+    for experiment, model, metric in (
+        ("detection_digits", "fasterrcnn", "val/map"),
+        ("segmentation_digits", "semantic_fpn", "val/miou"),
+    ):
+        cfg = compose_train([f"experiment={experiment}"])
+        assert (cfg.model.name, cfg.optimized_metric, cfg.trainer.devices) == (model, metric, 1)
+        assert cfg.model.backbone == "rednet26" and cfg.model.backbone_args.base_width == 16
+        assert cfg.data.canvas_size == 64 and cfg.neck.name == "involution"
