@@ -80,13 +80,17 @@ cuda-report: $(STAMP) ## CUDA kernels' registers/spills/occupancy via ptxas (no 
 # inputs lose nothing; 16 jobs in well under 30 minutes on 2 cores, val top-1 > 90% each); naming
 # data= or experiment= in ARGS drops it, e.g.
 #   make sweep SWEEP=group_channels ARGS="experiment=cifar10 hydra/launcher=joblib"
+# SWEEP=neck_operator (backbone x neck operator of Faster R-CNN on the digit scenes) has its own
+# short schedule, SWEEP_SCHEDULE_neck_operator (4 jobs of about 3 minutes here); the classification
+# sweeps run on detection with ARGS="experiment=detection_digits" (the experiment's schedule).
 SWEEP ?= kernel_reduction
 SWEEP_SCHEDULE ?= data.image_size=16 trainer.max_epochs=12
+SWEEP_SCHEDULE_neck_operator ?= trainer.max_epochs=2 data.train_size=800
 SEARCH ?= digits_optuna
 DIR ?=
 
-sweep: $(STAMP) ## Hydra multirun ablation SWEEP=kernel_reduction|group_channels|operator; ARGS="..."
-	$(PY) -m involution.train sweep=$(SWEEP) $(if $(filter data=% experiment=%,$(ARGS)),,$(SWEEP_SCHEDULE)) $(ARGS)
+sweep: $(STAMP) ## Hydra multirun ablation SWEEP=kernel_reduction|group_channels|operator|neck_operator; ARGS="..."
+	$(PY) -m involution.train sweep=$(SWEEP) $(if $(filter data=% experiment=%,$(ARGS)),,$(or $(SWEEP_SCHEDULE_$(SWEEP)),$(SWEEP_SCHEDULE))) $(ARGS)
 
 summarize: $(STAMP) ## (re)build a multirun's summary table: make summarize DIR=multirun/... (default latest)
 	$(PY) -m involution.runs summarize $(DIR)

@@ -102,6 +102,24 @@ def tiny_detector(name: str) -> dict:
     }
 
 
+# The digit-scene experiments (detection_digits, segmentation_digits) narrowed: one epoch of two
+# steps of four scenes, four val and test scenes; SCENE_TASK[experiment] narrows its heads.
+TINY_SCENES = [
+    "data.train_size=8",
+    "data.val_size=4",
+    "data.test_size=4",
+    "data.batch_size=4",
+    "model.fpn_channels=16",
+    "print_config=false",
+    *CSV_ONLY,
+]
+SCENE_FIT = ["trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"]
+SCENE_TASK = {
+    "detection_digits": ["model.box_head_channels=32", "module.warmup_steps=1"],
+    "segmentation_digits": ["model.head_channels=16"],
+}
+
+
 # A tiny segmenter (create_segmenter keyword arguments, bar the name).
 TINY_SEGMENTER = {
     "backbone": "rednet26",

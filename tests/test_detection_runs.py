@@ -14,24 +14,10 @@ from involution.eval import evaluate
 from involution.runner.preflight import SetupError
 from involution.train import train
 
-from conftest import CSV_ONLY, compose_entry
+from conftest import CSV_ONLY, SCENE_FIT, SCENE_TASK, TINY_SCENES, compose_entry
 
-# A few scenes at the experiments' widths narrowed: each fit is two steps of four scenes.
-TINY_SCENES = [
-    "data.train_size=8",
-    "data.val_size=4",
-    "data.test_size=4",
-    "data.batch_size=4",
-    "model.fpn_channels=16",
-    "print_config=false",
-    *CSV_ONLY,
-]
-FIT = ["trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0", "test=false"]
+FIT = [*SCENE_FIT, "test=false"]
 SPLIT_VAL = [*TINY_SCENES, "split=val"]
-TINY_TASK = {
-    "detection_digits": ["model.box_head_channels=32", "module.warmup_steps=1"],
-    "segmentation_digits": ["model.head_channels=16"],
-}
 # the task's metric: checkpoints keep the best by it, eval reports it under its short name
 METRIC = {"detection_digits": "map", "segmentation_digits": "miou"}
 MODEL = {
@@ -49,7 +35,7 @@ def entry(tmp_path: Path):
 
 @pytest.mark.parametrize("experiment", ["detection_digits", "segmentation_digits"])
 def test_experiment_trains_evaluates_and_resumes(entry, tmp_path: Path, experiment: str):
-    overrides = [f"experiment={experiment}", *TINY_SCENES, *FIT, *TINY_TASK[experiment]]
+    overrides = [f"experiment={experiment}", *TINY_SCENES, *FIT, *SCENE_TASK[experiment]]
     metric = METRIC[experiment]
     metrics = train(entry("train", "run", overrides))
     assert {f"val/{metric}", f"best/val/{metric}"} <= set(metrics)

@@ -19,13 +19,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from analysis_artifacts import Artifacts, make_artifacts
-from conftest import REPO
+from conftest import REPO, SCENE_FIT, SCENE_TASK, TINY_SCENES, run_module
 
 NOTEBOOKS = REPO / "notebooks"
 FIGURES = {
     "01_ablation_results": ["accuracy_vs_kernel_size", "accuracy_vs_cost", "training_curves"],
     "02_involution_kernels": ["kernels_at_pixels", "kernel_variation_maps", "convolution_filters"],
     "03_operator_costs": ["params_macs_per_depth", "spatial_operator_costs", "operator_benchmark"],
+    "04_detection_sweep": ["map_by_operator_and_neck", "map_vs_macs"],
 }
 KERNEL = "involution-tests"
 # A stand-in for docs/benchmarks.ops.json in the records format `make bench-ops` writes.
@@ -273,3 +274,22 @@ def test_make_lab_starts_jupyter_lab_on_the_venv() -> None:
     target = next(line for line in text.splitlines() if line.startswith("lab:"))
     assert "## " in target
     assert "jupyter lab" in text and "jupyterlab==" in text
+
+
+@pytest.mark.slow
+def test_detection_sweep_notebook(kernel_dir: Path, tmp_path: Path) -> None:
+    """make sweep SWEEP=neck_operator, narrowed to 2 x 2 tiny Faster R-CNNs of two steps."""
+    sweep = tmp_path / "multirun"
+    tiny = [*TINY_SCENES, *SCENE_FIT, *SCENE_TASK["detection_digits"]]
+    args = ["sweep=neck_operator", f"hydra.sweep.dir={sweep}", *tiny]
+    result = run_module("involution.train", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figdir = tmp_path / "figures"
+    notebook = execute("04_detection_sweep", kernel_dir, tmp_path, multirun=sweep, figdir=figdir)
+    assert_figures(figdir, FIGURES["04_detection_sweep"])
+    table = notebook.cells[first_cell_with(notebook, "load_sweep(")].outputs[0]["data"]
+    assert {"best_val_map", "test_map_50", "involution", "convolution"} <= set(
+        table["text/plain"].split()
+    )
+    summary = (sweep / "summary.md").read_text()
+    assert "val mAP %" in summary and "test mAP@.5 %" in summary

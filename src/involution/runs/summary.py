@@ -35,7 +35,17 @@ SUMMARY_MD = "summary.md"
 COLUMNS = (
     "job", "status", "best_val_top1", "best_val_top5", "test_top1", "val_top1", "epochs",
     "params", "macs", "wall_time_s", "error", "overrides", "name", "group", "run_dir",
+    "best_val_map", "test_map", "test_map_50", "best_val_miou", "test_miou",
 )  # fmt: skip
+# The detection and segmentation tasks' metrics: column <- the job record's metric, and the
+# heading it gets in summary.md (shown only when some job has it). mAP: COCO box mAP@[.5:.95].
+TASK_METRICS = {
+    "best_val_map": ("best/val/map", "val mAP %"),
+    "test_map": ("test/map", "test mAP %"),
+    "test_map_50": ("test/map_50", "test mAP@.5 %"),
+    "best_val_miou": ("best/val/miou", "val mIoU %"),
+    "test_miou": ("test/miou", "test mIoU %"),
+}
 TEXT_COLUMNS = ("status", "error", "overrides", "name", "group", "run_dir")
 NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in TEXT_COLUMNS and c != "job")
 # The W&B job type of the run that holds a sweep's own charts and table (runs.dashboard);
@@ -140,6 +150,7 @@ def job_row(num: int, job_dir: Path, expected: list[str] | None, finished: bool)
             best_val_top1=metrics.get("best/val/acc_top1"), val_top1=metrics.get("val/acc_top1"),
             best_val_top5=metrics.get("val/acc_top5"), test_top1=metrics.get("test/acc_top1"),
         )  # fmt: skip
+        row.update({column: metrics.get(key) for column, (key, _) in TASK_METRICS.items()})
         if row["status"] == "running":
             dead = record.get("host") == socket.gethostname() and not process_alive(record)
             if dead or finished:
@@ -291,16 +302,18 @@ def to_markdown(frame: pd.DataFrame, swept: Sequence[str] | None = None) -> str:
     """The table for people: accuracies in %, params in M, multiply-adds in M, time in s."""
     if swept is None:
         swept = [c for c in frame.columns if c not in COLUMNS]
+    tasks = [c for c in TASK_METRICS if c in frame.columns and frame[c].notna().any()]
     head = [
-        "job", *swept, "status", "val top-1 %", "val top-5 %", "test top-1 %", "params (M)",
-        "MACs (M)", "time (s)", "error",
+        "job", *swept, "status", "val top-1 %", "val top-5 %", "test top-1 %",
+        *(TASK_METRICS[c][1] for c in tasks), "params (M)", "MACs (M)", "time (s)", "error",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in frame.to_dict("records"):
         cells = [
             str(row["job"]), *(_swept_cell(row[k]) for k in swept), row["status"],
             _fmt(row["best_val_top1"], 100), _fmt(row["best_val_top5"], 100),
-            _fmt(row["test_top1"], 100), _fmt(row["params"], 1e-6, 3),
+            _fmt(row["test_top1"], 100), *(_fmt(row[c], 100) for c in tasks),
+            _fmt(row["params"], 1e-6, 3),
             _fmt(row["macs"], 1e-6, 1), _fmt(row["wall_time_s"], 1, 0),
             str(row["error"]).replace("|", "\\|"),
         ]  # fmt: skip
