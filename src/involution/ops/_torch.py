@@ -11,15 +11,19 @@ padded copy would hold 3.4x the input), and accumulates into the result in place
 No unfold, no KH*KW-sized temporary: forward and grad_input allocate nothing but their result
 (plus a float32 accumulator for half-precision storage), grad_kernel one output-sized buffer for
 the product of each tap before it is reduced over the group's channels (``tests/test_ops_torch.py``
-probes all three). Half-precision storage accumulates in float32, like the CUDA kernels.
+probes all three). Half-precision storage accumulates in float32, like the CUDA kernels (on
+the CPU, whose kernels cast mixed dtypes by copying, each tap then also holds its operands in
+float32; CPU autocast hands the op float32 anyway).
 
 Under ``torch.compile`` with Inductor the same maths is visible to the compiler: the three ops
 of ``involution.ops._library`` stay opaque custom ops for every other backend, but for this one
-Inductor's decomposition table gets a functional version of each (the zero padding as a
-``constant_pad_nd`` Inductor folds into masked loads, the taps as one sum of products), which
-AOTAutograd applies after our autograd formula, so Inductor can fuse the taps of the forward and
-of each gradient into one kernel. The table is filled when Dynamo first resolves this backend
-(``_register_decompositions``), so an eager user never imports Inductor.
+Inductor's decomposition table gets a functional version of each (forward and grad_kernel read
+the zero padding as a ``constant_pad_nd``, which Inductor folds into masked loads; grad_input
+places each tap's share with ``slice_scatter``, a masked select), which AOTAutograd applies after
+our autograd formula, so Inductor can fuse the taps of the forward, and those of the backward,
+into one kernel each (on the CPU it does; tests/test_ops_torch.py checks the forward). The
+table is filled when Dynamo first resolves this backend (``_register_decompositions``), so an
+eager user never imports Inductor's decompositions.
 """
 
 from __future__ import annotations
@@ -123,8 +127,7 @@ def grad_kernel(
     """Per tap, the product of the gradient and the shifted input, summed over the group's
     channels straight into the tap's slice of the result (``sum`` accumulates half precision in
     float32). The products share one output-sized buffer: a fresh one per tap, of a slightly
-    different size each, left the allocator holding several (peak resident memory 3.8x the
-    output instead of 1x at RedNet-50's 64x56x56)."""
+    different size each, left the allocator holding several at once."""
     n, c, ho, wo = grad_out.shape
     h, w = input.shape[2:]
     kh, kw = kernel_size
