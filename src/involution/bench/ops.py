@@ -240,6 +240,11 @@ def _steps(batch, channels, size, k, device, dtype, backends, compiled):
         cands.append(Candidate(backend, op(backend), tag))
     if compiled and device.type == "cpu":  # a GPU machine has the cores for compile workers
         _compile_in_process()
+    if compiled:
+        # Dynamo keeps the compiled variants of a function with its code, across torch.compile
+        # wrappers: past its recompile limit (8), e.g. 5 shapes x 2 dtypes, the later shapes
+        # would silently run eagerly. Each shape's candidates are compiled afresh anyway.
+        torch._dynamo.reset()
     for backend in compiled:
         if backend == "reference":
             fn = torch.compile(involution2d_reference, dynamic=False)
