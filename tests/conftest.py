@@ -115,7 +115,12 @@ TINY_SCENES = [
 ]
 SCENE_FIT = ["trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"]
 SCENE_TASK = {
-    "detection_digits": ["model.box_head_channels=32", "module.warmup_steps=1"],
+    "detection_digits": [
+        "model.box_head_channels=32",
+        "model.min_size=64",
+        "model.max_size=64",
+        "module.warmup_steps=1",
+    ],
     "segmentation_digits": ["model.head_channels=16"],
 }
 

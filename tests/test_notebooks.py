@@ -278,10 +278,11 @@ def test_make_lab_starts_jupyter_lab_on_the_venv() -> None:
 
 @pytest.mark.slow
 def test_detection_sweep_notebook(kernel_dir: Path, tmp_path: Path) -> None:
-    """make sweep SWEEP=neck_operator, narrowed to 2 x 2 tiny Faster R-CNNs of two steps."""
+    """make sweep SWEEP=neck_operator, narrowed on the command line to the two necks of a
+    convolution backbone: tiny Faster R-CNNs of two steps."""
     sweep = tmp_path / "multirun"
     tiny = [*TINY_SCENES, *SCENE_FIT, *SCENE_TASK["detection_digits"]]
-    args = ["sweep=neck_operator", f"hydra.sweep.dir={sweep}", *tiny]
+    args = ["sweep=neck_operator", "operator=convolution", f"hydra.sweep.dir={sweep}", *tiny]
     result = run_module("involution.train", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     figdir = tmp_path / "figures"
