@@ -27,7 +27,6 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,7 +34,7 @@ from involution.models import CheckpointMismatchError, count_macs, load_checkpoi
 from involution.models.checkpoint import CheckpointFileError, extract_state_dict, read_checkpoint
 from involution.runner.guards import RunGuard
 from involution.runner.loggers import build_loggers
-from involution.runner.preflight import SetupError, check_config
+from involution.runner.preflight import SetupError, check_config, instantiate_data
 from involution.runner.resume import (
     LoaderStateOnResume,
     ResumeError,
@@ -94,11 +93,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def build_data(cfg: DictConfig, fitting: bool) -> L.LightningDataModule:
+    datamodule = instantiate_data(cfg)
     try:
-        try:
-            datamodule = instantiate(cfg.data)
-        except InstantiationException as error:  # the data module's own message is the useful one
-            raise error.__cause__ or error from None
         if fitting and not getattr(datamodule, "download", False):  # files are there: check now
             datamodule.setup("fit")
     except (ValueError, TypeError, FileNotFoundError) as error:
