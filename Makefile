@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope)
 
-.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models bench-detection cuda-report clean sweep summarize dashboard search lab
+.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models bench-detection cuda-report clean sweep summarize dashboard search lab notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'

@@ -40,6 +40,7 @@ def test_run_prints_a_header_and_a_closing_summary_only(quick_run: Path) -> None
     metrics = record["metrics"]
     for value in (metrics["best/val/acc_top1"], metrics["test/acc_top1"]):
         assert f"{100 * value:.2f}" in printed
+
     def shown(path: Path) -> str:  # paths are shown from where the command ran
         return str(path.relative_to(quick_run.parent))
 
