@@ -25,6 +25,12 @@ def test_sweep_summary_has_one_row_per_job(kernel_sweep) -> None:
     result, sweep_dir = kernel_sweep
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "4 ok, 0 failed" in result.stdout
+    # quiet per job: one line as it ends, no config tree, model summary or Lightning notice
+    printed = result.stdout + result.stderr
+    for noise in ("CONFIG", "┃ Name", "GPU available", "Restoring states", "Test metric"):
+        assert noise not in printed, noise
+    ended = [line for line in printed.splitlines() if line.startswith("job ")]
+    assert [line.split()[:3] for line in ended] == [["job", str(n), "ok"] for n in range(4)]
     frame = summary.load_summary(sweep_dir)
     assert list(frame["job"]) == [0, 1, 2, 3]
     assert list(frame["operator.kernel_size"]) == [3, 3, 5, 5]
