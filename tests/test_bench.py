@@ -57,7 +57,7 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
     assert says in text
     rows = [line for line in text.splitlines() if line.startswith("| 8, 16, 9x9, 3, 1 |")]
     names = [row.split("|")[3].strip() for row in rows]
-    assert names == ["depthwise conv2d", "reference", "numba_cpu"]
+    assert names == ["depthwise conv2d", "reference", "numba_cpu", "torch"]
     for row in rows:
         median = row.split("|")[4].strip()
         assert float(median) > 0, row
@@ -142,7 +142,8 @@ def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
 
 
 def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
-    """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not)."""
+    """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not, torch
+    does)."""
     text = _bench(tmp_path, "--batches", "2", "--dtypes", "float32", "bfloat16")
     rows = [
         line.split("|") for line in text.splitlines() if line.startswith("| 2, 16, 9x9, 3, 1 |")
@@ -152,8 +153,10 @@ def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
         ("float32", "depthwise conv2d"),
         ("float32", "reference"),
         ("float32", "numba_cpu"),
+        ("float32", "torch"),
         ("bfloat16", "depthwise conv2d"),
         ("bfloat16", "reference"),
+        ("bfloat16", "torch"),
     ]
     assert all(float(row[4]) > 0 for row in rows)
     assert "vs floor" not in text  # the CPU table keeps its columns

@@ -39,7 +39,7 @@ from involution.ops._formats import is_channels_last
 from conftest import REPO
 from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
 
-CPU_BACKENDS = ["reference", "numba_cpu"]
+CPU_BACKENDS = ["reference", "numba_cpu", "torch"]
 
 # ------------------------------------------------------------------------------------------------
 # Agreement with the spec
@@ -93,14 +93,17 @@ def test_auto_and_explicit_backends_match(backend):
     )
 
 
-def test_resolve_backend():
+def test_resolve_backend(monkeypatch):
+    from involution.ops import _numba_cuda
+
     cpu, meta = torch.device("cpu"), torch.device("meta")
     assert resolve_backend("auto", cpu, torch.float32) == "numba_cpu"
     assert resolve_backend("auto", cpu, torch.float64) == "numba_cpu"
-    assert resolve_backend("auto", cpu, torch.bfloat16) == "reference"
+    assert resolve_backend("auto", cpu, torch.bfloat16) == "torch"
+    monkeypatch.setattr(_numba_cuda, "unusable", lambda index: None)  # as on a working GPU
     assert resolve_backend("auto", torch.device("cuda"), torch.float16) == "numba_cuda"
-    assert resolve_backend("auto", meta, torch.float32) == "reference"
-    assert set(BACKENDS) == {"auto", "reference", "numba_cpu", "numba_cuda"}
+    assert resolve_backend("auto", meta, torch.float32) == "torch"
+    assert set(BACKENDS) == {"auto", "reference", "numba_cpu", "numba_cuda", "torch"}
 
 
 def test_auto_lists_every_refusal_in_one_line():
@@ -110,6 +113,7 @@ def test_auto_lists_every_refusal_in_one_line():
     assert "\n" not in message
     assert "numba_cuda needs CUDA tensors" in message
     assert "numba_cpu supports dtypes" in message
+    assert "torch supports dtypes" in message
     assert "reference supports dtypes" in message
 
 
@@ -411,7 +415,8 @@ SHARED_BAD = [
         "backend name",
         {"backend": "cupy"},
         ValueError,
-        r"backend must be one of \('auto', 'numba_cuda', 'numba_cpu', 'reference'\), got 'cupy'",
+        r"backend must be one of \('auto', 'numba_cuda', 'numba_cpu', 'torch', 'reference'\), "
+        "got 'cupy'",
     ),
     (
         "numba_cuda on cpu",
@@ -524,7 +529,7 @@ def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
     """numba_cpu's layout hook: the forward hands its gradient over channels-last only when
     grad_input and grad_kernel both compute NHWC; on wide maps the kernel gradient stays NCHW, and
     one shared copy would then cost a second transpose back. The other backends never ask."""
-    from involution.ops import _numba_cpu, _numba_cuda
+    from involution.ops import _numba_cpu, _numba_cuda, _torch
 
     def case(c, g, size, k, stride=1):
         out = (size + 2 * (k // 2) - k) // stride + 1
@@ -538,5 +543,5 @@ def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
     assert shares(*case(64, 4, 56, 7, stride=2))  # no flat kernel at stride 2
     assert not shares(*case(32, 2, 112, 3))  # all NCHW at 3x3
     assert _numba_cpu.grad_out_format(*case(32, 2, 112, 3)) is None
-    for other in (_reference, _numba_cuda):
+    for other in (_reference, _numba_cuda, _torch):
         assert other.grad_out_format(*case(256, 16, 14, 7)) is None

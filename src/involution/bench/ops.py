@@ -1,7 +1,8 @@
 """Operator benchmark: involution forward+backward per backend next to a same-shape depthwise conv.
 
     python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--batches 8 ...]
-                                   [--dtypes float32 ...] [--no-compile] [--heap steady|default]
+                                   [--dtypes float32 ...] [--compiled reference torch]
+                                   [--no-compile] [--heap steady|default]
                                    [--output docs/benchmarks.md] [--render]
 
 At the RedNet-50 shapes (K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7, and the stem's C=32@112
@@ -15,8 +16,11 @@ interleaved round-robin in one process, and the table reports
 - the ratio to the depthwise ``F.conv2d`` (KxK, groups=C, the practical yardstick: it moves fewer
   bytes because its kernel is shared across space).
 
-Candidates: depthwise conv, ``reference`` (unfold), ``torch.compile(reference)``, and the Numba
-backend of the device (``numba_cpu`` or ``numba_cuda``) in the dtypes it supports. On a GPU the
+Candidates: depthwise conv, ``reference`` (unfold), the Numba backend of the device (``numba_cpu``
+or ``numba_cuda``) in the dtypes it supports, ``torch`` (shifted multiply-accumulates, what
+``backend="auto"`` falls back to where no Numba backend runs), and under ``torch.compile``
+(Inductor, static shapes, ``--compiled``) the reference and the ``torch`` backend, whose taps
+Inductor fuses (``involution.ops._torch``). On a GPU the
 table adds the ratio to the unfold reference and to the memory-bandwidth floor: the bytes
 forward+backward must move at least once (``floor_bytes``) over the device-to-device copy
 bandwidth measured in the same run.
@@ -198,8 +202,12 @@ def _compile_in_process() -> None:
     inductor_config.compile_threads = 1
 
 
-def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
-    """Candidates doing forward+backward at one shape (stride 1, padding K//2, G = C/16)."""
+COMPILED = ("reference", "torch")  # the backends --compiled may name
+
+
+def _steps(batch, channels, size, k, device, dtype, backends, compiled):
+    """Candidates doing forward+backward at one shape (stride 1, padding K//2, G = C/16); those
+    of ``compiled`` (backend names) once more under ``torch.compile``."""
     groups = channels // 16
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device, dtype).requires_grad_()
@@ -230,15 +238,26 @@ def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
     cands = [Candidate("depthwise conv2d", depthwise, tag)]
     for backend in backends:
         cands.append(Candidate(backend, op(backend), tag))
-    if with_compile:
+    if compiled and device.type == "cpu":  # a GPU machine has the cores for compile workers
         _compile_in_process()
-        compiled = torch.compile(involution2d_reference, dynamic=False)
+    if compiled:
+        # Dynamo keeps the compiled variants of a function with its code, across torch.compile
+        # wrappers: past its recompile limit (8), e.g. 5 shapes x 2 dtypes, the later shapes
+        # would silently run eagerly. Each shape's candidates are compiled afresh anyway.
+        torch._dynamo.reset()
+    for backend in compiled:
+        if backend == "reference":
+            fn = torch.compile(involution2d_reference, dynamic=False)
+            args = ((1, 1), (pad, pad), (1, 1))
+        else:
+            fn = torch.compile(involution2d, dynamic=False, fullgraph=True)
+            args = (1, pad, 1, backend)
 
-        def compiled_step():
-            compiled(x, kern, (1, 1), (pad, pad), (1, 1)).backward(grad)
+        def compiled_step(fn=fn, args=args):
+            fn(x, kern, *args).backward(grad)
             clear()
 
-        cands.append(Candidate("torch.compile(reference)", compiled_step, tag))
+        cands.append(Candidate(f"torch.compile({backend})", compiled_step, tag))
     tensors = (x, kern, grad)
     return cands, tensors
 
@@ -410,8 +429,12 @@ def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
-def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the benchmark ``args`` describe: (the records' meta, one row per candidate and shape)."""
+def measure(
+    args: argparse.Namespace, progress: Callable[[dict[str, Any], list[dict]], object] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the benchmark ``args`` describe: (the records' meta, one row per candidate and shape).
+    ``progress(meta, rows)`` is called with the rows so far after each shape and dtype, so that a
+    time limit (``.ci/gpu-check``'s) keeps what was measured."""
     load_start = report.load_average()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes or REDNET50_SHAPES
@@ -439,14 +462,30 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, An
         sync = lambda: None  # noqa: E731
         numba_backend = "numba_cpu"
     configs = [(batch, dtype) for batch in batches for dtype in dtypes]
+
+    def meta() -> dict[str, Any]:
+        return report.meta(
+            GPU_NAME if on_gpu else NAME,
+            report.command("involution.bench.ops", args.argv),
+            device,
+            device=device.type,
+            gpu=_gpu_name(device) if on_gpu else None,
+            load_start=load_start,
+            load_end=report.load_average(),
+            reps=args.reps,
+            warmup=args.warmup,
+            heap=heap,
+            bandwidth=bandwidth,
+            cudnn=torch.backends.cudnn.version() if on_gpu else None,
+        )
+
     for channels, size, k in shapes:
         for batch, dtype in configs:
-            backends = ["reference"] + (
-                [numba_backend] if _runs(numba_backend, device, dtype) else []
-            )
-            cands, _tensors = _steps(
-                batch, channels, size, k, device, dtype, backends, args.compile
-            )
+            backends = ["reference"] + [
+                b for b in (numba_backend, "torch") if _runs(b, device, dtype)
+            ]
+            compiled = [b for b in args.compiled if _runs(b, device, dtype)]
+            cands, _tensors = _steps(batch, channels, size, k, device, dtype, backends, compiled)
             print(
                 f"[bench-ops] N={batch} C={channels} {size}x{size} K={k} {dtype}: "
                 f"{len(cands)} candidates",
@@ -470,21 +509,9 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, An
                     flush=True,
                 )
             del cands, _tensors
-    meta = report.meta(
-        GPU_NAME if on_gpu else NAME,
-        report.command("involution.bench.ops", args.argv),
-        device,
-        device=device.type,
-        gpu=_gpu_name(device) if on_gpu else None,
-        load_start=load_start,
-        load_end=report.load_average(),
-        reps=args.reps,
-        warmup=args.warmup,
-        heap=heap,
-        bandwidth=bandwidth,
-        cudnn=torch.backends.cudnn.version() if on_gpu else None,
-    )
-    return meta, rows
+            if progress is not None:
+                progress(meta(), rows)
+    return meta(), rows
 
 
 def title(meta: dict[str, Any]) -> str:
@@ -616,7 +643,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
-        "--no-compile", dest="compile", action="store_false", help="skip torch.compile(reference)"
+        "--compiled",
+        nargs="*",
+        choices=COMPILED,
+        default=list(COMPILED),
+        help="backends measured under torch.compile too (default: reference torch)",
+    )
+    parser.add_argument(
+        "--no-compile",
+        dest="compiled",
+        action="store_const",
+        const=[],
+        help="no compiled candidate (the same as --compiled with no backend)",
     )
     parser.add_argument(
         "--heap",
@@ -649,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("argument --device: cuda requested but torch sees no CUDA device")
     args.argv = argv
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    meta, rows = measure(args)
+    meta, rows = measure(args, progress=lambda meta, rows: save(args.output, meta, rows))
     path = save(args.output, meta, rows)
     print(f"[bench-ops] wrote {path} and {args.output}")
 

@@ -1,4 +1,4 @@
-"""Shared DataLoader plumbing for the image-classification data modules.
+"""Shared DataLoader plumbing for the data modules of every task.
 
 The training loader is resumable: its order and every item's augmentation are functions of
 (seed, epoch, index) only (each item is drawn under its own seed, so no global RNG stream is
@@ -126,19 +126,17 @@ class ResumableLoader(DataLoader):
             yield batch
 
 
-class ClassificationDataModule(L.LightningDataModule):
-    """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in
-    setup. The loader keys' ranges are ``ARGUMENT_RULES``, checked here and by the run's
-    pre-flight."""
+class SeededDataModule(L.LightningDataModule):
+    """Three data sets (filled in ``setup``) behind the resumable, seeded training loader; the
+    base of every task's data modules. ``collate_fn``: how items become a batch (None: stack).
+    The loader keys' ranges are ``ARGUMENT_RULES``, checked here and by the run's pre-flight."""
 
     ARGUMENT_RULES: dict[str, rules.Rule] = {
         "batch_size": rules.int_at_least(1),
         "num_workers": rules.int_at_least(0),
     }
-    num_classes: int
-    in_channels: int
-    image_size: int
     seed: int = 0
+    collate_fn: Any = None
 
     def __init__(
         self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
@@ -161,6 +159,7 @@ class ClassificationDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
+            "collate_fn": self.collate_fn,
         }
         if not shuffle:
             return DataLoader(dataset, shuffle=False, **options)
@@ -184,3 +183,12 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+class ClassificationDataModule(SeededDataModule):
+    """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in
+    setup."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
