@@ -49,6 +49,25 @@ def test_console_shows_our_lines_plainly_and_warnings_in_one_line() -> None:
     assert keep.filter(record(logging.INFO, "for both"))
 
 
+def test_a_line_logged_during_a_progress_bar_gets_a_line_of_its_own() -> None:
+    import io
+
+    from tqdm import tqdm
+
+    from involution.runner.console import ConsoleHandler
+
+    stream = io.StringIO()
+    handler = ConsoleHandler(stream)
+    handler.setFormatter(ConsoleFormatter())
+    with tqdm(total=10, file=stream, desc="Epoch 0", mininterval=0) as bar:
+        bar.update(3)
+        handler.emit(record(logging.WARNING, "SIGTERM: checkpoint saved"))
+        bar.update(1)
+    lines = stream.getvalue().replace("\r", "\n").splitlines()
+    assert "warning: SIGTERM: checkpoint saved" in lines  # the whole line, not after the bar
+    assert any(line.startswith("Epoch 0") and "4/10" in line for line in lines)  # drawn again
+
+
 def test_python_warnings_become_records_library_deprecations_stay_in_the_log(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="py.warnings"):
         log_warning(FutureWarning("old API"), FutureWarning, "/x/site-packages/lib/a.py", 3)

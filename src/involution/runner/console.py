@@ -73,6 +73,20 @@ class ConsoleFilter(logging.Filter):
         return not getattr(record, "library_deprecation", False)
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """The console's handler: a line logged while a progress bar is drawn (a warning mid-epoch)
+    goes above the bar, on a line of its own, the bar redrawn below it (``tqdm.write``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # as logging.StreamHandler: a broken stream never stops the run
+            self.handleError(record)
+
+
 def log_warning(
     message: Warning | str,
     category: type[Warning],
@@ -103,7 +117,7 @@ def route_logs(verbose: bool) -> None:
     Lightning's notices on the console too when ``verbose`` (``conf/hydra/default.yaml`` sends
     them to the file only)."""
     warnings.showwarning = log_warning
-    root_console = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    root_console = [h for h in logging.getLogger().handlers if isinstance(h, ConsoleHandler)]
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         for handler in root_console:
