@@ -115,3 +115,28 @@ def test_training_run_writes_the_tree_and_the_operator_summary(limit_run) -> Non
     macs = json.loads((run_dir / "job.json").read_text())["macs"]
     total = counted(summary.split("Multiply-adds per image:")[1].splitlines()[0])
     assert total == pytest.approx(macs, rel=5e-3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tree", "summary"),
+    [([], False, False), (["verbose=true"], True, True), (["print_config=true"], True, False)],
+)
+def test_what_is_printed_is_asked_for(compose_train, overrides, tree, summary, capsys) -> None:
+    """Quiet by default; verbose=true prints the tree and the model summary, print_config=true
+    the tree alone; both are written to the run directory in every case."""
+    from hydra.utils import instantiate
+
+    from involution.runner.console import header
+
+    cfg = compose_train(["logger=csv", *overrides])
+    callback = instantiate(cfg.callbacks.model_summary)
+    assert callback.printed is summary and callback.save_dir == cfg.paths.output_dir
+
+    class Built:  # what header() reads of a built run
+        info = {"params": 1, "macs": 1, "input_size": [1, 1, 8, 8]}
+        module = datamodule = resume = None
+
+    Built.cfg = cfg
+    header(Built())
+    assert ("CONFIG" in capsys.readouterr().out) is tree
+    assert (Path(cfg.paths.output_dir) / CONFIG_TREE).is_file()
