@@ -57,3 +57,17 @@ def flat_rows_per_task(outer: int, rows: int, width: int) -> int:
     by_size = max(1, FLAT_TASK_ELEMENTS // max(width, 1))
     by_threads = max(1, (outer * rows) // (4 * get_num_threads()))
     return int(min(by_size, by_threads, rows))
+
+
+# Tasks per thread the blocked kernels aim at: enough that an image finishing early does not leave
+# a thread idle, few enough that each band's ring of rows is loaded rarely.
+TASKS_PER_THREAD = 2
+
+
+def bands(batch: int, rows: int, threads: int, halo: int = 0) -> int:
+    """Bands of rows per image for the blocked kernels: one (whole images) when the batch alone
+    gives every thread ``TASKS_PER_THREAD`` tasks, else enough bands for that, each at least
+    ``halo`` + 1 rows (a band of the fused backward regenerates ``halo`` rows above it)."""
+    wanted = -(-TASKS_PER_THREAD * threads // max(batch, 1))
+    most = max(1, rows // (halo + 1)) if halo else max(rows, 1)
+    return int(max(1, min(wanted, most)))

@@ -1,0 +1,288 @@
+"""The register tiles of the blocked kernels: one output row of each of the op's three products.
+
+Each function computes one row from rows already laid out by ``rows`` (see there), with its
+accumulators in a stack tile (``simd.stack_array``) that LLVM keeps in vector registers:
+
+- ``aggregate_row``: out[j, c] = sum over a list of taps of kernel[tap, j] * src[tap, j, c]:
+  tiles of 4 pixels x LANES channels (the forward; grad_input as a gather per input pixel);
+- ``dot_row``: gk[t, j] = sum over a group's channels of go[c, j] * x[c, j*step + v*dil]: tiles
+  of LANES pixels x up to 4 taps (the kernel gradient, the windowed dot product);
+- ``matmul_rows``: c[j, o] (+)= sum_r a[j, r] * b[r, o]: tiles of 4 rows x 2*LANES columns, the
+  kernel generation and the gradients of the fused op's matrix products.
+
+The sums run in a fixed order per result (taps in (u, v) order, channels in order, the inner
+dimension of a product in order), one fused multiply-add each, so ``generic`` (plain loops in
+that order) gives the same bits.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from involution.kernels.cpu.simd import (
+    FASTMATH,
+    LANES,
+    copy,
+    fma,
+    fma4,
+    fma_vv,
+    stack_array,
+    zero,
+)
+
+TILE = 4 * LANES  # 4 pixels x LANES channels, 4 taps x LANES pixels
+WIDE = 8 * LANES  # 4 rows x 2*LANES columns
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _store_pixels(dst, at, s_c, s_w, acc, count):  # pragma: no cover - compiled
+    """``count`` pixels of LANES channels from the tile to dst[at + q * s_w + lane * s_c]."""
+    if s_c == 1:
+        for q in range(count):
+            copy(dst, at + q * s_w, acc, q * LANES)
+    else:
+        for q in range(count):
+            for lane in range(LANES):
+                dst[at + q * s_w + lane * s_c] = acc[q * LANES + lane]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def aggregate_row(
+    op, obase, os_c, os_j, sp, s_j, kp, k_j, k_g, tap_k, tap_s, taps, groups, width, cpg, dtype
+):  # pragma: no cover - compiled
+    """op[obase + c * os_c + j * os_j] = sum over the taps e < ``taps``, in order, of
+    kp[tap_k[e] + g * k_g + j * k_j] * sp[tap_s[e] + c + j * s_j] for j < width and every
+    channel c (g = c // cpg).
+
+    The caller lists a row's taps with their offsets: the kernel value of tap e for pixel j of
+    group g sits at tap_k[e] + g * k_g + j * k_j, the source pixel it weighs at
+    tap_s[e] + j * s_j (pixel rows: [column][channel], so channel c adds c). The forward lists
+    the taps (u, v) of the rows inside the image, grad_input (a gather) those whose output pixel
+    exists, for one phase of the stride. Tiles of 4 pixels x LANES channels: four independent
+    FMA chains per tap, one store per pixel and channel block."""
+    acc = stack_array(TILE, dtype)
+    full = width // 4
+    for g in range(groups):
+        kg = g * k_g
+        for cb in range(cpg // LANES):
+            c0 = g * cpg + cb * LANES
+            for jb in range(full):
+                j = jb * 4
+                zero(acc, 0)
+                zero(acc, LANES)
+                zero(acc, 2 * LANES)
+                zero(acc, 3 * LANES)
+                for e in range(taps):
+                    fma4(acc, kp, tap_k[e] + kg + j * k_j, k_j, sp, tap_s[e] + c0 + j * s_j, s_j)
+                _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 4)
+            for j in range(full * 4, width):
+                zero(acc, 0)
+                for e in range(taps):
+                    fma(acc, 0, kp[tap_k[e] + kg + j * k_j], sp, tap_s[e] + c0 + j * s_j)
+                _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 1)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_tile(
+    gp, gat, t_pitch, op, oat, go_pitch, xp, xat, c_pitch, offs, count, cpg, acc
+):  # pragma: no cover - compiled
+    """gk rows t = 0..count-1 (at gat + t * t_pitch) = sum over cpg channels c in order of
+    go[oat + c * go_pitch] * x[xat + c * c_pitch + offs[t]]: one go vector feeds ``count`` (1 to
+    4) FMA chains. Each count has its own branch so that every tile index is a constant."""
+    if count == 4:
+        o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
+        zero(acc, 0)
+        zero(acc, LANES)
+        zero(acc, 2 * LANES)
+        zero(acc, 3 * LANES)
+        for cc in range(cpg):
+            g = oat + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, g, xp, x + o0)
+            fma_vv(acc, LANES, op, g, xp, x + o1)
+            fma_vv(acc, 2 * LANES, op, g, xp, x + o2)
+            fma_vv(acc, 3 * LANES, op, g, xp, x + o3)
+        copy(gp, gat, acc, 0)
+        copy(gp, gat + t_pitch, acc, LANES)
+        copy(gp, gat + 2 * t_pitch, acc, 2 * LANES)
+        copy(gp, gat + 3 * t_pitch, acc, 3 * LANES)
+    elif count == 3:
+        o0, o1, o2 = offs[0], offs[1], offs[2]
+        zero(acc, 0)
+        zero(acc, LANES)
+        zero(acc, 2 * LANES)
+        for cc in range(cpg):
+            g = oat + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, g, xp, x + o0)
+            fma_vv(acc, LANES, op, g, xp, x + o1)
+            fma_vv(acc, 2 * LANES, op, g, xp, x + o2)
+        copy(gp, gat, acc, 0)
+        copy(gp, gat + t_pitch, acc, LANES)
+        copy(gp, gat + 2 * t_pitch, acc, 2 * LANES)
+    elif count == 2:
+        o0, o1 = offs[0], offs[1]
+        zero(acc, 0)
+        zero(acc, LANES)
+        for cc in range(cpg):
+            g = oat + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, g, xp, x + o0)
+            fma_vv(acc, LANES, op, g, xp, x + o1)
+        copy(gp, gat, acc, 0)
+        copy(gp, gat + t_pitch, acc, LANES)
+    else:
+        o0 = offs[0]
+        zero(acc, 0)
+        for cc in range(cpg):
+            fma_vv(acc, 0, op, oat + cc * go_pitch, xp, xat + cc * c_pitch + o0)
+        copy(gp, gat, acc, 0)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def dot_row(
+    gp,
+    gbase,
+    t_pitch,
+    op,
+    go_pitch,
+    sp,
+    roff,
+    c_pitch,
+    phase_len,
+    groups,
+    kh,
+    kw,
+    lanes,
+    cpg,
+    step,
+    dil,
+    offs,
+    dtype,
+):  # pragma: no cover - compiled
+    """gp[gbase + t * t_pitch + j] = sum over the channels c of group g, in order, of
+    op[c * go_pitch + j] * sp[roff[u] + c * c_pitch + q * phase_len + j + (v * dil) // step]
+    with q = (v * dil) % step, for t = (g * kh + u) * kw + v and j < ``lanes`` (a multiple of
+    LANES); a tap row u with roff[u] < 0 gives zeros.
+
+    ``sp`` points at channel rows split by phase (``rows.channels_in``), ``op`` at one row of
+    the incoming gradient as [channel][pixel]; ``offs`` is a scratch int64 array of 4."""
+    acc = stack_array(TILE, dtype)
+    for g in range(groups):
+        for u in range(kh):
+            r = roff[u]
+            t0 = (g * kh + u) * kw
+            if r < 0:
+                for v in range(kw):
+                    at = gbase + (t0 + v) * t_pitch
+                    for jv in range(lanes // LANES):
+                        zero(gp, at + jv * LANES)
+                continue
+            for jv in range(lanes // LANES):
+                j = jv * LANES
+                v = 0
+                while v < kw:
+                    count = min(4, kw - v)
+                    for q in range(count):
+                        tap = (v + q) * dil
+                        offs[q] = (tap % step) * phase_len + tap // step + j
+                    _dot_tile(
+                        gp,
+                        gbase + (t0 + v) * t_pitch + j,
+                        t_pitch,
+                        op,
+                        g * cpg * go_pitch + j,
+                        go_pitch,
+                        sp,
+                        r + g * cpg * c_pitch,
+                        c_pitch,
+                        offs,
+                        count,
+                        cpg,
+                        acc,
+                    )
+                    v += count
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def matmul_rows(
+    cp,
+    cat,
+    c_pitch,
+    ap,
+    aat,
+    a_pitch,
+    a_inner,
+    bp,
+    bat,
+    b_pitch,
+    rows,
+    inner,
+    cols,
+    init,
+    zp,
+    bias_at,
+    dtype,
+):  # pragma: no cover - compiled
+    """cp[cat + j * c_pitch + o] = start + sum_r ap[aat + j * a_pitch + r * a_inner]
+    * bp[bat + r * b_pitch + o] for j < rows and o < cols (a multiple of LANES), r in order; the
+    start value is 0 (``init`` 0), the value already there (1: accumulate) or zp[bias_at + o]
+    (2: a bias).
+
+    Tiles of 4 rows x 2 LANES-vectors (8 FMA chains per inner step: 2 vector loads of b, 4
+    broadcasts of a); rows and column vectors left over go through a 1-row x 1-vector tile."""
+    wide = stack_array(WIDE, dtype)
+    one = stack_array(LANES, dtype)
+    full = rows // 4
+    pairs = cols // (2 * LANES)
+    for ob in range(pairs):
+        o = ob * 2 * LANES
+        for jb in range(full):
+            j0 = jb * 4
+            for q in range(4):
+                for h in range(2):
+                    at = q * 2 * LANES + h * LANES
+                    dst = cat + (j0 + q) * c_pitch + o + h * LANES
+                    if init == 0:
+                        zero(wide, at)
+                    elif init == 1:
+                        copy(wide, at, cp, dst)
+                    else:
+                        copy(wide, at, zp, bias_at + o + h * LANES)
+            for r in range(inner):
+                brow = bat + r * b_pitch + o
+                ar = aat + j0 * a_pitch + r * a_inner
+                a0 = ap[ar]
+                a1 = ap[ar + a_pitch]
+                a2 = ap[ar + 2 * a_pitch]
+                a3 = ap[ar + 3 * a_pitch]
+                fma(wide, 0, a0, bp, brow)
+                fma(wide, LANES, a0, bp, brow + LANES)
+                fma(wide, 2 * LANES, a1, bp, brow)
+                fma(wide, 3 * LANES, a1, bp, brow + LANES)
+                fma(wide, 4 * LANES, a2, bp, brow)
+                fma(wide, 5 * LANES, a2, bp, brow + LANES)
+                fma(wide, 6 * LANES, a3, bp, brow)
+                fma(wide, 7 * LANES, a3, bp, brow + LANES)
+            for q in range(4):
+                for h in range(2):
+                    copy(
+                        cp,
+                        cat + (j0 + q) * c_pitch + o + h * LANES,
+                        wide,
+                        q * 2 * LANES + h * LANES,
+                    )
+    for ov in range(cols // LANES):
+        o = ov * LANES
+        first = full * 4 if ov < pairs * 2 else 0
+        for j in range(first, rows):
+            dst = cat + j * c_pitch + o
+            if init == 0:
+                zero(one, 0)
+            elif init == 1:
+                copy(one, 0, cp, dst)
+            else:
+                copy(one, 0, zp, bias_at + o)
+            for r in range(inner):
+                fma(one, 0, ap[aat + j * a_pitch + r * a_inner], bp, bat + r * b_pitch + o)
+            copy(cp, dst, one, 0)
