@@ -119,15 +119,19 @@ def test_rednet_macs_match_official(name):
 
 
 def test_involution_macs_are_counted_exactly():
-    """The involution op's multiply-adds are C*K*K*Ho*Wo per image and layer: compare with the
-    layer shapes, so a FLOP formula that is missing (or wrong) fails here, not silently."""
+    """The involution op's multiply-adds are C*K*K*Ho*Wo per image and layer, plus, for the
+    fused op (the default layers: the last 1x1 conv of the kernel generation inside the op),
+    the generation's G*K*K*R*Ho*Wo: compare with the layer shapes, so a FLOP formula that is
+    missing (or wrong) fails here, not silently."""
     model = meta_model("rednet50")
-    expected = 0
+    aggregation = generation = 0
 
     def hook(module, inputs, output):
-        nonlocal expected
+        nonlocal aggregation, generation
         n, c, ho, wo = output.shape
-        expected += n * c * module.kernel_size**2 * ho * wo
+        aggregation += n * c * module.kernel_size**2 * ho * wo
+        if module.recompute_kernel:  # the fused op counts the generation's 1x1 conv too
+            generation += n * module.span.out_channels * module.span.in_channels * ho * wo
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Involution2d)
@@ -136,8 +140,8 @@ def test_involution_macs_are_counted_exactly():
     for handle in handles:
         handle.remove()
     involution = {op: n for op, n in breakdown.items() if op.startswith("involution::")}
-    assert sum(involution.values()) == expected, breakdown
-    assert expected / 2 == pytest.approx(71.4e6, rel=0.01)  # ~2.6% of RedNet-50's 2.71 G
+    assert sum(involution.values()) == aggregation + generation, breakdown
+    assert aggregation / 2 == pytest.approx(71.4e6, rel=0.01)  # ~2.6% of RedNet-50's 2.71 G
 
 
 def test_count_macs_refuses_to_undercount(monkeypatch):
