@@ -22,7 +22,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from involution.kernels.cpu.rows import channels_in, copy_run, element_strides, pixels_in
+from involution.kernels.cpu.rows import (
+    channel_window,
+    channels_in,
+    copy_run,
+    gather_taps,
+    pixel_window,
+    pixels_in,
+    strided,
+)
 from involution.kernels.cpu.simd import FASTMATH, LANES, pointer
 from involution.kernels.cpu.tiles import aggregate_row, dot_row
 
@@ -39,6 +47,22 @@ def padded_width(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
     return max(width + pw, (wo - 1) * sw + (kw - 1) * dw + 1)
 
 
+@njit(cache=True)
+def gather_geometry(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
+    """(jpad, wop): zero columns left of output column 0 in a ring row of the gather, and the
+    row's length, so that every output column a gather tap reads lies in the row."""
+    jpad = ((kw - 1) * dw) // sw + 1
+    return jpad, jpad + max(wo, (width - 1 + pw) // sw + 1) + 1
+
+
+@njit(cache=True)
+def channel_geometry(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
+    """(lanes, phase_len): the kernel-gradient row's length in whole vectors and the length of
+    one phase of a channel row, so that every tap of every lane lies in the row."""
+    lanes = (wo + LANES - 1) // LANES * LANES
+    return lanes, max(lanes + ((kw - 1) * dw) // sw + 1, (width - 1 + pw) // sw + 1)
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: no cover
     """out [N, C, Ho, Wo] (any strides) = involution of x [N, C, H, W] (any strides) with the
@@ -46,71 +70,33 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
     n_batch, channels, height, width = x.shape
     groups, kh, kw, ho, wo = kernel.shape[1:]
     cpg = channels // groups
-    xs_n, xs_c, xs_h, xs_w = element_strides(x)
-    os_n, os_c, os_h, os_w = element_strides(out)
-    taps = kh * kw
-    plane = ho * wo
+    taps, plane = kh * kw, ho * wo
     wp = padded_width(width, wo, sw, pw, kw, dw)
     span = (kh - 1) * dh + 1
     per = (ho + bands - 1) // bands
-    xp = pointer(x)
+    src, dst = strided(x), strided(out)
     kp = pointer(kernel)
-    opn = pointer(out)
     for task in prange(n_batch * bands):
         n = task // bands
         i0 = (task % bands) * per
-        i1 = min(ho, i0 + per)
         ring = np.zeros(span * wp * channels, x.dtype)
         held = np.full(span, -1, np.int64)
         krow = np.empty(groups * taps * wo, x.dtype)
-        tap_k = np.empty(taps, np.int64)
-        tap_s = np.empty(taps, np.int64)
-        rp = pointer(ring)
-        krp = pointer(krow)
-        for i in range(i0, i1):
-            count = 0
-            for u in range(kh):
-                y = i * sh - ph + u * dh
-                if y < 0 or y >= height:
-                    continue
-                at = (y % span) * wp * channels
-                if held[y % span] != y:
-                    pixels_in(
-                        rp,
-                        at + pw * channels,
-                        channels,
-                        xp,
-                        n * xs_n + y * xs_h,
-                        xs_c,
-                        xs_w,
-                        width,
-                        channels,
-                    )
-                    held[y % span] = y
-                for v in range(kw):
-                    tap_k[count] = (u * kw + v) * wo
-                    tap_s[count] = at + v * dw * channels
-                    count += 1
+        tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
+        rp, krp = pointer(ring), pointer(krow)
+        size, geometry = (height, width, channels), (kh, kw, dh, dw)
+        for i in range(i0, min(ho, i0 + per)):
+            top = i * sh - ph
+            count = pixel_window(
+                rp, held, wp * channels, pw, src, n, size, top, geometry, wo, (tap_k, tap_s)
+            )
             base = n * groups * taps * plane + i * wo
             for t in range(groups * taps):
                 copy_run(krp, t * wo, kp, base + t * plane, wo)
+            row = (dst[0], n * dst[1] + i * dst[3], dst[2], dst[4])
+            kern = (krp, 1, taps * wo)
             aggregate_row(
-                opn,
-                n * os_n + i * os_h,
-                os_c,
-                os_w,
-                rp,
-                sw * channels,
-                krp,
-                1,
-                taps * wo,
-                tap_k,
-                tap_s,
-                count,
-                groups,
-                wo,
-                cpg,
-                x.dtype,
+                row, (rp, sw * channels), kern, (tap_k, tap_s), count, (groups, wo, cpg), x.dtype
             )
 
 
@@ -122,47 +108,32 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
     n_batch, channels, height, width = grad_x.shape
     groups, kh, kw, ho, wo = kernel.shape[1:]
     cpg = channels // groups
-    gs_n, gs_c, gs_h, gs_w = element_strides(grad_out)
-    xs_n, xs_c, xs_h, xs_w = element_strides(grad_x)
-    taps = kh * kw
-    plane = ho * wo
-    jpad = ((kw - 1) * dw) // sw + 1  # zero columns left of output column 0
-    wop = jpad + max(wo, (width - 1 + pw) // sw + 1) + 1
+    taps, plane = kh * kw, ho * wo
+    jpad, wop = gather_geometry(width, wo, sw, pw, kw, dw)
     span = ((kh - 1) * dh) // sh + 1  # output rows one input row reads
     per = (height + bands - 1) // bands
-    gp = pointer(grad_out)
+    src, dst = strided(grad_out), strided(grad_x)
     kp = pointer(kernel)
-    xp = pointer(grad_x)
+    conv = (sh, sw, ph, pw, dh, dw)
+    ring = (span, jpad, groups * taps * wop, wop, 1, wop * channels, channels)
     for task in prange(n_batch * bands):
         n = task // bands
         y0 = (task % bands) * per
-        y1 = min(height, y0 + per)
         go_ring = np.zeros(span * wop * channels, grad_out.dtype)
         k_ring = np.zeros(span * groups * taps * wop, grad_out.dtype)
         held = np.full(span, -1, np.int64)
-        tap_k = np.empty(taps, np.int64)
-        tap_s = np.empty(taps, np.int64)
-        grp = pointer(go_ring)
-        krp = pointer(k_ring)
-        for y in range(y0, y1):
-            for u in range(kh):
+        tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
+        grp, krp = pointer(go_ring), pointer(k_ring)
+        for y in range(y0, min(height, y0 + per)):
+            for u in range(kh):  # the output rows this input row reads, into the rings
                 num = y + ph - u * dh
                 if num < 0 or num % sh != 0 or num // sh >= ho:
                     continue
                 i = num // sh
                 slot = i % span
                 if held[slot] != i:
-                    pixels_in(
-                        grp,
-                        (slot * wop + jpad) * channels,
-                        channels,
-                        gp,
-                        n * gs_n + i * gs_h,
-                        gs_c,
-                        gs_w,
-                        wo,
-                        channels,
-                    )
+                    at = (slot * wop + jpad) * channels
+                    pixels_in(grp, at, channels, src, n * src[1] + i * src[3], wo, channels)
                     base = n * groups * taps * plane + i * wo
                     for t in range(groups * taps):
                         copy_run(
@@ -170,37 +141,12 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                         )
                     held[slot] = i
             for q in range(min(sw, width)):  # input columns x = q + sw * m
-                count = 0
-                for u in range(kh):
-                    num = y + ph - u * dh
-                    if num < 0 or num % sh != 0 or num // sh >= ho:
-                        continue
-                    slot = (num // sh) % span
-                    for v in range(kw):
-                        col = q + pw - v * dw
-                        if col % sw != 0:
-                            continue
-                        j = col // sw + jpad  # padded output column of m = 0
-                        tap_k[count] = (slot * groups * taps + u * kw + v) * wop + j
-                        tap_s[count] = (slot * wop + j) * channels
-                        count += 1
+                count = gather_taps(y, q, conv, kh, kw, ho, ring, (tap_k, tap_s))
+                row = (dst[0], n * dst[1] + y * dst[3] + q * dst[4], dst[2], sw * dst[4])
+                shape = (groups, (width - q + sw - 1) // sw, cpg)
+                kern = (krp, 1, taps * wop)
                 aggregate_row(
-                    xp,
-                    n * xs_n + y * xs_h + q * xs_w,
-                    xs_c,
-                    sw * xs_w,
-                    grp,
-                    channels,
-                    krp,
-                    1,
-                    taps * wop,
-                    tap_k,
-                    tap_s,
-                    count,
-                    groups,
-                    (width - q + sw - 1) // sw,
-                    cpg,
-                    grad_out.dtype,
+                    row, (grp, channels), kern, (tap_k, tap_s), count, shape, grad_out.dtype
                 )
 
 
@@ -212,75 +158,34 @@ def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # 
     n_batch, channels, height, width = x.shape
     groups, kh, kw, ho, wo = grad_k.shape[1:]
     cpg = channels // groups
-    gs_n, gs_c, gs_h, gs_w = element_strides(grad_out)
-    xs_n, xs_c, xs_h, xs_w = element_strides(x)
-    taps = kh * kw
-    plane = ho * wo
-    lanes = (wo + LANES - 1) // LANES * LANES
-    phase_len = max(lanes + ((kw - 1) * dw) // sw + 1, (width - 1 + pw) // sw + 1)
+    taps, plane = kh * kw, ho * wo
+    lanes, phase_len = channel_geometry(width, wo, sw, pw, kw, dw)
     pitch = sw * phase_len  # one channel row
     span = (kh - 1) * dh + 1
     per = (ho + bands - 1) // bands
-    gp = pointer(grad_out)
-    xp = pointer(x)
+    src, xsrc = strided(grad_out), strided(x)
     kp = pointer(grad_k)
     for task in prange(n_batch * bands):
         n = task // bands
         i0 = (task % bands) * per
-        i1 = min(ho, i0 + per)
         ring = np.zeros(span * channels * pitch, x.dtype)
         held = np.full(span, -1, np.int64)
         go_row = np.zeros(channels * lanes, x.dtype)
         gk_row = np.empty(groups * taps * lanes, x.dtype)
-        roff = np.empty(kh, np.int64)
-        offs = np.empty(4, np.int64)
-        rp = pointer(ring)
-        grp = pointer(go_row)
-        krp = pointer(gk_row)
-        for i in range(i0, i1):
-            for u in range(kh):
-                y = i * sh - ph + u * dh
-                if y < 0 or y >= height:
-                    roff[u] = -1
-                    continue
-                at = (y % span) * channels * pitch
-                if held[y % span] != y:
-                    channels_in(
-                        rp,
-                        at,
-                        pitch,
-                        phase_len,
-                        sw,
-                        pw,
-                        xp,
-                        n * xs_n + y * xs_h,
-                        xs_c,
-                        xs_w,
-                        width,
-                        channels,
-                    )
-                    held[y % span] = y
-                roff[u] = at
-            channels_in(
-                grp, 0, lanes, lanes, 1, 0, gp, n * gs_n + i * gs_h, gs_c, gs_w, wo, channels
-            )
+        roff, offs = np.empty(kh, np.int64), np.empty(4, np.int64)
+        rp, grp, krp = pointer(ring), pointer(go_row), pointer(gk_row)
+        size, layout = (height, width, channels), (pitch, phase_len, sw, pw)
+        for i in range(i0, min(ho, i0 + per)):
+            channel_window(rp, held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
+            channels_in(grp, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+            rows = (rp, pitch, phase_len)
             dot_row(
-                krp,
-                0,
-                lanes,
-                grp,
-                lanes,
-                rp,
+                (krp, 0, lanes),
+                (grp, lanes),
+                rows,
                 roff,
-                pitch,
-                phase_len,
-                groups,
-                kh,
-                kw,
-                lanes,
-                cpg,
-                sw,
-                dw,
+                (groups, kh, kw, lanes, cpg),
+                (sw, dw),
                 offs,
                 x.dtype,
             )

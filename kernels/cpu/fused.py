@@ -34,9 +34,17 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from involution.kernels.cpu.blocked import padded_width
-from involution.kernels.cpu.rows import channels_in, element_strides, pixels_in, pixels_out
-from involution.kernels.cpu.simd import FASTMATH, LANES, pointer
+from involution.kernels.cpu.blocked import channel_geometry, gather_geometry, padded_width
+from involution.kernels.cpu.rows import (
+    channel_window,
+    channels_in,
+    gather_taps,
+    pixel_window,
+    pixels_in,
+    pixels_out,
+    strided,
+)
+from involution.kernels.cpu.simd import FASTMATH, pointer
 from involution.kernels.cpu.tiles import aggregate_row, dot_row, matmul_rows
 
 
@@ -50,75 +58,46 @@ def fused_forward(
     reduced, ho, wo = hidden.shape[1:]
     tp = weight_t.shape[1]
     cpg = channels // groups
-    xs_n, xs_c, xs_h, xs_w = element_strides(x)
-    hs_n, hs_c, hs_h, hs_w = element_strides(hidden)
-    os_n, os_c, os_h, os_w = element_strides(out)
     taps = kh * kw
     wp = padded_width(width, wo, sw, pw, kw, dw)
     span = (kh - 1) * dh + 1
     per = (ho + bands - 1) // bands
-    xp = pointer(x)
-    hp = pointer(hidden)
-    wtp = pointer(weight_t)
-    bp = pointer(bias)
-    opn = pointer(out)
+    src, hsrc, dst = strided(x), strided(hidden), strided(out)
+    wtp, bp = pointer(weight_t), pointer(bias)
     for task in prange(n_batch * bands):
         n = task // bands
         i0 = (task % bands) * per
-        i1 = min(ho, i0 + per)
         ring = np.zeros(span * wp * channels, x.dtype)
         held = np.full(span, -1, np.int64)
         h_row = np.empty(wo * reduced, x.dtype)
         k_row = np.empty(wo * tp, x.dtype)
-        tap_k = np.empty(taps, np.int64)
-        tap_s = np.empty(taps, np.int64)
-        rp = pointer(ring)
-        hrp = pointer(h_row)
-        krp = pointer(k_row)
-        for i in range(i0, i1):
-            count = 0
-            for u in range(kh):
-                y = i * sh - ph + u * dh
-                if y < 0 or y >= height:
-                    continue
-                at = (y % span) * wp * channels
-                if held[y % span] != y:
-                    pixels_in(
-                        rp,
-                        at + pw * channels,
-                        channels,
-                        xp,
-                        n * xs_n + y * xs_h,
-                        xs_c,
-                        xs_w,
-                        width,
-                        channels,
-                    )
-                    held[y % span] = y
-                for v in range(kw):
-                    tap_k[count] = u * kw + v
-                    tap_s[count] = at + v * dw * channels
-                    count += 1
-            pixels_in(hrp, 0, reduced, hp, n * hs_n + i * hs_h, hs_c, hs_w, wo, reduced)
-            matmul_rows(
-                krp, 0, tp, hrp, 0, reduced, 1, wtp, 0, tp, wo, reduced, tp, 2, bp, 0, x.dtype
+        tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
+        rp, hrp, krp = pointer(ring), pointer(h_row), pointer(k_row)
+        size, geometry = (height, width, channels), (kh, kw, dh, dw)
+        for i in range(i0, min(ho, i0 + per)):
+            top = i * sh - ph
+            count = pixel_window(
+                rp, held, wp * channels, pw, src, n, size, top, geometry, 1, (tap_k, tap_s)
             )
+            pixels_in(hrp, 0, reduced, hsrc, n * hsrc[1] + i * hsrc[3], wo, reduced)
+            # the kernel row: kernel[j, t] = bias[t] + sum_r hidden[j, r] weight_t[r, t]
+            matmul_rows(
+                (krp, 0, tp),
+                (hrp, 0, reduced, 1),
+                (wtp, 0, tp),
+                (wo, reduced, tp),
+                2,
+                (bp, 0),
+                x.dtype,
+            )
+            row = (dst[0], n * dst[1] + i * dst[3], dst[2], dst[4])
             aggregate_row(
-                opn,
-                n * os_n + i * os_h,
-                os_c,
-                os_w,
-                rp,
-                sw * channels,
-                krp,
-                tp,
-                taps,
-                tap_k,
-                tap_s,
+                row,
+                (rp, sw * channels),
+                (krp, tp, taps),
+                (tap_k, tap_s),
                 count,
-                groups,
-                wo,
-                cpg,
+                (groups, wo, cpg),
                 x.dtype,
             )
 
@@ -152,30 +131,21 @@ def fused_backward(
     reduced, ho, wo = hidden.shape[1:]
     tp, rpad = weight.shape
     cpg = channels // groups
-    xs_n, xs_c, xs_h, xs_w = element_strides(x)
-    hs_n, hs_c, hs_h, hs_w = element_strides(hidden)
-    gs_n, gs_c, gs_h, gs_w = element_strides(grad_out)
-    dx_n, dx_c, dx_h, dx_w = element_strides(grad_x)
-    dh_n, dh_c, dh_h, dh_w = element_strides(grad_hidden)
     taps = kh * kw
     total = groups * taps
-    lanes = (wo + LANES - 1) // LANES * LANES
-    phase_len = max(lanes + ((kw - 1) * dw) // sw + 1, (width - 1 + pw) // sw + 1)
+    lanes, phase_len = channel_geometry(width, wo, sw, pw, kw, dw)
     pitch = sw * phase_len
     span_x = (kh - 1) * dh + 1  # input rows one output row reads
     span_o = ((kh - 1) * dh) // sh + 1  # output rows one input row gathers from
     halo = ((kh - 1) * dh + sh - 1) // sh
-    jpad = ((kw - 1) * dw) // sw + 1
-    wop = jpad + max(wo, (width - 1 + pw) // sw + 1) + 1
+    jpad, wop = gather_geometry(width, wo, sw, pw, kw, dw)
     per = (ho + bands - 1) // bands
-    gp = pointer(grad_out)
-    xp = pointer(x)
-    hp = pointer(hidden)
-    wtp = pointer(weight_t)
-    wp_ = pointer(weight)
-    bp = pointer(bias)
-    dxp = pointer(grad_x)
-    dhp = pointer(grad_hidden)
+    src, xsrc, hsrc = strided(grad_out), strided(x), strided(hidden)
+    dxs, dhs = strided(grad_x), strided(grad_hidden)
+    wtp, wp_, bp = pointer(weight_t), pointer(weight), pointer(bias)
+    conv = (sh, sw, ph, pw, dh, dw)
+    ring = (span_o, jpad, wop * tp, 1, tp, wop * channels, channels)
+    size, layout = (height, width, channels), (pitch, phase_len, sw, pw)
     for task in prange(n_batch * bands):
         n = task // bands
         band = task % bands
@@ -188,177 +158,84 @@ def fused_backward(
         k_ring = np.zeros(span_o * wop * tp, x.dtype)
         go_ring = np.zeros(span_o * wop * channels, x.dtype)
         go_row = np.zeros(channels * lanes, x.dtype)
-        gk_row = np.zeros(tp * lanes, x.dtype)
+        gk_row = np.zeros(tp * lanes, x.dtype)  # rows from G*KH*KW on stay zero
         h_row = np.zeros(wo * rpad, x.dtype)
         dh_row = np.empty(wo * rpad, x.dtype)
-        roff = np.empty(kh, np.int64)
-        offs = np.empty(4, np.int64)
-        tap_k = np.empty(taps, np.int64)
-        tap_s = np.empty(taps, np.int64)
-        xrp = pointer(x_ring)
-        krp = pointer(k_ring)
-        grp = pointer(go_ring)
-        gop = pointer(go_row)
-        gkp = pointer(gk_row)
-        hrp = pointer(h_row)
-        dhr = pointer(dh_row)
+        roff, offs = np.empty(kh, np.int64), np.empty(4, np.int64)
+        tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
+        xrp, krp, grp = pointer(x_ring), pointer(k_ring), pointer(go_ring)
+        gop, gkp, hrp, dhr = pointer(go_row), pointer(gk_row), pointer(h_row), pointer(dh_row)
         for i in range(max(0, i0 - halo), i1):
             slot = i % span_o
-            pixels_in(hrp, 0, rpad, hp, n * hs_n + i * hs_h, hs_c, hs_w, wo, reduced)
+            # kernel and grad_out rows into their rings (the band's rows and the halo above it)
+            pixels_in(hrp, 0, rpad, hsrc, n * hsrc[1] + i * hsrc[3], wo, reduced)
+            kat = (slot * wop + jpad) * tp
             matmul_rows(
-                krp,
-                (slot * wop + jpad) * tp,
-                tp,
-                hrp,
-                0,
-                rpad,
-                1,
-                wtp,
-                0,
-                tp,
-                wo,
-                reduced,
-                tp,
+                (krp, kat, tp),
+                (hrp, 0, rpad, 1),
+                (wtp, 0, tp),
+                (wo, reduced, tp),
                 2,
-                bp,
-                0,
+                (bp, 0),
                 x.dtype,
             )
-            pixels_in(
-                grp,
-                (slot * wop + jpad) * channels,
-                channels,
-                gp,
-                n * gs_n + i * gs_h,
-                gs_c,
-                gs_w,
-                wo,
-                channels,
-            )
-            if i >= i0:
-                for u in range(kh):
-                    y = i * sh - ph + u * dh
-                    if y < 0 or y >= height:
-                        roff[u] = -1
-                        continue
-                    at = (y % span_x) * channels * pitch
-                    if x_held[y % span_x] != y:
-                        channels_in(
-                            xrp,
-                            at,
-                            pitch,
-                            phase_len,
-                            sw,
-                            pw,
-                            xp,
-                            n * xs_n + y * xs_h,
-                            xs_c,
-                            xs_w,
-                            width,
-                            channels,
-                        )
-                        x_held[y % span_x] = y
-                    roff[u] = at
-                channels_in(
-                    gop, 0, lanes, lanes, 1, 0, gp, n * gs_n + i * gs_h, gs_c, gs_w, wo, channels
-                )
-                dot_row(
-                    gkp,
-                    0,
-                    lanes,
-                    gop,
-                    lanes,
-                    xrp,
-                    roff,
-                    pitch,
-                    phase_len,
-                    groups,
-                    kh,
-                    kw,
-                    lanes,
-                    cpg,
-                    sw,
-                    dw,
-                    offs,
-                    x.dtype,
-                )
-                # grad_hidden[j, r] = sum_t gk[t, j] weight[t, r]
-                matmul_rows(
-                    dhr, 0, rpad, gkp, 0, 1, lanes, wp_, 0, rpad, wo, tp, rpad, 0, bp, 0, x.dtype
-                )
-                pixels_out(dhp, n * dh_n + i * dh_h, dh_c, dh_w, dhr, 0, rpad, wo, reduced)
-                # grad_weight[t, r] += sum_j gk[t, j] hidden[j, r]; grad_bias[t] += sum_j gk[t, j]
-                matmul_rows(
-                    pp,
-                    0,
-                    rpad + 1,
-                    gkp,
-                    0,
-                    lanes,
-                    1,
-                    hrp,
-                    0,
-                    rpad,
-                    total,
-                    wo,
-                    rpad,
-                    1,
-                    bp,
-                    0,
-                    x.dtype,
-                )
-                for t in range(total):
-                    acc = part[t, rpad]
-                    for j in range(wo):
-                        acc += gk_row[t * lanes + j]
-                    part[t, rpad] = acc
-            # grad_x rows whose last reading output row is i (and, after the last row, the rows
-            # below it): a gather over the ring of kernel and grad_out rows
+            go_at = (slot * wop + jpad) * channels
+            pixels_in(grp, go_at, channels, src, n * src[1] + i * src[3], wo, channels)
             if i < i0:
                 continue
-            y_first = max(0, i * sh - ph)
+            # the kernel gradient's row, and what it gives grad_hidden, grad_weight, grad_bias
+            channel_window(xrp, x_held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
+            channels_in(gop, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+            shape = (groups, kh, kw, lanes, cpg)
+            dot_row(
+                (gkp, 0, lanes),
+                (gop, lanes),
+                (xrp, pitch, phase_len),
+                roff,
+                shape,
+                (sw, dw),
+                offs,
+                x.dtype,
+            )
+            # grad_hidden[j, r] = sum_t gk[t, j] weight[t, r]
+            matmul_rows(
+                (dhr, 0, rpad),
+                (gkp, 0, 1, lanes),
+                (wp_, 0, rpad),
+                (wo, tp, rpad),
+                0,
+                (bp, 0),
+                x.dtype,
+            )
+            pixels_out(dhs, n * dhs[1] + i * dhs[3], dhr, 0, rpad, wo, reduced)
+            # grad_weight[t, r] += sum_j gk[t, j] hidden[j, r]; grad_bias[t] += sum_j gk[t, j]
+            matmul_rows(
+                (pp, 0, rpad + 1),
+                (gkp, 0, lanes, 1),
+                (hrp, 0, rpad),
+                (total, wo, rpad),
+                1,
+                (bp, 0),
+                x.dtype,
+            )
+            for t in range(total):
+                acc = part[t, rpad]
+                for j in range(wo):
+                    acc += gk_row[t * lanes + j]
+                part[t, rpad] = acc
+            # grad_x rows whose last reading output row is i (after the last row: the rows
+            # below it too), a gather over the rings of kernel and grad_out rows
             y_last = min(height, i * sh - ph + sh) if i < ho - 1 else height
-            if i == i0 and band == 0:
-                y_first = 0
-            for y in range(y_first, y_last):
+            for y in range(max(0, i * sh - ph), y_last):
                 for q in range(min(sw, width)):
-                    count = 0
-                    for u in range(kh):
-                        num = y + ph - u * dh
-                        if num < 0 or num % sh != 0 or num // sh >= ho:
-                            continue
-                        s = (num // sh) % span_o
-                        for v in range(kw):
-                            col = q + pw - v * dw
-                            if col % sw != 0:
-                                continue
-                            j = col // sw + jpad
-                            tap_k[count] = (s * wop + j) * tp + u * kw + v
-                            tap_s[count] = (s * wop + j) * channels
-                            count += 1
+                    count = gather_taps(y, q, conv, kh, kw, ho, ring, (tap_k, tap_s))
+                    row = (dxs[0], n * dxs[1] + y * dxs[3] + q * dxs[4], dxs[2], sw * dxs[4])
+                    shape = (groups, (width - q + sw - 1) // sw, cpg)
                     aggregate_row(
-                        dxp,
-                        n * dx_n + y * dx_h + q * dx_w,
-                        dx_c,
-                        sw * dx_w,
-                        grp,
-                        channels,
-                        krp,
-                        tp,
-                        taps,
-                        tap_k,
-                        tap_s,
-                        count,
-                        groups,
-                        (width - q + sw - 1) // sw,
-                        cpg,
-                        x.dtype,
+                        row, (grp, channels), (krp, tp, taps), (tap_k, tap_s), count, shape, x.dtype
                     )
 
 
 def partials_shape(threads: int, taps_padded: int, reduced_padded: int) -> tuple[int, int, int]:
     """The shape of ``fused_backward``'s per-thread buffer for grad_weight and grad_bias."""
     return threads, taps_padded, reduced_padded + 1
-
-
-_ = np  # arrays are allocated per task above

@@ -47,19 +47,25 @@ def _store_pixels(dst, at, s_c, s_w, acc, count):  # pragma: no cover - compiled
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def aggregate_row(
-    op, obase, os_c, os_j, sp, s_j, kp, k_j, k_g, tap_k, tap_s, taps, groups, width, cpg, dtype
-):  # pragma: no cover - compiled
-    """op[obase + c * os_c + j * os_j] = sum over the taps e < ``taps``, in order, of
-    kp[tap_k[e] + g * k_g + j * k_j] * sp[tap_s[e] + c + j * s_j] for j < width and every
+def aggregate_row(out, src, kern, taps, count, shape, dtype):  # pragma: no cover - compiled
+    """One row of out[c, j] = sum over the taps e < ``count``, in order, of
+    kern[tap_k[e] + g * k_g + j * k_j] * src[tap_s[e] + c + j * s_j], for j < width and every
     channel c (g = c // cpg).
 
-    The caller lists a row's taps with their offsets: the kernel value of tap e for pixel j of
-    group g sits at tap_k[e] + g * k_g + j * k_j, the source pixel it weighs at
-    tap_s[e] + j * s_j (pixel rows: [column][channel], so channel c adds c). The forward lists
-    the taps (u, v) of the rows inside the image, grad_input (a gather) those whose output pixel
-    exists, for one phase of the stride. Tiles of 4 pixels x LANES channels: four independent
-    FMA chains per tap, one store per pixel and channel block."""
+    ``out`` = (pointer, offset of the row, stride of a channel, stride of a pixel); ``src`` =
+    (pointer, stride of a pixel) to pixel rows ([column][channel], so channel c adds c);
+    ``kern`` = (pointer, stride of a pixel, stride of a group); ``taps`` = (tap_k, tap_s), the
+    offsets of each tap's kernel value and source pixel for j = 0 and group 0; ``shape`` =
+    (groups, width, cpg). The forward lists the taps (u, v) of the rows inside the image,
+    grad_input (a gather) those whose output pixel exists, for one phase of the stride.
+
+    Tiles of 4 pixels x LANES channels: four independent FMA chains per tap, one store per pixel
+    and channel block."""
+    op, obase, os_c, os_j = out
+    sp, s_j = src
+    kp, k_j, k_g = kern
+    tap_k, tap_s = taps
+    groups, width, cpg = shape
     acc = stack_array(TILE, dtype)
     full = width // 4
     for g in range(groups):
@@ -72,23 +78,24 @@ def aggregate_row(
                 zero(acc, LANES)
                 zero(acc, 2 * LANES)
                 zero(acc, 3 * LANES)
-                for e in range(taps):
+                for e in range(count):
                     fma4(acc, kp, tap_k[e] + kg + j * k_j, k_j, sp, tap_s[e] + c0 + j * s_j, s_j)
                 _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 4)
             for j in range(full * 4, width):
                 zero(acc, 0)
-                for e in range(taps):
+                for e in range(count):
                     fma(acc, 0, kp[tap_k[e] + kg + j * k_j], sp, tap_s[e] + c0 + j * s_j)
                 _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 1)
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _dot_tile(
-    gp, gat, t_pitch, op, oat, go_pitch, xp, xat, c_pitch, offs, count, cpg, acc
-):  # pragma: no cover - compiled
-    """gk rows t = 0..count-1 (at gat + t * t_pitch) = sum over cpg channels c in order of
-    go[oat + c * go_pitch] * x[xat + c * c_pitch + offs[t]]: one go vector feeds ``count`` (1 to
-    4) FMA chains. Each count has its own branch so that every tile index is a constant."""
+def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no cover - compiled
+    """gk rows t = 0..count-1 (gk = (pointer, offset, stride of a row)) = sum over cpg channels
+    c, in order, of go[offset + c * stride] (go = (pointer, offset, stride of a channel)) *
+    x[xat + c * c_pitch + offs[t]]: one go vector feeds ``count`` (1 to 4) FMA chains. Each count
+    has its own branch so that every tile index is a constant."""
+    gp, gat, t_pitch = gk
+    op, oat, go_pitch = go
     if count == 4:
         o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
         zero(acc, 0)
@@ -140,33 +147,21 @@ def _dot_tile(
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def dot_row(
-    gp,
-    gbase,
-    t_pitch,
-    op,
-    go_pitch,
-    sp,
-    roff,
-    c_pitch,
-    phase_len,
-    groups,
-    kh,
-    kw,
-    lanes,
-    cpg,
-    step,
-    dil,
-    offs,
-    dtype,
-):  # pragma: no cover - compiled
-    """gp[gbase + t * t_pitch + j] = sum over the channels c of group g, in order, of
-    op[c * go_pitch + j] * sp[roff[u] + c * c_pitch + q * phase_len + j + (v * dil) // step]
-    with q = (v * dil) % step, for t = (g * kh + u) * kw + v and j < ``lanes`` (a multiple of
-    LANES); a tap row u with roff[u] < 0 gives zeros.
+def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - compiled
+    """One row of the kernel gradient: gk[t, j] = sum over the channels c of group g, in order,
+    of go[c, j] * x[c, j * step + v * dil], for t = (g * kh + u) * kw + v and j < ``lanes`` (a
+    multiple of LANES); a tap row u with roff[u] < 0 (outside the image) gives zeros.
 
-    ``sp`` points at channel rows split by phase (``rows.channels_in``), ``op`` at one row of
-    the incoming gradient as [channel][pixel]; ``offs`` is a scratch int64 array of 4."""
+    ``gk`` = (pointer, offset, stride of a tap row); ``go`` = (pointer, stride of a channel) to
+    one row of the incoming gradient as [channel][pixel]; ``src`` = (pointer, stride of a
+    channel, length of a phase) to channel rows split by phase (``rows.channels_in``), tap row
+    u at roff[u]; ``shape`` = (groups, kh, kw, lanes, cpg); ``conv`` = (step, dil) along the
+    row; ``offs``: a scratch int64 array of 4."""
+    gp, gbase, t_pitch = gk
+    op, go_pitch = go
+    sp, c_pitch, phase_len = src
+    groups, kh, kw, lanes, cpg = shape
+    step, dil = conv
     acc = stack_array(TILE, dtype)
     for g in range(groups):
         for u in range(kh):
@@ -186,51 +181,28 @@ def dot_row(
                     for q in range(count):
                         tap = (v + q) * dil
                         offs[q] = (tap % step) * phase_len + tap // step + j
-                    _dot_tile(
-                        gp,
-                        gbase + (t0 + v) * t_pitch + j,
-                        t_pitch,
-                        op,
-                        g * cpg * go_pitch + j,
-                        go_pitch,
-                        sp,
-                        r + g * cpg * c_pitch,
-                        c_pitch,
-                        offs,
-                        count,
-                        cpg,
-                        acc,
-                    )
+                    rows = (gp, gbase + (t0 + v) * t_pitch + j, t_pitch)
+                    channels = (op, g * cpg * go_pitch + j, go_pitch)
+                    xat = r + g * cpg * c_pitch
+                    _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, acc)
                     v += count
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def matmul_rows(
-    cp,
-    cat,
-    c_pitch,
-    ap,
-    aat,
-    a_pitch,
-    a_inner,
-    bp,
-    bat,
-    b_pitch,
-    rows,
-    inner,
-    cols,
-    init,
-    zp,
-    bias_at,
-    dtype,
-):  # pragma: no cover - compiled
-    """cp[cat + j * c_pitch + o] = start + sum_r ap[aat + j * a_pitch + r * a_inner]
-    * bp[bat + r * b_pitch + o] for j < rows and o < cols (a multiple of LANES), r in order; the
-    start value is 0 (``init`` 0), the value already there (1: accumulate) or zp[bias_at + o]
-    (2: a bias).
+def matmul_rows(c, a, b, dims, init, bias, dtype):  # pragma: no cover - compiled
+    """c[j, o] = start + sum_r a[j, r] * b[r, o] for j < rows, o < cols (a multiple of LANES), r
+    in order, with ``dims`` = (rows, inner, cols); the start value is 0 (``init`` 0), the value
+    already there (1: accumulate) or bias[o] (2).
 
+    ``c`` = (pointer, offset, stride of a row); ``a`` = (pointer, offset, stride of a row j,
+    stride of r); ``b`` = (pointer, offset, stride of a row r); ``bias`` = (pointer, offset).
     Tiles of 4 rows x 2 LANES-vectors (8 FMA chains per inner step: 2 vector loads of b, 4
     broadcasts of a); rows and column vectors left over go through a 1-row x 1-vector tile."""
+    cp, cat, c_pitch = c
+    ap, aat, a_pitch, a_inner = a
+    bp, bat, b_pitch = b
+    zp, bias_at = bias
+    rows, inner, cols = dims
     wide = stack_array(WIDE, dtype)
     one = stack_array(LANES, dtype)
     full = rows // 4
@@ -266,12 +238,8 @@ def matmul_rows(
                 fma(wide, 7 * LANES, a3, bp, brow + LANES)
             for q in range(4):
                 for h in range(2):
-                    copy(
-                        cp,
-                        cat + (j0 + q) * c_pitch + o + h * LANES,
-                        wide,
-                        q * 2 * LANES + h * LANES,
-                    )
+                    dst = cat + (j0 + q) * c_pitch + o + h * LANES
+                    copy(cp, dst, wide, q * 2 * LANES + h * LANES)
     for ov in range(cols // LANES):
         o = ov * LANES
         first = full * 4 if ov < pairs * 2 else 0
