@@ -292,4 +292,5 @@ def fused_backward(
         tasks,
     )
     total = partials.sum(axis=0)
-    return total[:taps, :reduced].copy(), total[:taps, padded.shape[1]].copy()
+    grad_bias = total[:taps, padded.shape[1] :].sum(axis=1)
+    return total[:taps, :reduced].copy(), grad_bias

@@ -22,7 +22,7 @@ it that its input rows also read). The kernel-gradient row from ``tiles.dot_row`
 products and the bias sum, then is dropped. grad_x is a gather per input row, emitted as soon as
 the last output row that reads it is done; no two tasks write one element of grad_x or
 grad_hidden. grad_weight and grad_bias are summed per thread into the caller's partial buffers
-(``partials``), which the caller adds up.
+(``partials``; the bias gradient as LANES lane-wise sums per tap), which the caller adds up.
 
 Padded operands (prepared by ``involution.kernels.cpu.dispatch``): ``weight_t`` is [R, Tp] and
 ``weight`` [Tp, Rp], ``bias`` [Tp], zero beyond the G*KH*KW taps and the R hidden channels, with Tp
@@ -44,7 +44,7 @@ from involution.kernels.cpu.rows import (
     pixels_out,
     strided,
 )
-from involution.kernels.cpu.simd import FASTMATH, pointer
+from involution.kernels.cpu.simd import FASTMATH, LANES, add_into, pointer
 from involution.kernels.cpu.tiles import aggregate_row, dot_row, matmul_rows
 
 
@@ -125,8 +125,9 @@ def fused_backward(
     bands,
 ):  # pragma: no cover - compiled
     """grad_x [N, C, H, W] and grad_hidden [N, R, Ho, Wo] (any strides) of ``fused_forward``;
-    grad_weight (as [Tp, Rp]) and grad_bias ([Tp], in column Rp) summed by thread into
-    partials [threads, Tp, Rp + 1] (zeros on entry; the caller adds them up)."""
+    grad_weight (as [Tp, Rp]) and grad_bias (LANES partial sums per tap, in columns Rp to
+    Rp + LANES) summed by thread into partials [threads, Tp, Rp + LANES] (zeros on entry; the
+    caller adds them up)."""
     n_batch, channels, height, width = x.shape
     reduced, ho, wo = hidden.shape[1:]
     tp, rpad = weight.shape
@@ -210,7 +211,7 @@ def fused_backward(
             pixels_out(dhs, n * dhs[1] + i * dhs[3], dhr, 0, rpad, wo, reduced)
             # grad_weight[t, r] += sum_j gk[t, j] hidden[j, r]; grad_bias[t] += sum_j gk[t, j]
             matmul_rows(
-                (pp, 0, rpad + 1),
+                (pp, 0, rpad + LANES),
                 (gkp, 0, lanes, 1),
                 (hrp, 0, rpad),
                 (total, wo, rpad),
@@ -218,11 +219,9 @@ def fused_backward(
                 (bp, 0),
                 x.dtype,
             )
-            for t in range(total):
-                acc = part[t, rpad]
-                for j in range(wo):
-                    acc += gk_row[t * lanes + j]
-                part[t, rpad] = acc
+            for t in range(total):  # lane-wise partial sums; the caller adds the lanes
+                for jv in range(lanes // LANES):
+                    add_into(pp, t * (rpad + LANES) + rpad, gkp, t * lanes + jv * LANES)
             # grad_x rows whose last reading output row is i (after the last row: the rows
             # below it too), a gather over the rings of kernel and grad_out rows
             y_last = min(height, i * sh - ph + sh) if i < ho - 1 else height
@@ -238,4 +237,4 @@ def fused_backward(
 
 def partials_shape(threads: int, taps_padded: int, reduced_padded: int) -> tuple[int, int, int]:
     """The shape of ``fused_backward``'s per-thread buffer for grad_weight and grad_bias."""
-    return threads, taps_padded, reduced_padded + 1
+    return threads, taps_padded, reduced_padded + LANES

@@ -197,7 +197,8 @@ def matmul_rows(c, a, b, dims, init, bias, dtype):  # pragma: no cover - compile
     ``c`` = (pointer, offset, stride of a row); ``a`` = (pointer, offset, stride of a row j,
     stride of r); ``b`` = (pointer, offset, stride of a row r); ``bias`` = (pointer, offset).
     Tiles of 4 rows x 2 LANES-vectors (8 FMA chains per inner step: 2 vector loads of b, 4
-    broadcasts of a); rows and column vectors left over go through a 1-row x 1-vector tile."""
+    broadcasts of a); an odd last column vector (all of a LANES-wide product) in tiles of 8
+    rows x 1 vector; rows left over in a 1-row x 1-vector tile."""
     cp, cat, c_pitch = c
     ap, aat, a_pitch, a_inner = a
     bp, bat, b_pitch = b
@@ -240,9 +241,34 @@ def matmul_rows(c, a, b, dims, init, bias, dtype):  # pragma: no cover - compile
                 for h in range(2):
                     dst = cat + (j0 + q) * c_pitch + o + h * LANES
                     copy(cp, dst, wide, q * 2 * LANES + h * LANES)
-    for ov in range(cols // LANES):
+    if cols % (2 * LANES):  # the last column vector: tiles of 8 rows x 1 vector
+        o = pairs * 2 * LANES
+        for jb in range(rows // 8):
+            j0 = jb * 8
+            for q in range(8):
+                dst = cat + (j0 + q) * c_pitch + o
+                if init == 0:
+                    zero(wide, q * LANES)
+                elif init == 1:
+                    copy(wide, q * LANES, cp, dst)
+                else:
+                    copy(wide, q * LANES, zp, bias_at + o)
+            for r in range(inner):
+                brow = bat + r * b_pitch + o
+                ar = aat + j0 * a_pitch + r * a_inner
+                fma(wide, 0, ap[ar], bp, brow)
+                fma(wide, LANES, ap[ar + a_pitch], bp, brow)
+                fma(wide, 2 * LANES, ap[ar + 2 * a_pitch], bp, brow)
+                fma(wide, 3 * LANES, ap[ar + 3 * a_pitch], bp, brow)
+                fma(wide, 4 * LANES, ap[ar + 4 * a_pitch], bp, brow)
+                fma(wide, 5 * LANES, ap[ar + 5 * a_pitch], bp, brow)
+                fma(wide, 6 * LANES, ap[ar + 6 * a_pitch], bp, brow)
+                fma(wide, 7 * LANES, ap[ar + 7 * a_pitch], bp, brow)
+            for q in range(8):
+                copy(cp, cat + (j0 + q) * c_pitch + o, wide, q * LANES)
+    for ov in range(cols // LANES):  # rows left over: 1 row x 1 vector
         o = ov * LANES
-        first = full * 4 if ov < pairs * 2 else 0
+        first = full * 4 if ov < pairs * 2 else rows // 8 * 8
         for j in range(first, rows):
             dst = cat + j * c_pitch + o
             if init == 0:
