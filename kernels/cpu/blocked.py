@@ -29,6 +29,7 @@ from involution.kernels.cpu.rows import (
     gather_taps,
     pixel_window,
     pixels_in,
+    prefetch_runs,
     strided,
 )
 from involution.kernels.cpu.simd import FASTMATH, LANES, pointer
@@ -76,6 +77,7 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
     per = (ho + bands - 1) // bands
     src, dst = strided(x), strided(out)
     kp = pointer(kernel)
+    line = 64 // x.itemsize  # elements per cache line
     for task in prange(n_batch * bands):
         n = task // bands
         i0 = (task % bands) * per
@@ -93,6 +95,8 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
             base = n * groups * taps * plane + i * wo
             for t in range(groups * taps):
                 copy_run(krp, t * wo, kp, base + t * plane, wo)
+            if i + 1 < ho:  # the next row's kernel values, fetched while this row computes
+                prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, False)
             row = (dst[0], n * dst[1] + i * dst[3], dst[2], dst[4])
             kern = (krp, 1, taps * wo)
             aggregate_row(
@@ -114,6 +118,7 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
     per = (height + bands - 1) // bands
     src, dst = strided(grad_out), strided(grad_x)
     kp = pointer(kernel)
+    line = 64 // grad_x.itemsize
     conv = (sh, sw, ph, pw, dh, dw)
     ring = (span, jpad, groups * taps * wop, wop, 1, wop * channels, channels)
     for task in prange(n_batch * bands):
@@ -139,6 +144,8 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                         copy_run(
                             krp, (slot * groups * taps + t) * wop + jpad, kp, base + t * plane, wo
                         )
+                    if i + 1 < ho:  # the next output row to enter the ring
+                        prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, False)
                     held[slot] = i
             for q in range(min(sw, width)):  # input columns x = q + sw * m
                 count = gather_taps(y, q, conv, kh, kw, ho, ring, (tap_k, tap_s))
@@ -165,6 +172,7 @@ def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # 
     per = (ho + bands - 1) // bands
     src, xsrc = strided(grad_out), strided(x)
     kp = pointer(grad_k)
+    line = 64 // x.itemsize
     for task in prange(n_batch * bands):
         n = task // bands
         i0 = (task % bands) * per
@@ -192,3 +200,5 @@ def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # 
             base = n * groups * taps * plane + i * wo
             for t in range(groups * taps):
                 copy_run(kp, base + t * plane, krp, t * lanes, wo)
+            if i + 1 < ho:  # the next row's kernel-gradient lines, to be written
+                prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, True)

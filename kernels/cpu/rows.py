@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer
+from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer, prefetch
 
 
 @njit(inline="always")
@@ -194,3 +194,14 @@ def gather_taps(y, q, conv, kh, kw, rows_out, ring, taps):  # pragma: no cover -
             tap_s[count] = slot * pitch + j * channels
             count += 1
     return count
+
+
+@njit(inline="always")
+def prefetch_runs(ptr, base, runs, pitch, length, line, write):  # pragma: no cover - compiled
+    """Prefetch ``runs`` runs of ``length`` elements, ``pitch`` apart from ``base``, one cache
+    line (``line`` elements) at a time: the next row's kernel values (one run per tap, a plane
+    apart), which the hardware prefetcher cannot follow as so many streams."""
+    for r in range(runs):
+        at = base + r * pitch
+        for e in range(0, length, line):
+            prefetch(ptr, at + e, write)

@@ -55,6 +55,27 @@ def pointer(typingctx, array):
     return types.CPointer(array.dtype)(array), codegen
 
 
+@intrinsic
+def prefetch(typingctx, ptr, offset, write):
+    """Ask the CPU to bring the cache line of ptr[offset] into its caches (``write``: a literal
+    bool, for writing). A hint: it never faults and changes no value."""
+    if not isinstance(write, types.BooleanLiteral):
+        raise RequireLiteralValue(write)
+    intent = int(write.literal_value)
+
+    def codegen(context, builder, signature, args):
+        address = builder.gep(args[0], [args[1]])
+        byte_ptr = builder.bitcast(address, llvm_ir.IntType(8).as_pointer())
+        i32 = llvm_ir.IntType(32)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_ptr.type, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr.type], fnty)
+        # (address, 0 read / 1 write, locality 3: keep in all levels, 1: data)
+        builder.call(fn, [byte_ptr, i32(intent), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(ptr, offset, write), codegen
+
+
 FASTMATH = {"contract"}  # fused multiply-adds, never reassociated: every sum keeps its order
 
 
