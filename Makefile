@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope)
 
-.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models cuda-report clean sweep summarize dashboard search lab
+.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models bench-detection cuda-report clean sweep summarize dashboard search lab
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -54,9 +54,10 @@ lint: $(STAMP) ## ruff check of the package, kernels and tests
 	$(VENV)/bin/ruff check src kernels tests
 
 # QUICK=1: a smoke of every benchmark in about 3 minutes here (operators: 3 repetitions, no
-# torch.compile; models: 4 models, batch 8, eager, one process each).
+# torch.compile; models: 4 models, batch 8, eager, one process each; detection: the three Faster
+# R-CNNs at 256x256, one process each).
 QUICK ?=
-bench: bench-ops bench-models cuda-report ## all benchmarks -> docs/benchmarks.md (QUICK=1: ~3 min)
+bench: bench-ops bench-models bench-detection cuda-report ## all benchmarks -> docs/benchmarks.md (QUICK=1: ~3 min)
 
 bench-ops: $(STAMP) ## operator benchmark (per backend, vs depthwise conv) -> docs/benchmarks.md
 	$(PY) -m involution.bench.ops $(if $(QUICK),--reps 3 --warmup 1 --no-compile) $(ARGS)
@@ -64,6 +65,10 @@ bench-ops: $(STAMP) ## operator benchmark (per backend, vs depthwise conv) -> do
 # ARGS go to the model benchmark only when it is the target named (as for cuda-report)
 bench-models: $(STAMP) ## models vs torchvision resnet50: train step, inference, memory -> docs/benchmarks.md
 	$(PY) -m involution.bench.models $(if $(QUICK),--quick) $(if $(filter bench-models,$(MAKECMDGOALS)),$(ARGS))
+
+# ARGS go to the detection benchmark only when it is the target named (as for bench-models)
+bench-detection: $(STAMP) ## RedNet-50-FPN detectors/Semantic FPN, conv vs involution neck vs torchvision -> docs/benchmarks.md
+	$(PY) -m involution.bench.detection $(if $(QUICK),--quick) $(if $(filter bench-detection,$(MAKECMDGOALS)),$(ARGS))
 
 # ARGS go to the report only when it is the target named (make bench ARGS="--reps 25" is bench-ops')
 cuda-report: $(STAMP) ## CUDA kernels' registers/spills/occupancy via ptxas (no GPU) -> docs/benchmarks.md
@@ -87,7 +92,7 @@ summarize: $(STAMP) ## (re)build a multirun's summary table: make summarize DIR=
 	$(PY) -m involution.runs summarize $(DIR)
 
 dashboard: $(STAMP) ## W&B workspace of a sweep: make dashboard DIR=multirun/... (default latest); ARGS="--entity ..."
-	$(PY) -m involution.dashboard $(DIR) $(ARGS)
+	$(PY) -m involution.runs dashboard $(DIR) $(ARGS)
 
 search: $(STAMP) ## Optuna search SEARCH=digits_optuna (conf/hparams_search); ARGS="..."
 	$(PY) -m involution.train hparams_search=$(SEARCH) $(ARGS)

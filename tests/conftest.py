@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -67,6 +68,74 @@ TINY_MODEL = {
     "stem_width": 8,
 }
 
+# The smallest detection/segmentation backbone (create_model overrides): rednet26's official
+# stem (stride 4 at layer1) at the narrowest widths its default involutions divide.
+TINY_BACKBONE = {"base_width": 16, "stem_width": 32}
+# A tiny detector (create_detector keyword arguments, bar the name) for 64-96 px images.
+TINY_DETECTOR = {
+    "backbone": "rednet26",
+    "num_classes": 3,
+    "backbone_args": TINY_BACKBONE,
+    "fpn_channels": 32,
+    "box_head_channels": 64,
+    "anchor_sizes": (8, 16, 32, 64, 128),
+    "min_size": 64,
+    "max_size": 96,
+    "rpn_pre_nms_top_n_train": 100,
+    "rpn_post_nms_top_n_train": 50,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 20,
+    "box_batch_size_per_image": 32,
+    "box_detections_per_img": 10,
+}
+
+
+def tiny_detector(name: str) -> dict:
+    """TINY_DETECTOR for detector ``name`` (RetinaNet has no RPN or box head), with the name."""
+    return {
+        "name": name,
+        **{
+            k: v
+            for k, v in TINY_DETECTOR.items()
+            if name != "retinanet" or not k.startswith(("rpn_", "box_"))
+        },
+    }
+
+
+# A tiny segmenter (create_segmenter keyword arguments, bar the name).
+TINY_SEGMENTER = {
+    "backbone": "rednet26",
+    "num_classes": 4,
+    "backbone_args": TINY_BACKBONE,
+    "fpn_channels": 32,
+    "head_channels": 32,
+}
+
+
+def tiny_trainer(root: Path, **overrides) -> L.Trainer:
+    """A CPU trainer for a few batches of a task test: CSV metrics under ``root``, no
+    progress bar or model summary."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "limit_test_batches": 1,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "default_root_dir": str(root),
+        "logger": CSVLogger(str(root), name="csv", version=""),
+        **overrides,
+    }
+    return L.Trainer(**settings)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -121,6 +190,15 @@ def limit_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     run_dir = root / "run"
     args = ["debug=limit", *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
     return run_module("involution.train", args, cwd=root), run_dir
+
+
+@pytest.fixture
+def no_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No WANDB_MODE, no API key, no netrc entry: what a fresh machine has."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    return monkeypatch
 
 
 def compose_entry(config_name: str, run_dir: Path, overrides: list[str]) -> DictConfig:

@@ -75,6 +75,24 @@ def op_with_grads(x, k, stride, padding, dilation, grad_out, backend):
     return out.detach(), gx, gk
 
 
+def assert_half_precision(backend, dtype, device="cpu"):
+    """Half storage, float32 accumulation: ``backend``'s output and gradients in ``dtype`` on
+    ``device`` are as close to the float64 spec of the same (rounded) operands as the storage
+    allows."""
+    x, k, stride, padding, dilation = make_case(CASES[6], torch.float64)
+    grad_out = torch.randn(*x.shape[:2], *k.shape[-2:], dtype=x.dtype)
+    xs, ks, gs = (t.to(dtype) for t in (x, k, grad_out))
+    want = spec_with_grads(xs.double(), ks.double(), stride, padding, dilation, gs.double())
+    got = op_with_grads(
+        xs.to(device), ks.to(device), stride, padding, dilation, gs.to(device), backend
+    )
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(got, want):
+        assert a.dtype == dtype and a.device.type == torch.device(device).type
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.cpu().double(), b, rtol=4 * eps, atol=4 * eps * scale)
+
+
 def tolerances(dtype):
     """assert_close tolerances of a backend against the spec in ``dtype``."""
     return (

@@ -26,8 +26,8 @@ from involution.analysis.errors import (
     NotAMultirunError,
     WandbUnavailableError,
 )
-from involution.lit import ImageClassifier
 from involution.ops import involution2d
+from involution.tasks import ImageClassifier
 
 from analysis_artifacts import Artifacts, make_artifacts
 from conftest import TINY_MODEL

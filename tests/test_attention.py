@@ -24,7 +24,7 @@ from involution.models import count_macs, mac_breakdown
 from involution.ops import involution2d_reference, output_size
 from involution.ops.window_dot import window_dot, window_dot_key_grad
 
-BACKENDS = ["reference", "numba_cpu"]
+BACKENDS = ["reference", "numba_cpu", "torch"]
 
 # (channels, heads, kernel, stride, dilation, height, width)
 CASES = [

@@ -60,7 +60,13 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
     assert says in text
     rows = [line for line in text.splitlines() if line.startswith("| 8, 16, 9x9, 3, 1 |")]
     names = [row.split("|")[3].strip() for row in rows]
-    assert names == ["depthwise conv2d", "reference", "numba_cpu", "numba_cpu, channels_last"]
+    assert names == [
+        "depthwise conv2d",
+        "reference",
+        "numba_cpu",
+        "numba_cpu, channels_last",
+        "torch",
+    ]
     for row in rows:
         median = row.split("|")[4].strip()
         assert float(median) > 0, row
@@ -114,7 +120,8 @@ def test_published_section_is_rendered_from_its_records() -> None:
     docs = Path(__file__).resolve().parents[1] / "docs"
     records = report.read_records(docs / "benchmarks.ops.json")
     published = read_sections((docs / "benchmarks.md").read_text())[ops.SECTION]
-    assert ops.render(records["meta"], records["rows"]).rstrip() + "\n" == published
+    rendered = ops.render(records["meta"], records["rows"], records.get("layers"))
+    assert rendered.rstrip() + "\n" == published
 
 
 @pytest.mark.parametrize(
@@ -162,7 +169,8 @@ def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
 
 
 def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
-    """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not)."""
+    """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not, torch
+    does)."""
     text = _bench(tmp_path, "--batches", "2", "--dtypes", "float32", "bfloat16", "--no-layers")
     rows = [
         line.split("|") for line in text.splitlines() if line.startswith("| 2, 16, 9x9, 3, 1 |")
@@ -173,8 +181,10 @@ def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
         ("float32", "reference"),
         ("float32", "numba_cpu"),
         ("float32", "numba_cpu, channels_last"),
+        ("float32", "torch"),
         ("bfloat16", "depthwise conv2d"),
         ("bfloat16", "reference"),
+        ("bfloat16", "torch"),
     ]
     assert all(float(row[4]) > 0 for row in rows)
     # the CPU table's roofline columns, not the GPU's bandwidth-only ones

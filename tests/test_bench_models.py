@@ -80,6 +80,21 @@ def test_targets_compare_compiled_with_eager_ratios():
     assert "compiled" not in lines[1]
 
 
+def test_gpu_rows_have_the_gpu_targets_against_both_resnet50s():
+    """AMP rows (the GPU's): rednet50 at least as many images/s as our resnet50 and as
+    torchvision's, in no more peak memory; no inference target there."""
+    results = [
+        _run("torchvision_resnet50", 64, [0.20], [0.1], 1000, amp="bf16"),
+        _run("resnet50", 64, [0.25], [0.1], 1200, amp="bf16"),
+        _run("rednet50", 64, [0.22], [0.1], 1100, amp="bf16"),
+    ]
+    assert bench.targets(bench.aggregate(results)) == [
+        "- rednet50 vs resnet50, batch 64, eager bf16: train 0.88x (met), peak 0.92x (met)",
+        "- rednet50 vs torchvision_resnet50, batch 64, eager bf16: train 1.10x (MISSED), "
+        "peak 1.10x (MISSED)",
+    ]
+
+
 def test_render_has_one_row_per_model_and_the_failure():
     results = [
         _run("torchvision_resnet50", 8, [2.0], [1.0], 2**20 * 800),

@@ -25,9 +25,9 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / gro
 
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 # the sections an experiment may change, each with the files that define its keys
-SECTIONS = {"model": "model/*.yaml", "trainer": "trainer/*.yaml", "module": "train.yaml"}
+SECTIONS = {"model": "model/*.yaml", "trainer": "trainer/*.yaml", "module": "task/*.yaml"}
 # groups merged into the others (global package): nothing of their own to instantiate
-GLOBAL_GROUPS = ("experiment", "debug", "sweep", "hparams_search")
+GLOBAL_GROUPS = ("experiment", "debug", "sweep", "hparams_search", "task")
 
 
 def test_train_config_selects_every_group(compose_train) -> None:
@@ -122,6 +122,7 @@ def test_every_group_option_composes(compose_train, group: str, option: str) -> 
         assert OmegaConf.select(cfg, group) is not None or group in (
             "experiment",
             "debug",
+            "task",
         )  # global packages
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)

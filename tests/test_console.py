@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from involution.console import CONFIG_TREE, describe_stage, print_config_tree
 from involution.models import create_model
+from involution.runner.console import CONFIG_TREE, describe_stage, print_config_tree
 
 
 def test_config_tree_is_printed_and_saved(compose_train, tmp_path: Path, capsys) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import wandb_workspaces.reports.v2 as wr
 
-from involution import dashboard, runs
+from involution import runs
+from involution.runs import dashboard
 
 from conftest import REPO, run_module
 
@@ -144,7 +145,7 @@ def test_cli_offline_writes_the_definition_and_says_what_to_sync(
     _, sweep_dir = kernel_sweep
     copy = tmp_path / "multirun" / "2030-01-02" / "03-04-05"
     shutil.copytree(sweep_dir, copy)
-    result = run_module("involution.dashboard", [str(copy)], cwd=tmp_path)
+    result = run_module("involution.runs", ["dashboard", str(copy)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (
         f"wandb sync {copy}/*/wandb/offline-run-* " in result.stdout
@@ -194,7 +195,7 @@ def test_make_dashboard_passes_the_directory() -> None:
         text=True,
         check=True,
     ).stdout
-    assert out.rstrip().splitlines()[-1].endswith("-m involution.dashboard multirun/train/x/y")
+    assert out.rstrip().splitlines()[-1].endswith("-m involution.runs dashboard multirun/train/x/y")
 
 
 def test_operator_sweep_gets_bars_and_one_macs_line_per_operator(tmp_path: Path) -> None:

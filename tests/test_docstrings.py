@@ -20,6 +20,7 @@ PUBLIC = {
     "involution.runs.summary": ["summarize", "load_summary"],
     "involution.analysis.costs": ["load_benchmarks"],
     "involution.bench.report": ["read_records"],
+    "involution.data.scene_files": ["write_coco", "write_cityscapes"],
 }
 
 

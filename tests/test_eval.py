@@ -15,10 +15,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from involution.eval import METRICS_JSON, build_evaluation, evaluate
+from involution.eval import METRICS_JSON, evaluate, options
 from involution.models import create_model
 from involution.models.checkpoint import official_names
-from involution.train import SetupError
+from involution.runner.build import Run, build
+from involution.runner.preflight import SetupError
 
 from conftest import CSV_ONLY, REPO, TINY_ARCH, compose_entry, run_module, wandb_records
 
@@ -53,6 +54,11 @@ def mmcls_file(lightning_ckpt: Path, path: Path) -> Path:
     }
     torch.save({"state_dict": state, "meta": {"mmcls_version": "0.12.0"}}, path)
     return path
+
+
+def build_evaluation(cfg: DictConfig) -> Run:
+    """The evaluation's run, built as ``python -m involution.eval`` builds it."""
+    return build(cfg, **options(cfg))
 
 
 def run_test_top1(run_dir: Path) -> float:
@@ -189,7 +195,7 @@ def test_cli_missing_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    # the preflight checks (involution.validation) answer before eval.py's own check runs
+    # the preflight checks (involution.runner.preflight) answer before the builder's own runs
     assert len(lines) == 1 and lines[0].startswith("error: ckpt_path="), result.stderr
     assert str(tmp_path / "nope.ckpt") in lines[0] and "does not exist" in lines[0], result.stderr
 

@@ -1,10 +1,13 @@
 """``.ci/gpu-check``, the one script run on a GPU machine: its refusals (one line, exit 2, before
-any work) and, on whatever machine runs the suite, one short end-to-end run into a given folder (on
-a machine without a GPU the gpu tests skip and the benchmark measures the CPU)."""
+any work), the rows it asks the benchmarks for, and, on whatever machine runs the suite, one short
+end-to-end run into a given folder (on a machine without a GPU the gpu tests skip and the benchmark
+measures the CPU)."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,13 +47,40 @@ def test_refuses_in_one_line(tmp_path, args, env, says):
     assert not (tmp_path / "out" / "summary.txt").exists()
 
 
+def _script_flags(variable: str) -> list[str]:
+    """The flags the script keeps in ``variable="..."``."""
+    (value,) = re.findall(rf'^\s*{variable}="([^"]*)"$', SCRIPT.read_text(), re.M)
+    return shlex.split(value)
+
+
+def test_asks_for_the_issue_23_rows():
+    """The operator rows: batch 64 in float32 and bfloat16, with the torch backend compiled
+    beside the eager candidates; the model rows: rednet50, resnet50 and torchvision's resnet50
+    at batch 64 and 128 under AMP bf16 (channels_last on every GPU row), one run each."""
+    from involution.bench import models, ops
+
+    bench_flags = " ".join(_script_flags("bench_args"))  # run for real by the test below
+    assert bench_flags == "--compiled torch --batches 64 --dtypes float32 bfloat16"
+    assert "torch" in ops.COMPILED
+    parser = models.make_parser()
+    flags = ["--device", "cuda", *_script_flags("models_args"), "--reps", "3", "--warmup", "1"]
+    args = models.resolve(parser, parser.parse_args(flags))
+    runs = {(s["model"], s["batch"], s["mode"], s["amp"]) for s in models.plan(args)}
+    assert runs == {
+        (model, batch, "eager", "bf16")
+        for model in ("rednet50", "resnet50", models.YARDSTICK)
+        for batch in (64, 128)
+    }
+    assert len(models.plan(args)) == len(runs)  # one process each: the budget's share
+
+
 @pytest.mark.slow
 def test_end_to_end_into_one_folder(tmp_path):
     out = tmp_path / "results"
     done = _run(
         str(out),
         REPS="1",
-        BENCH_ARGS="--shapes 16x9x3 --warmup 1 --batches 2",
+        BENCH_ARGS="--shapes 16x9x3 --warmup 1 --batches 2 --dtypes float32",
         TESTS="tests/test_ops_gpu.py",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -61,5 +91,7 @@ def test_end_to_end_into_one_folder(tmp_path):
     section = "involution.bench.ops" + (".gpu" if "gpu none" not in summary else "")
     assert markers(section)[0] in text
     assert "| 2, 16, 9x9, 3, 1 |" in text
+    for name in ("torch", "torch.compile(torch)"):  # the torch backend, eager and compiled
+        assert f"| 2, 16, 9x9, 3, 1 | float32 | {name} |" in text
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir()), files

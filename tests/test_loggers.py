@@ -1,5 +1,5 @@
-"""The logger group (conf/logger) instantiated by involution.loggers: W&B mode resolution, derived
-names, resumed W&B runs and CSV histories, CSV only, disabled W&B, plain Lightning loggers."""
+"""The logger group (conf/logger) instantiated by involution.runner.loggers: derived names,
+resumed W&B runs and CSV histories, CSV only, disabled W&B, plain Lightning loggers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from involution import loggers
-from involution.loggers import build_loggers, resolve_wandb_mode
+from involution.runner.loggers import build_loggers
 
 IDENTITY = {
     "name": "involution-k7",
@@ -19,37 +18,8 @@ IDENTITY = {
 }
 
 
-@pytest.fixture
-def no_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No WANDB_MODE, no API key, no netrc entry: what a fresh machine has."""
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    return monkeypatch
-
-
 def by_type(built: list) -> dict[type, object]:
     return {type(logger): logger for logger in built}
-
-
-def test_auto_mode_is_offline_without_a_key(no_wandb_env) -> None:
-    assert resolve_wandb_mode("auto") == "offline"
-
-
-def test_auto_mode_is_online_with_a_key_and_a_reachable_host(no_wandb_env) -> None:
-    no_wandb_env.setenv("WANDB_API_KEY", "x" * 40)
-    no_wandb_env.setattr(loggers, "wandb_host_reachable", lambda timeout=3.0: True)
-    assert resolve_wandb_mode("auto") == "online"
-    no_wandb_env.setattr(loggers, "wandb_host_reachable", lambda timeout=3.0: False)
-    assert resolve_wandb_mode("auto") == "offline"  # never hangs on a dead network
-
-
-def test_environment_mode_wins_and_bad_modes_name_the_key(no_wandb_env) -> None:
-    no_wandb_env.setenv("WANDB_MODE", "dryrun")  # Lightning's name for offline
-    assert resolve_wandb_mode("online") == "offline"
-    no_wandb_env.setenv("WANDB_MODE", "sometimes")
-    with pytest.raises(ValueError, match=r"^logger.wandb.mode must be one of .*'sometimes'$"):
-        resolve_wandb_mode("auto")
 
 
 def test_default_group_builds_csv_first_then_offline_wandb(compose_train, no_wandb_env) -> None:

@@ -54,7 +54,7 @@ from helpers import (
     tolerances,
 )
 
-CPU_BACKENDS = ["reference", "numba_cpu"]
+CPU_BACKENDS = ["reference", "numba_cpu", "torch"]
 
 # ------------------------------------------------------------------------------------------------
 # Agreement with the spec
@@ -108,14 +108,17 @@ def test_auto_and_explicit_backends_match(backend):
     )
 
 
-def test_resolve_backend():
+def test_resolve_backend(monkeypatch):
+    from involution.ops import _numba_cuda
+
     cpu, meta = torch.device("cpu"), torch.device("meta")
     assert resolve_backend("auto", cpu, torch.float32) == "numba_cpu"
     assert resolve_backend("auto", cpu, torch.float64) == "numba_cpu"
-    assert resolve_backend("auto", cpu, torch.bfloat16) == "reference"
+    assert resolve_backend("auto", cpu, torch.bfloat16) == "torch"
+    monkeypatch.setattr(_numba_cuda, "unusable", lambda index: None)  # as on a working GPU
     assert resolve_backend("auto", torch.device("cuda"), torch.float16) == "numba_cuda"
-    assert resolve_backend("auto", meta, torch.float32) == "reference"
-    assert set(BACKENDS) == {"auto", "reference", "numba_cpu", "numba_cuda"}
+    assert resolve_backend("auto", meta, torch.float32) == "torch"
+    assert set(BACKENDS) == {"auto", "reference", "numba_cpu", "numba_cuda", "torch"}
 
 
 def test_auto_lists_every_refusal_in_one_line():
@@ -125,6 +128,7 @@ def test_auto_lists_every_refusal_in_one_line():
     assert "\n" not in message
     assert "numba_cuda needs CUDA tensors" in message
     assert "numba_cpu supports dtypes" in message
+    assert "torch supports dtypes" in message
     assert "reference supports dtypes" in message
 
 
@@ -426,7 +430,8 @@ SHARED_BAD = [
         "backend name",
         {"backend": "cupy"},
         ValueError,
-        r"backend must be one of \('auto', 'numba_cuda', 'numba_cpu', 'reference'\), got 'cupy'",
+        r"backend must be one of \('auto', 'numba_cuda', 'numba_cpu', 'torch', 'reference'\), "
+        "got 'cupy'",
     ),
     (
         "numba_cuda on cpu",
@@ -540,7 +545,7 @@ def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
     grad_input and grad_kernel both compute NHWC; on wide maps the kernel gradient stays NCHW, and
     one shared copy would then cost a second transpose back. The other backends never ask, nor
     do the blocked kernels (groups of 16 channels), which read either layout as it comes."""
-    from involution.ops import _numba_cpu, _numba_cuda
+    from involution.ops import _numba_cpu, _numba_cuda, _torch
 
     def case(c, g, size, k, stride=1):
         out = (size + 2 * (k // 2) - k) // stride + 1
@@ -555,7 +560,7 @@ def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
     assert shares(*case(32, 4, 56, 7, stride=2))  # no flat kernel at stride 2
     assert not shares(*case(16, 2, 112, 3))  # all NCHW at 3x3
     assert _numba_cpu.grad_out_format(*case(16, 2, 112, 3)) is None
-    for other in (_reference, _numba_cuda):
+    for other in (_reference, _numba_cuda, _torch):
         assert other.grad_out_format(*case(256, 16, 14, 7)) is None
     # groups of 16 channels: the blocked kernels read any layout, so the hook never asks
     assert _numba_cpu.grad_out_format(*case(256, 16, 14, 7)) is None
@@ -674,3 +679,42 @@ def test_fused_bad_arguments():
         fused_involution2d(x, hidden, weight[0], bias, 7)
     with pytest.raises(ValueError, match="backend must be one of"):
         fused_involution2d(x, hidden, weight, bias, 7, backend="cupy")
+
+
+# ------------------------------------------------------------------------------------------------
+# Results are tensors of their own
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["op", "fused"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(("channels", "groups"), [(32, 2), (64, 8), (16, 8)])
+@pytest.mark.parametrize("size", [1, 5])
+def test_results_are_never_views(size, channels, groups, layout, backend, fused):
+    """Every backend's output and gradients own their storage (at 1x1 maps a permuted result is
+    contiguous in both layouts, and an unfold's is a reshape): an in-place ReLU on the output,
+    as a network applies one, then backward run, and agree with the out-of-place ReLU.
+    (32, 2): the blocked kernels; (64, 8) and (16, 8): numba_cpu's NHWC and NCHW ones."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, size, size, generator=gen, dtype=torch.float64)
+    hidden = torch.randn(2, 4, size, size, generator=gen, dtype=torch.float64)
+    weight = torch.randn(groups * 9, 4, generator=gen, dtype=torch.float64)
+    kern = torch.randn(2, groups, 3, 3, size, size, generator=gen, dtype=torch.float64)
+    x = x.contiguous(memory_format=fmt)
+    operands = (x, hidden, weight) if fused else (x, kern)
+    results = []
+    for relu in (torch.relu_, torch.relu):
+        leaves = [t.detach().clone().requires_grad_() for t in operands]
+        if fused:
+            out = fused_involution2d(*leaves, None, 3, 1, 1, 1, backend)
+        else:
+            out = involution2d(*leaves, 1, 1, 1, backend)
+        assert not out._is_view()
+        out = relu(out)
+        out.square().sum().backward()
+        assert not any(leaf.grad._is_view() for leaf in leaves)
+        results.append([out.detach(), *(leaf.grad for leaf in leaves)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -11,7 +11,14 @@ import torch
 from involution.layers import Involution2d
 from involution.ops import involution2d
 
-from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
+from helpers import (
+    CASES,
+    assert_half_precision,
+    make_case,
+    op_with_grads,
+    spec_with_grads,
+    tolerances,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -60,16 +67,7 @@ def test_layouts(layout):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
     """Half storage, float32 accumulation: as close to the float64 spec as the storage allows."""
-    x, k, stride, padding, dilation = make_case(CASES[6], torch.float64)
-    grad_out = torch.randn(*x.shape[:2], *k.shape[-2:], dtype=x.dtype)
-    xs, ks, gs = (t.to(dtype) for t in (x, k, grad_out))
-    want = spec_with_grads(xs.double(), ks.double(), stride, padding, dilation, gs.double())
-    got = op_with_grads(*_on(CUDA, xs, ks), stride, padding, dilation, gs.to(CUDA), "numba_cuda")
-    eps = torch.finfo(dtype).eps
-    for a, b in zip(got, want):
-        assert a.dtype == dtype
-        scale = b.abs().max().item()
-        torch.testing.assert_close(a.cpu().double(), b, rtol=4 * eps, atol=4 * eps * scale)
+    assert_half_precision("numba_cuda", dtype, CUDA)
 
 
 @pytest.mark.parametrize("case", [(1, 4, 2, 5, 6, (3, 3), 2, 1), (1, 8, 1, 4, 5, (3, 3), 1, 2)])

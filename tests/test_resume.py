@@ -21,10 +21,11 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import open_dict, read_write
 from torch.utils.data import Dataset
 
-from involution import resume, runs
+from involution import runs
 from involution.data.base import EpochSampler, ResumableLoader, SeededItems
-from involution.guards import Preempted
-from involution.train import train, trainer_plugins
+from involution.runner import resume
+from involution.runner.guards import Preempted
+from involution.train import train
 
 from conftest import CSV_ONLY, QUIET, REPO, TINY_WIDTHS, quick_schedule
 
@@ -199,10 +200,10 @@ def test_resume_argv_continues_a_run_in_place_with_its_overrides(
 
 
 def test_slurm_runs_get_lightnings_auto_requeue(monkeypatch) -> None:
-    assert [type(p) for p in trainer_plugins()] == [resume.AtomicCheckpointIO]
+    assert [type(p) for p in resume.trainer_plugins()] == [resume.AtomicCheckpointIO]
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
-    plugins = trainer_plugins()
+    plugins = resume.trainer_plugins()
     slurm = [p for p in plugins if isinstance(p, SLURMEnvironment)]
     assert slurm and slurm[0].auto_requeue and slurm[0].requeue_signal == signal.SIGUSR1
 

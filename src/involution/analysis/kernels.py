@@ -63,7 +63,7 @@ def load_classifier(checkpoint: PathLike) -> LoadedModel:
     Hydra is needed. Raises ``CheckpointError`` (one line) for a missing or unreadable file, a
     checkpoint from elsewhere, or weights that do not fit the model they describe.
     """
-    from involution.lit import ImageClassifier
+    from involution.tasks import ImageClassifier
 
     path = Path(checkpoint).expanduser()
     if not path.is_file():

@@ -259,7 +259,7 @@ def training_curves(
 
 
 def _wandb_api(project: str, timeout: float) -> Any:
-    from involution.loggers import wandb_api_key_configured, wandb_host_reachable
+    from involution.runs.wandb_mode import wandb_api_key_configured, wandb_host_reachable
 
     host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     if not wandb_host_reachable(timeout=min(timeout, 5.0)):

@@ -358,7 +358,8 @@ def launch_threads() -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _one(entries: list[EntryResources], kind: str, name: str, arch: str) -> EntryResources:
+def the_entry(entries: list[EntryResources], kind: str, name: str, arch: str) -> EntryResources:
+    """The one entry function an assembled kernel holds (a RuntimeError if it is not one)."""
     if len(entries) != 1:
         raise RuntimeError(f"{kind} {name} {arch}: {len(entries)} entry functions, expected 1")
     return entries[0]
@@ -381,12 +382,12 @@ def collect(kinds: list[str], archs: list[str], ptxas: str, with_lto: bool = Tru
             for arch in archs:
                 limits = ARCHS[arch]
                 ptx = compile_ptx(kind, name, limits.cc, **options)
-                res = _one(parse_ptxas(assemble(ptx, arch, ptxas, flags)), kind, name, arch)
+                res = the_entry(parse_ptxas(assemble(ptx, arch, ptxas, flags)), kind, name, arch)
                 linked = None
                 if lto:
                     ltoir = compile_ltoir(kind, name, limits.cc, **options)
                     log = link_ltoir(ltoir, arch, cap)
-                    linked = _one(parse_ptxas(log), kind, name, arch)
+                    linked = the_entry(parse_ptxas(log), kind, name, arch)
                 launched = linked or res  # what runs: the LTO link where the launch uses it
                 record = {
                     "kernel": name,

@@ -2,8 +2,9 @@
 and against the convolutions they replace.
 
     python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--batches 8 ...]
-                                   [--dtypes float32 ...] [--no-compile] [--no-layers]
-                                   [--heap steady|default] [--output docs/benchmarks.md] [--render]
+                                   [--dtypes float32 ...] [--compiled reference torch]
+                                   [--no-compile] [--no-layers] [--heap steady|default]
+                                   [--output docs/benchmarks.md] [--render]
 
 At the RedNet-50 shapes (K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7, and the stem's C=32@112
 with K=3; on the CPU batch 8 and 32 in float32, on a GPU batch 8 and 64 in float32, float16 and
@@ -11,8 +12,11 @@ bfloat16) every candidate runs forward+backward on the same tensors, interleaved
 one process.
 
 The op table (gradients of the input and the kernel): depthwise conv (KxK, groups=C, the
-practical yardstick), ``reference`` (unfold), ``torch.compile(reference)``, and the Numba backend
-of the device (``numba_cpu`` on NCHW and on channels_last operands, or ``numba_cuda``), with
+practical yardstick), ``reference`` (unfold), the Numba backend of the device (``numba_cpu`` on
+NCHW and on channels_last operands, or ``numba_cuda``) in the dtypes it supports, ``torch``
+(shifted multiply-accumulates, what ``backend="auto"`` falls back to where no Numba backend runs),
+and under ``torch.compile`` (Inductor, static shapes, ``--compiled``) the reference and the
+``torch`` backend, whose taps Inductor fuses (``involution.ops._torch``), with
 
 - the median (and fastest) wall time of forward+backward,
 - the peak memory the step adds over what its inputs already hold (CPU: peak resident set,
@@ -209,8 +213,12 @@ def _compile_in_process() -> None:
     inductor_config.compile_threads = 1
 
 
-def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
-    """Candidates doing forward+backward at one shape (stride 1, padding K//2, G = C/16)."""
+COMPILED = ("reference", "torch")  # the backends --compiled may name
+
+
+def _steps(batch, channels, size, k, device, dtype, backends, compiled):
+    """Candidates doing forward+backward at one shape (stride 1, padding K//2, G = C/16); those
+    of ``compiled`` (backend names) once more under ``torch.compile``."""
     groups = channels // 16
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device, dtype).requires_grad_()
@@ -252,15 +260,26 @@ def _steps(batch, channels, size, k, device, dtype, backends, with_compile):
                     tag,
                 )
             )
-    if with_compile:
+    if compiled and device.type == "cpu":  # a GPU machine has the cores for compile workers
         _compile_in_process()
-        compiled = torch.compile(involution2d_reference, dynamic=False)
+    if compiled:
+        # Dynamo keeps the compiled variants of a function with its code, across torch.compile
+        # wrappers: past its recompile limit (8), e.g. 5 shapes x 2 dtypes, the later shapes
+        # would silently run eagerly. Each shape's candidates are compiled afresh anyway.
+        torch._dynamo.reset()
+    for backend in compiled:
+        if backend == "reference":
+            fn = torch.compile(involution2d_reference, dynamic=False)
+            args = ((1, 1), (pad, pad), (1, 1))
+        else:
+            fn = torch.compile(involution2d, dynamic=False, fullgraph=True)
+            args = (1, pad, 1, backend)
 
-        def compiled_step():
-            compiled(x, kern, (1, 1), (pad, pad), (1, 1)).backward(grad)
+        def compiled_step(fn=fn, args=args):
+            fn(x, kern, *args).backward(grad)
             clear()
 
-        cands.append(Candidate("torch.compile(reference)", compiled_step, tag))
+        cands.append(Candidate(f"torch.compile({backend})", compiled_step, tag))
     tensors = (x, kern, grad)
     return cands, tensors
 
@@ -274,10 +293,11 @@ def floor_bytes(batch: int, channels: int, size: int, k: int, elem: int) -> int:
     5 feature maps + 3 kernel maps. (Our three kernels read grad_out once more, in grad_input and
     in grad_kernel: 6 + 3, about 1.07x the floor at RedNet-50's 7x7 shapes.)"""
     groups = channels // 16
-    fmap = batch * channels * size * size
-    kmap = batch * groups * k * k * size * size
-    forward = fmap + kmap + fmap  # x, kernel read; out written
-    backward = fmap + fmap + kmap + fmap + kmap  # grad_out, x, kernel read; grad_x, grad_kernel
+    feature_map = batch * channels * size * size
+    kernel_map = batch * groups * k * k * size * size
+    forward = feature_map + kernel_map + feature_map  # x, kernel read; out written
+    # grad_out, x, kernel read; grad_x, grad_kernel written
+    backward = 3 * feature_map + 2 * kernel_map
     return elem * (forward + backward)
 
 
@@ -651,10 +671,12 @@ def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def measure(
-    args: argparse.Namespace,
+    args: argparse.Namespace, progress: Callable[[dict[str, Any], list[dict]], object] | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the benchmark ``args`` describe: (the records' meta, one row per candidate and shape
-    of the op table, one per candidate, shape and memory format of the layer table)."""
+    of the op table, one per candidate, shape and memory format of the layer table).
+    ``progress(meta, rows)`` is called with the op rows so far after each shape and dtype, so that
+    a time limit (``.ci/gpu-check``'s) keeps what was measured."""
     load_start = report.load_average()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes or REDNET50_SHAPES
@@ -689,14 +711,33 @@ def measure(
             flush=True,
         )
     configs = [(batch, dtype) for batch in batches for dtype in dtypes]
+
+    def meta() -> dict[str, Any]:
+        return report.meta(
+            GPU_NAME if on_gpu else NAME,
+            report.command("involution.bench.ops", args.argv),
+            device,
+            device=device.type,
+            gpu=_gpu_name(device) if on_gpu else None,
+            load_start=load_start,
+            load_end=report.load_average(),
+            reps=args.reps,
+            warmup=args.warmup,
+            heap=heap,
+            bandwidth=bandwidth,
+            cudnn=torch.backends.cudnn.version() if on_gpu else None,
+            peaks=None
+            if found is None
+            else {"macs_per_s": found.macs_per_s, "bytes_per_s": found.bytes_per_s},
+        )
+
     for channels, size, k in shapes:
         for batch, dtype in configs:
-            backends = ["reference"] + (
-                [numba_backend] if _runs(numba_backend, device, dtype) else []
-            )
-            cands, _tensors = _steps(
-                batch, channels, size, k, device, dtype, backends, args.compile
-            )
+            backends = ["reference"] + [
+                b for b in (numba_backend, "torch") if _runs(b, device, dtype)
+            ]
+            compiled = [b for b in args.compiled if _runs(b, device, dtype)]
+            cands, _tensors = _steps(batch, channels, size, k, device, dtype, backends, compiled)
             print(
                 f"[bench-ops] N={batch} C={channels} {size}x{size} K={k} {dtype}: "
                 f"{len(cands)} candidates",
@@ -721,25 +762,10 @@ def measure(
                     flush=True,
                 )
             del cands, _tensors
+            if progress is not None:
+                progress(meta(), rows)
     layers = [] if on_gpu or not args.layers else _measure_layers(args, shapes, batches, found)
-    meta = report.meta(
-        GPU_NAME if on_gpu else NAME,
-        report.command("involution.bench.ops", args.argv),
-        device,
-        device=device.type,
-        gpu=_gpu_name(device) if on_gpu else None,
-        load_start=load_start,
-        load_end=report.load_average(),
-        reps=args.reps,
-        warmup=args.warmup,
-        heap=heap,
-        bandwidth=bandwidth,
-        cudnn=torch.backends.cudnn.version() if on_gpu else None,
-        peaks=None
-        if found is None
-        else {"macs_per_s": found.macs_per_s, "bytes_per_s": found.bytes_per_s},
-    )
-    return meta, rows, layers
+    return meta(), rows, layers
 
 
 def _measure_layers(args, shapes, batches, found: roofline.Peaks) -> list[dict[str, Any]]:
@@ -952,7 +978,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
-        "--no-compile", dest="compile", action="store_false", help="skip torch.compile(reference)"
+        "--compiled",
+        nargs="*",
+        choices=COMPILED,
+        default=list(COMPILED),
+        help="backends measured under torch.compile too (default: reference torch)",
+    )
+    parser.add_argument(
+        "--no-compile",
+        dest="compiled",
+        action="store_const",
+        const=[],
+        help="no compiled candidate (the same as --compiled with no backend)",
     )
     parser.add_argument(
         "--no-layers",
@@ -991,7 +1028,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("argument --device: cuda requested but torch sees no CUDA device")
     args.argv = argv
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    meta, rows, layers = measure(args)
+    meta, rows, layers = measure(args, progress=lambda meta, rows: save(args.output, meta, rows))
     path = save(args.output, meta, rows, layers)
     print(f"[bench-ops] wrote {path} and {args.output}")
 

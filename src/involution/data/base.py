@@ -1,4 +1,4 @@
-"""Shared DataLoader plumbing for the image-classification data modules.
+"""Shared DataLoader plumbing for the data modules of every task.
 
 The training loader is resumable: its order and every item's augmentation are functions of
 (seed, epoch, index) only (each item is drawn under its own seed, so no global RNG stream is
@@ -19,6 +19,8 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from involution import rules
 
 
 class EpochSampler(DistributedSampler):
@@ -124,23 +126,24 @@ class ResumableLoader(DataLoader):
             yield batch
 
 
-class ClassificationDataModule(L.LightningDataModule):
-    """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in
-    setup."""
+class SeededDataModule(L.LightningDataModule):
+    """Three data sets (filled in ``setup``) behind the resumable, seeded training loader; the
+    base of every task's data modules. ``collate_fn``: how items become a batch (None: stack).
+    The loader keys' ranges are ``ARGUMENT_RULES``, checked here and by the run's pre-flight."""
 
-    num_classes: int
-    in_channels: int
-    image_size: int
+    ARGUMENT_RULES: dict[str, rules.Rule] = {
+        "batch_size": rules.int_at_least(1),
+        "num_workers": rules.int_at_least(0),
+    }
     seed: int = 0
+    collate_fn: Any = None
 
     def __init__(
         self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
     ) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"data.batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"data.num_workers must be an int >= 0, got {num_workers!r}")
+        arguments = {"batch_size": batch_size, "num_workers": num_workers}
+        rules.check(arguments, self.ARGUMENT_RULES, "data")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -156,6 +159,7 @@ class ClassificationDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
+            "collate_fn": self.collate_fn,
         }
         if not shuffle:
             return DataLoader(dataset, shuffle=False, **options)
@@ -179,3 +183,12 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+class ClassificationDataModule(SeededDataModule):
+    """Subclasses set ``num_classes``, ``in_channels``, ``image_size`` and fill the three sets in
+    setup."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int

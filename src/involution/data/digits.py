@@ -12,6 +12,27 @@ from torch.utils.data import Dataset, TensorDataset
 from involution.data.base import ClassificationDataModule
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 0.5:
+            raise ValueError(f"data.{key} must be in (0, 0.5), got {value!r}")
+
+
+def split_indices(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seed-determined train/val/test indices of the scans with these labels."""
+    indices = np.arange(len(labels))
+    rest, test = train_test_split(
+        indices, test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    val_share = val_fraction / (1 - test_fraction)
+    train, val = train_test_split(
+        rest, test_size=val_share, stratify=labels[rest], random_state=seed
+    )
+    return train, val, test
+
+
 class _Augmented(Dataset):
     """Random shifts of a few pixels: cheap, label-preserving, and enough to regularise."""
 
@@ -47,24 +68,14 @@ class DigitsDataModule(ClassificationDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 < value < 0.5:
-                raise ValueError(f"data.{key} must be in (0, 0.5), got {value!r}")
+        check_fractions(val_fraction, test_fraction)
         self.image_size = image_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.max_shift, self.seed = max_shift, seed
 
     def split_indices(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stratified, seed-determined train/val/test indices."""
-        indices = np.arange(len(labels))
-        rest, test = train_test_split(
-            indices, test_size=self.test_fraction, stratify=labels, random_state=self.seed
-        )
-        val_share = self.val_fraction / (1 - self.test_fraction)
-        train, val = train_test_split(
-            rest, test_size=val_share, stratify=labels[rest], random_state=self.seed
-        )
-        return train, val, test
+        return split_indices(labels, self.val_fraction, self.test_fraction, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

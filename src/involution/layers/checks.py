@@ -11,38 +11,38 @@ stops construction with the same one-line message wherever it comes from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from involution import rules
 from involution.ops import BACKENDS
 
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-OPERATOR_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "kernel_size": (lambda v: _positive_int(v) and v % 2 == 1, "an odd positive int"),
+# The operator keys' rules that hold whatever the channels: one table, read by the constructors
+# (through check_operator_fit) and by the run's pre-flight check (check_operator_spec, before
+# anything is built), so both say the same line.
+OPERATOR_RULES: dict[str, rules.Rule] = {
+    "kernel_size": (
+        lambda v: rules.is_int(v) and v >= 1 and v % 2 == 1,
+        "an odd positive int",
+    ),
     "group_channels": (
-        lambda v: v is None or _positive_int(v),
+        lambda v: v is None or (rules.is_int(v) and v >= 1),
         "a positive int or null (one group)",
     ),
-    "reduction_ratio": (_positive_int, "an int >= 1"),
-    "dilation": (_positive_int, "an int >= 1"),
-    "heads": (_positive_int, "an int >= 1"),
-    "groups": (_positive_int, "an int >= 1"),
+    "reduction_ratio": rules.int_at_least(1),
+    "dilation": rules.int_at_least(1),
+    "heads": rules.int_at_least(1),
+    "groups": rules.int_at_least(1),
     "backend": (lambda v: isinstance(v, str) and v in BACKENDS, f"one of {BACKENDS}"),
     "recompute_kernel": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
 def check_operator_spec(spec: Mapping[str, Any]) -> None:
-    """Raise a one-line ValueError for the first key of ``spec`` whose value breaks its rule in
-    ``OPERATOR_RULES`` (keys without a rule, such as ``name``, are left to the caller)."""
-    for key, value in spec.items():
-        rule = OPERATOR_RULES.get(key)
-        if rule is not None and not rule[0](value):
-            raise ValueError(f"operator.{key} must be {rule[1]}, got {value!r}")
+    """Raise ``ValueError("operator.<key> must be <allowed>, got <value>")`` for the first key of
+    ``OPERATOR_RULES`` (in the table's order) whose value in ``spec`` (the ``operator`` group as
+    a dict) breaks its rule; keys without a rule, such as ``name``, are left to the caller."""
+    rules.check(spec, OPERATOR_RULES, "operator")
 
 
 def check_operator_fit(

@@ -222,7 +222,7 @@ def load_checkpoint(
     Understood: an official mmcls RedNet file (``backbone.*`` + ``head.fc.*``, official module
     names), a torchvision ResNet state dict, a native state dict (also wrapped in ``state_dict``
     or ``model``, or prefixed ``module.`` / ``_orig_mod.``) and a Lightning checkpoint of
-    ``involution.lit.ImageClassifier``. BatchNorm's ``num_batches_tracked`` may be absent (older
+    ``involution.tasks.ImageClassifier``. BatchNorm's ``num_batches_tracked`` may be absent (older
     torchvision files).
 
     Args:

@@ -29,6 +29,20 @@ def _is_aggregation(op_name: str) -> bool:
     return op_name == "involution::involution2d"
 
 
+def _counted_forward(model: nn.Module, x: torch.Tensor) -> object:
+    """The forward whose multiply-adds are counted: the model's own, except for torchvision's
+    two-stage detectors, whose RoI heads run on a fixed number of RoIs
+    (``involution.models.detection.fixed_roi_forward``), so that their count does not depend
+    on what the random weights happen to detect."""
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    if isinstance(model, GeneralizedRCNN):
+        from involution.models.detection import fixed_roi_forward
+
+        return fixed_roi_forward(model, x)
+    return model(x)
+
+
 def mac_breakdown(
     model: nn.Module,
     input_size: Sequence[int] = (3, 224, 224),
@@ -48,7 +62,7 @@ def mac_breakdown(
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
-            model(torch.zeros(size, device=device))
+            _counted_forward(model, torch.zeros(size, device=device))
     finally:
         model.train(was_training)
     flops = counter.get_flop_counts().get("Global", {})
@@ -65,7 +79,8 @@ def count_macs(
     Counted: convolutions, linear layers and the registered involution ops (aggregation and
     attention logits); not normalisation, activations or pooling, which is why RedNet counts land
     2-3% under the official numbers. The model runs in eval mode under ``no_grad`` (its mode is
-    restored afterwards).
+    restored afterwards). A Faster/Mask R-CNN is counted with ``rpn_post_nms_top_n_test`` RoIs in
+    its box head and ``box_detections_per_img`` in its mask head, as mmdet's ``get_flops`` does.
 
     Args:
         model: any ``nn.Module``; one built under ``torch.device("meta")`` is counted without

@@ -8,10 +8,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from involution import rules
 from involution.models.blocks import Bottleneck
 from involution.models.stems import make_stem
 
 MEMORY_FORMATS = ("keep", "auto", "channels_last", "contiguous")
+# The widths' ranges: checked by BottleneckNet and by the run's pre-flight (the ``model`` group).
+WIDTH_RULES: dict[str, rules.Rule] = {
+    "base_width": rules.int_at_least(1),
+    "stem_width": rules.int_at_least(1),
+}
 
 STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     26: (1, 2, 4, 1),
@@ -72,6 +78,7 @@ class BottleneckNet(nn.Module):
         memory_format: str = "auto",
     ) -> None:
         super().__init__()
+        rules.check({"base_width": base_width, "stem_width": stem_width}, WIDTH_RULES, "model")
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
         self.layout = resolve_memory_format(memory_format)

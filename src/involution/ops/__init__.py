@@ -19,9 +19,13 @@ Backends (``BACKENDS``; one module each, listed once in ``_backends.BACKENDS``):
   float32 and float64.
 - ``"numba_cuda"`` (``_numba_cuda``): the numba-cuda kernels of ``involution.kernels.cuda`` on
   torch's CUDA memory and current stream; float32, float16, bfloat16 (accumulating in float32) and
-  float64.
-- ``"auto"``: the first backend, in the order numba_cuda, numba_cpu, reference, that runs the
-  tensors' device and dtype (so the reference for e.g. CPU half precision or meta tensors).
+  float64; on a GPU numba-cuda can launch kernels on (not ROCm, not without a driver it loads).
+- ``"torch"`` (``_torch``): KH*KW shifted multiply-accumulates over views of the input, in place,
+  on any device and floating dtype, with no temporary beyond one output-sized buffer; under
+  ``torch.compile`` Inductor sees (and fuses) its taps.
+- ``"auto"``: the first backend, in the order numba_cuda, numba_cpu, torch, reference, that runs
+  the tensors' device and dtype (so torch for e.g. MPS, XPU, ROCm, CPU half precision, meta
+  tensors, or a CUDA device numba-cuda refuses; it then logs once why, naming each refusal).
 
 Each backend module says what it runs (``can_run``), owns its layout policy
 (``grad_out_format``) and implements the three ops; the registration names none. A new backend is
@@ -95,7 +99,7 @@ def involution2d(
             None, meaning ``dilation * (K - 1) // 2`` per axis (same size at stride 1, odd K).
         dilation (int or Tuple[int, int]): spacing between kernel taps (>= 1). Default: 1.
         backend (str): one of ``BACKENDS``: "auto" (default: the fastest that runs the tensors'
-            device and dtype), "numba_cuda", "numba_cpu" or "reference".
+            device and dtype), "numba_cuda", "numba_cpu", "torch" or "reference".
 
     Returns:
         Tensor[N, C, Ho, Wo]: the output, in ``input``'s memory format (channels_last in,

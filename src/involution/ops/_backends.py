@@ -10,17 +10,23 @@ A backend is a module that provides (structurally, see ``Backend``):
   should hand the incoming gradient to both gradient ops (None: as it comes), its layout policy.
 
 ``BACKENDS`` lists them in the order ``backend="auto"`` tries them; a new backend is one new
-module and one entry there.
+module and one entry there. When "auto" has to fall back to one of the portable backends
+(``FALLBACKS``: no Numba backend runs the tensors), it says why once per process, in one logged
+line.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from involution.ops import _numba_cpu, _numba_cuda, _reference
+from involution.ops import _numba_cpu, _numba_cuda, _reference, _torch
+from involution.ops._tracing import run_while_tracing
+
+log = logging.getLogger("involution.ops")
 
 
 class Backend(Protocol):
@@ -46,8 +52,11 @@ class Backend(Protocol):
     ) -> Tensor: ...
 
 
-# The order "auto" tries them in: the fastest first, the reference (runs anything) last.
-BACKENDS: tuple[Backend, ...] = (_numba_cuda, _numba_cpu, _reference)  # type: ignore[assignment]
+# The order "auto" tries them in: the fastest first; then torch (shifted multiply-accumulates,
+# any device, lean), which runs everything the reference (unfold, K*K copies of the input) does.
+BACKENDS: tuple[Backend, ...] = (_numba_cuda, _numba_cpu, _torch, _reference)  # type: ignore[assignment]
+# The portable ones: "auto" landing on one of them means no fast backend runs the tensors.
+FALLBACKS: tuple[Backend, ...] = (_torch, _reference)  # type: ignore[assignment]
 
 
 def names() -> tuple[str, ...]:
@@ -92,6 +101,25 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     for candidate in BACKENDS:
         reason = candidate.can_run(device, dtype, explicit=False)
         if reason is None:
+            if refusals and candidate in FALLBACKS and device.type != "meta":
+                _note_once(
+                    f"involution: backend='auto' runs {candidate.NAME!r} on {device.type} "
+                    f"{str(dtype).replace('torch.', '')} tensors, as no faster backend runs them: "
+                    + "; ".join(refusals)
+                )
             return candidate.NAME
         refusals.append(f"{candidate.NAME} {reason}")
     raise ValueError(f"backend='auto' found no backend for {device}/{dtype}: {'; '.join(refusals)}")
+
+
+_NOTED: set[str] = set()
+
+
+@run_while_tracing
+def _note_once(message: str) -> bool:
+    """Log ``message`` as a warning the first time it comes up in this process (also when the
+    first call is being compiled)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        log.warning(message)
+    return True

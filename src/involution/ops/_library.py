@@ -32,7 +32,7 @@ from torch import Tensor
 
 from involution.ops import _backends
 from involution.ops._args import autocast_dtype
-from involution.ops._formats import memory_format
+from involution.ops._formats import fresh, memory_format
 
 # ------------------------------------------------------------------------------------------------
 # The three ops
@@ -50,7 +50,7 @@ def involution2d_op(
 ) -> Tensor:
     impl = _backends.get(backend)
     out = impl.forward(input, kernel, tuple(stride), tuple(padding), tuple(dilation))
-    return out.contiguous(memory_format=memory_format(input))
+    return fresh(out, memory_format(input))
 
 
 def _empty_output(input: Tensor, kernel: Tensor) -> Tensor:
@@ -82,7 +82,7 @@ def grad_input_op(
     grad = _backends.get(backend).grad_input(
         grad_out, kernel, tuple(input_size), tuple(stride), tuple(padding), tuple(dilation)
     )
-    return grad.contiguous(memory_format=memory_format(grad_out))
+    return fresh(grad, memory_format(grad_out))
 
 
 @grad_input_op.register_fake
@@ -110,7 +110,7 @@ def grad_kernel_op(
     grad = _backends.get(backend).grad_kernel(
         grad_out, input, tuple(kernel_size), groups, tuple(stride), tuple(padding), tuple(dilation)
     )
-    return grad.contiguous()
+    return fresh(grad)
 
 
 @grad_kernel_op.register_fake

@@ -89,7 +89,7 @@ def grad_out_format(input: Tensor, kernel: Tensor, stride) -> torch.memory_forma
     return torch.channels_last if shares else None
 
 
-def _as(t: Tensor, nhwc: bool):
+def _kernel_layout(t: Tensor, nhwc: bool):
     """A NumPy view of ``t`` in the kernel layout (copies only when ``t`` is not laid out so)."""
     t = t.detach()
     if nhwc:
@@ -99,11 +99,10 @@ def _as(t: Tensor, nhwc: bool):
 
 def _empty(shape_nchw, like: Tensor, nhwc: bool) -> tuple[Tensor, object]:
     """(logical NCHW tensor, NumPy view in kernel layout) of a new output."""
-    n, c, h, w = shape_nchw
-    if nhwc:
-        t = torch.empty((n, h, w, c), dtype=like.dtype)
-        return t.permute(0, 3, 1, 2), t.numpy()
-    t = torch.empty((n, c, h, w), dtype=like.dtype)
+    if nhwc:  # allocated channels_last: the result owns its storage (no permuted view)
+        t = torch.empty(shape_nchw, dtype=like.dtype, memory_format=torch.channels_last)
+        return t, t.permute(0, 2, 3, 1).numpy()
+    t = torch.empty(shape_nchw, dtype=like.dtype)
     return t, t.numpy()
 
 
@@ -120,7 +119,7 @@ def forward(input: Tensor, kernel: Tensor, stride, padding, dilation) -> Tensor:
     out, out_np = _empty((n, c, ho, wo), input, nhwc)
     layout = "nhwc" if nhwc else "nchw"
     kernels.forward(
-        _as(input, nhwc),
+        _kernel_layout(input, nhwc),
         kernel.detach().contiguous().numpy(),
         out_np,
         stride,
@@ -143,7 +142,7 @@ def grad_input(grad_out: Tensor, kernel: Tensor, input_size, stride, padding, di
     grad, grad_np = _empty((n, c, input_size[0], input_size[1]), grad_out, nhwc)
     layout = "nhwc" if nhwc else "nchw"
     kernels.grad_input(
-        _as(grad_out, nhwc),
+        _kernel_layout(grad_out, nhwc),
         kernel.detach().contiguous().numpy(),
         grad_np,
         stride,
@@ -172,7 +171,13 @@ def grad_kernel(
     grad = torch.empty((n, groups, kernel_size[0], kernel_size[1], ho, wo), dtype=grad_out.dtype)
     layout = "nhwc" if nhwc else "nchw"
     kernels.grad_kernel(
-        _as(grad_out, nhwc), _as(input, nhwc), grad.numpy(), stride, padding, dilation, layout
+        _kernel_layout(grad_out, nhwc),
+        _kernel_layout(input, nhwc),
+        grad.numpy(),
+        stride,
+        padding,
+        dilation,
+        layout,
     )
     return grad
 

@@ -20,6 +20,8 @@ import functools
 import torch
 from torch import Tensor
 
+from involution.ops._tracing import run_while_tracing
+
 _KINDS = {
     torch.float32: "float32",
     torch.float16: "float16",
@@ -43,13 +45,55 @@ DTYPES = tuple(_KINDS)
 
 
 def can_run(device: torch.device, dtype: torch.dtype, explicit: bool) -> str | None:
-    """None for CUDA tensors of ``DTYPES``; CPU tensors too under the simulator, when asked for
-    by name (``auto`` never picks a simulated backend), else why not."""
+    """None for CUDA tensors of ``DTYPES`` on a GPU numba-cuda can launch kernels on (see
+    ``unusable``); CPU tensors too under the simulator, when asked for by name (``auto`` never
+    picks a simulated backend), else why not."""
     simulated = explicit and device.type == "cpu" and simulator_enabled()
     if device.type != "cuda" and not simulated:
         return f"needs CUDA tensors (device 'cuda'), got device {device}"
     if dtype not in DTYPES:
         return f"supports dtypes {DTYPES}, got {dtype}"
+    return None if simulated else unusable(device.index)
+
+
+_UNUSABLE: dict[int, str | None] = {}
+
+
+@run_while_tracing
+def unusable(index: int | None) -> str | None:
+    """Why numba-cuda cannot launch kernels on CUDA device ``index`` (None: the current one), or
+    None when it can: torch built for ROCm/HIP (whose "cuda" devices are AMD GPUs), no driver
+    numba-cuda can load, or a one-thread kernel that fails to compile or launch (a GPU, driver or
+    toolkit that numba-cuda does not support). Probed once per device and process."""
+    if torch.version.hip:
+        return f"needs an NVIDIA GPU; this torch runs ROCm/HIP {torch.version.hip}"
+    if index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    if index not in _UNUSABLE:
+        _UNUSABLE[index] = _probe(index)
+    return _UNUSABLE[index]
+
+
+def _probe(index: int) -> str | None:
+    try:
+        import numpy as np
+        from numba import cuda
+
+        if not cuda.is_available():
+            return "found no CUDA driver and GPU it can use (numba.cuda.is_available() is False)"
+
+        @cuda.jit
+        def one(out):
+            out[0] = 1
+
+        with cuda.gpus[index]:
+            out = cuda.to_device(np.zeros(1, dtype=np.int32))
+            one[1, 1](out)
+            if out.copy_to_host()[0] != 1:
+                return f"launched a kernel on cuda:{index} that did not run"
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason, in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"cannot launch a kernel on cuda:{index} ({type(exc).__name__}: {first})"
     return None
 
 

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from involution.ops import _backends, _library
+from involution.ops import _backends, _library, _torch
 from involution.ops._args import normalize
-from involution.ops._formats import memory_format
+from involution.ops._formats import fresh, memory_format
 
 __all__ = ["fused_involution2d", "fused_kernel_runs"]
 
@@ -177,7 +177,7 @@ def fused_op(
     else:
         kernel = _kernel(hidden, weight, bias, kernel_size)
         out = _library.involution2d_op(input, kernel, stride, padding, dilation, backend)
-    return out.contiguous(memory_format=memory_format(input))
+    return fresh(out, memory_format(input))
 
 
 @fused_op.register_fake
@@ -212,10 +212,10 @@ def fused_backward_op(
         )
     grad_input, grad_hidden, grad_weight, grad_bias = grads
     return (
-        grad_input.contiguous(memory_format=fmt),
-        grad_hidden.contiguous(memory_format=fmt),
-        grad_weight.contiguous(),
-        grad_bias.contiguous(),
+        fresh(grad_input, fmt),
+        fresh(grad_hidden, fmt),
+        fresh(grad_weight),
+        fresh(grad_bias),
     )
 
 
@@ -231,16 +231,28 @@ def _(grad_out, input, hidden, weight, bias, kernel_size, stride, padding, dilat
 
 
 def _composed_grads(
-    grad_out, input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend
+    grad_out,
+    input,
+    hidden,
+    weight,
+    bias,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    backend,
+    grad_input_fn=_library.grad_input_op,
+    grad_kernel_fn=_library.grad_kernel_op,
 ):
     """The four gradients through the composition (registered ops and matrix products, so that
-    they are differentiable again: double backward runs through here)."""
+    they are differentiable again: double backward runs through here; Inductor's decomposition
+    passes the torch backend's functional gradients instead)."""
     n, reduced, ho, wo = hidden.shape
     kernel = _kernel(hidden, weight, bias, kernel_size)
-    grad_input = _library.grad_input_op(
+    grad_input = grad_input_fn(
         grad_out, kernel, list(input.shape[2:]), stride, padding, dilation, backend
     )
-    grad_kernel = _library.grad_kernel_op(
+    grad_kernel = grad_kernel_fn(
         grad_out, input, list(kernel_size), kernel.shape[1], stride, padding, dilation, backend
     ).reshape(n, weight.shape[0], ho * wo)
     rows = hidden.reshape(n, reduced, ho * wo)
@@ -278,6 +290,45 @@ def _backward(ctx, grad_out: Tensor):
 
 
 fused_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _forward_decomposition(
+    input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend
+):
+    """For Inductor, on the torch backend: the kernel's product and the taps, visible to the
+    compiler (``involution.ops._torch``); other backends' calls stay opaque."""
+    if backend != _torch.NAME:
+        return NotImplemented
+    kernel = _kernel(hidden, weight, bias, kernel_size)
+    return _torch.forward_decomposition(input, kernel, stride, padding, dilation, backend)
+
+
+def _backward_decomposition(
+    grad_out, input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend
+):
+    if backend != _torch.NAME:
+        return NotImplemented
+    grads = _composed_grads(
+        grad_out,
+        input,
+        hidden,
+        weight,
+        bias,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        backend,
+        _torch.grad_input_decomposition,
+        _torch.grad_kernel_decomposition,
+    )
+    return tuple(grads)
+
+
+_torch.EXTRA_DECOMPOSITIONS[torch.ops.involution.involution2d.fused] = _forward_decomposition
+_torch.EXTRA_DECOMPOSITIONS[torch.ops.involution.involution2d_fused_backward.default] = (
+    _backward_decomposition
+)
 
 for _device_type in ("cpu", "cuda"):
     _library.autocast_rule(_device_type, "involution2d.fused", fused_op)

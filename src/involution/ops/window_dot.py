@@ -54,8 +54,8 @@ def window_dot(
         dilation (int or Tuple[int, int]): spacing between window taps (>= 1). Default: 1.
         groups (int): channel groups (attention heads) summed over separately; must divide C.
             Default: 1.
-        backend (str): as for ``involution2d``: "auto" (default), "numba_cuda", "numba_cpu" or
-            "reference".
+        backend (str): as for ``involution2d``: "auto" (default), "numba_cuda", "numba_cpu",
+            "torch" or "reference".
 
     Returns:
         Tensor[N, G, KH, KW, Ho, Wo]: the dot products, laid out as an involution kernel.

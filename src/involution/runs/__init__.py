@@ -1,12 +1,16 @@
-"""Run records in one home: what each run wrote down, and the table of a sweep.
+"""Run records in one home: what each run wrote down, the table of a sweep and its dashboard.
+Reads and writes files (and W&B); imports nothing of the training side.
 
 - :mod:`~involution.runs.records`: ``job.json`` (statuses, :class:`JobRecorder`,
   :func:`read_record`) and the one-line error text (:func:`one_line`);
 - :mod:`~involution.runs.identity`: the sweep a job belongs to and its W&B name, group and tags;
+- :mod:`~involution.runs.wandb_mode`: whether W&B runs online or offline;
 - :mod:`~involution.runs.locate`: the project root and the multirun directories under it;
 - :mod:`~involution.runs.summary`: the summary table of a multirun (columns, :func:`summarize`,
-  :func:`load_summary`) and its command line, ``python -m involution.runs summarize [DIR]``;
-- :mod:`~involution.runs.callback`: the Hydra callback that summarizes every multirun.
+  :func:`load_summary`), ``python -m involution.runs summarize [DIR]``;
+- :mod:`~involution.runs.callback`: the Hydra callback that summarizes every multirun;
+- :mod:`~involution.runs.dashboard`: a sweep's W&B workspace,
+  ``python -m involution.runs dashboard [DIR]``.
 """
 
 from involution.runs.identity import run_identity, split_override, sweep_context, sweep_time

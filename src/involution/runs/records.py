@@ -1,8 +1,8 @@
 """Job records: every run writes its outcome to ``<run dir>/job.json`` (one schema, one writer).
 
 A record starts as ``status: running`` and ends as one of :data:`STATUSES`; the multirun summary
-(:mod:`involution.runs.summary`), ``resume=latest`` (:mod:`involution.resume`) and the notebooks
-read it back with :func:`read_record`.
+(:mod:`involution.runs.summary`), ``resume=latest`` (:mod:`involution.runner.resume`) and the
+notebooks read it back with :func:`read_record`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ COLUMNS = (
 )  # fmt: skip
 TEXT_COLUMNS = ("status", "error", "overrides", "name", "group", "run_dir")
 NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in TEXT_COLUMNS and c != "job")
-# The W&B job type of the run that holds a sweep's own charts and table (involution.dashboard);
+# The W&B job type of the run that holds a sweep's own charts and table (runs.dashboard);
 # readers of a sweep's runs leave it out.
 SUMMARY_JOB_TYPE = "sweep-summary"
 
@@ -316,15 +316,14 @@ def report(frame: pd.DataFrame, root: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m involution.runs summarize [DIR] [--finished]``: exit status 0 when every job is
     ok, 1 when one failed, diverged or was preempted, 2 when there is no multirun to summarize."""
-    parser = argparse.ArgumentParser(prog="python -m involution.runs", description="Run records.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    summary = commands.add_parser(
-        "summarize", help="(re)build summary.csv and summary.md of a multirun directory"
+    parser = argparse.ArgumentParser(
+        prog="python -m involution.runs summarize",
+        description="(re)build summary.csv and summary.md of a multirun directory",
     )
-    summary.add_argument(
+    parser.add_argument(
         "dir", nargs="?", help="the multirun directory (default: the latest under ./multirun)"
     )
-    summary.add_argument(
+    parser.add_argument(
         "--finished", action="store_true",
         help="the sweep is over: running and missing jobs count as failed",
     )  # fmt: skip

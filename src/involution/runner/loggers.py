@@ -1,68 +1,20 @@
-"""Experiment loggers: W&B (online when logged in, offline otherwise, never hanging) and CSV."""
+"""Experiment loggers: W&B (online when logged in, offline otherwise, never hanging: see
+``involution.runs.wandb_mode``) and CSV, built from the ``logger`` group's entries."""
 
 from __future__ import annotations
 
 import csv
 import inspect
-import logging
-import netrc
-import os
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-log = logging.getLogger(__name__)
-
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-
-
-def wandb_api_key_configured() -> bool:
-    """True when W&B has a key: WANDB_API_KEY, or a ~/.netrc entry for the W&B host
-    (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
-    path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def wandb_host_reachable(timeout: float = 3.0) -> bool:
-    """A TCP connect to the W&B host: seconds at most, so a dead network never stalls a run."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def resolve_wandb_mode(mode: str) -> str:
-    """``auto`` -> online if a key is configured and the host answers, else offline.
-
-    An explicit ``WANDB_MODE`` in the environment wins over the config, as in wandb itself.
-    """
-    mode = os.environ.get("WANDB_MODE", mode)
-    # Lightning's WandbLogger sets WANDB_MODE=dryrun (wandb's old name for offline) when offline.
-    mode = "offline" if mode == "dryrun" else mode
-    if mode not in WANDB_MODES:
-        raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
-    if mode == "auto":
-        mode = "online" if wandb_api_key_configured() else "offline"
-    if mode == "online" and not wandb_host_reachable():
-        log.warning("W&B host unreachable: logging offline (sync later with `wandb sync`)")
-        mode = "offline"
-    return mode
+from involution.runs.wandb_mode import resolve_wandb_mode
 
 
 @dataclass(frozen=True)
@@ -226,7 +178,7 @@ def build_loggers(
 @rank_zero_only  # other ranks hold a dummy experiment without a summary
 def update_summaries(loggers: list[Logger], values: Mapping[str, float]) -> None:
     """Write final values (e.g. ``best/val/acc_top1``) into each W&B run's summary, where W&B
-    tables, parallel coordinates and the sweep dashboard (involution.dashboard) read them."""
+    tables, parallel coordinates and the sweep dashboard (involution.runs.dashboard) read them."""
     if not values:
         return
     for logger in loggers:

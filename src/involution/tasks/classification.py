@@ -1,5 +1,5 @@
-"""LightningModule: the paper's recipe (label-smoothed CE, Nesterov SGD, warm-up + cosine),
-top-1/5."""
+"""Image classification (``task=classification``): the paper's recipe (label-smoothed CE,
+Nesterov SGD, warm-up + cosine), top-1/5."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from involution.guards import Diverged
+from involution import rules
 from involution.models import create_model
+from involution.tasks.base import stop_if_diverged
 
 
 class ImageClassifier(L.LightningModule):
@@ -22,7 +23,18 @@ class ImageClassifier(L.LightningModule):
     be rebuilt with ``ImageClassifier.load_from_checkpoint(path)`` and no Hydra.
     ``lr`` is the learning rate for a total batch of ``lr_reference_batch``; it is scaled linearly
     by the real total batch (per-device batch x devices x nodes x accumulation), as in the paper.
+    The optimisation keys' ranges are ``ARGUMENT_RULES``, checked here and by the run's pre-flight.
     """
+
+    ARGUMENT_RULES: dict[str, rules.Rule] = {
+        "lr": rules.POSITIVE_NUMBER,
+        "lr_reference_batch": rules.int_at_least(1),
+        "momentum": rules.FRACTION,
+        "weight_decay": rules.number_at_least(0),
+        "warmup_epochs": rules.number_at_least(0),
+        "warmup_start_factor": rules.number_at_least(0),
+        "label_smoothing": rules.FRACTION,
+    }
 
     def __init__(
         self,
@@ -37,16 +49,13 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.1,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"module.lr must be positive, got {lr!r}")
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"module.label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.save_hyperparameters(ignore=["model"])
+        rules.check(self.hparams, self.ARGUMENT_RULES, "module")
         # A pretrained file only seeds a fresh run; once training has started its own checkpoints
         # hold the weights, so the path is kept out of the hyperparameters (load_from_checkpoint
         # must not reopen it).
         model = dict(model)
         pretrained = model.pop("checkpoint", None)
-        self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = model
         self.model = create_model(**model, **({"checkpoint": pretrained} if pretrained else {}))
         num_classes = model["num_classes"]
@@ -68,12 +77,7 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
-        if not torch.isfinite(
-            loss
-        ):  # stop at once: nothing of this step reaches the weights or a checkpoint
-            raise Diverged(
-                f"{split} loss is {loss.item()} at step {self.global_step}", self.global_step
-            )
+        stop_if_diverged(loss, split, self.global_step)
         on_step = split == "train"
         self.log(
             f"{split}/loss",

@@ -1,17 +1,21 @@
-"""What a run shows at its start: the composed config as a rich tree, and a model summary that names
-the spatial operator of every stage.
+"""What a run shows: the composed config as a rich tree, a model summary that names the spatial
+operator of every stage, the run's header once it is built and its closing lines, whatever the
+outcome (the lifecycle, ``involution.runner.lifecycle``, calls the last two and nothing else does).
 
-Both follow lightning-hydra-template's habits: the tree is printed by rank zero and saved next to
-Hydra's ``.hydra/config.yaml`` as ``config_tree.log`` (the same text, readable without YAML
-tooling); the summary is Lightning's :class:`~lightning.pytorch.callbacks.RichModelSummary`
+The first two follow lightning-hydra-template's habits: the tree is printed by rank zero and saved
+next to Hydra's ``.hydra/config.yaml`` as ``config_tree.log`` (the same text, readable without
+YAML tooling); the summary is Lightning's :class:`~lightning.pytorch.callbacks.RichModelSummary`
 (selected in ``conf/callbacks/default.yaml``) with the type of each stage spelled out.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.callbacks import RichModelSummary
@@ -19,6 +23,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+if TYPE_CHECKING:
+    from involution.runner.build import Run
+    from involution.runner.outcome import Outcome
+
+log = logging.getLogger(__name__)
 
 CONFIG_TREE = "config_tree.log"
 # The groups people look at first; the others follow in the config's own order.
@@ -110,3 +120,31 @@ class OperatorModelSummary(RichModelSummary):
 
     def _summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ModelSummary:
         return _OperatorSummary(pl_module, max_depth=self._max_depth)
+
+
+def header(run: Run) -> None:
+    """What a run says once it is built, before its first step."""
+    params, macs = run.info["params"], run.info["macs"]
+    log.info("model: %.2f M params, %.3f G multiply-adds per image", params / 1e6, macs / 1e9)
+    if run.resume is not None:
+        log.info("resuming from %s", run.resume.path)
+
+
+def closing(cfg: DictConfig, outcome: Outcome, run: Run | None, job: int | None) -> None:
+    """What a run says at its end, for every outcome (``run``: None when it was not built;
+    ``job``: a multirun job's number).
+
+    ok: the optimized metric; a multirun job that did not finish: one logged line (the sweep goes
+    on); a single run: ``error: <line>`` (bad input, divergence) or the ``preempted: ...`` line on
+    stderr; an unexpected error's report is its traceback.
+    """
+    if outcome.status == "ok":
+        if outcome.value is not None:
+            log.info("%s = %s", cfg.optimized_metric, outcome.value)
+    elif outcome.status == "preempted":
+        print(outcome.message, file=sys.stderr, flush=True)
+    elif job is not None and outcome.sweep_goes_on:
+        error = outcome.recorded if outcome.exit_code == 1 else None
+        log.error("job %s %s: %s", job, outcome.status, outcome.message, exc_info=error)
+    elif outcome.exit_code != 1:
+        print(f"error: {outcome.message}", file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
-"""The training recipe: linear warm-up from 0.25 x lr, cosine to zero, lr scaled by the total
-batch."""
+"""involution.tasks.classification, the training recipe: linear warm-up from 0.25 x lr, cosine
+to zero, lr scaled by the total batch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from involution.data import SyntheticDataModule
-from involution.lit import ImageClassifier
+from involution.tasks import ImageClassifier
 
 from conftest import TINY_MODEL
 

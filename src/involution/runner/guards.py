@@ -3,10 +3,11 @@
 - SIGTERM (Lightning notes it in ``trainer.received_sigterm``) and SIGUSR1 (handled here unless
   Lightning's SLURM environment owns it for its auto-requeue) stop the run at the end of the
   current batch with a checkpoint of that step (``checkpoints/last.ckpt``, the file ``resume=auto``
-  continues from), then :class:`Preempted` is raised; ``involution.train`` records ``preempted``
-  in job.json and exits with 128 + the signal number.
-- A checkpoint is never written from non-finite weights (:class:`Diverged` instead), so the last
-  checkpoint of a diverged run is its last good state.
+  continues from), then :class:`Preempted` is raised; the run's lifecycle
+  (``involution.runner.lifecycle``) records ``preempted`` in job.json and exits with 128 + the
+  signal number.
+- A checkpoint is never written from non-finite weights (``involution.tasks.Diverged`` instead),
+  so the last checkpoint of a diverged run is its last good state.
 - Every checkpoint carries the W&B run id, so a resumed run continues the same W&B run.
 """
 
@@ -23,17 +24,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from involution.tasks import Diverged
+
 log = logging.getLogger(__name__)
 
 WANDB_ID_KEY = "wandb_run_id"
-
-
-class Diverged(FloatingPointError):
-    """The loss or the weights became NaN or infinite; ``step`` is the optimizer step."""
-
-    def __init__(self, message: str, step: int) -> None:
-        super().__init__(message)
-        self.step = step
 
 
 class Preempted(Exception):

@@ -17,24 +17,36 @@ plus the run's own overrides before Hydra composes the config.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.types import _Stateful
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from involution.models.checkpoint import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    read_checkpoint,
+)
+from involution.runner.guards import WANDB_ID_KEY
 from involution.runs.records import RECORD, process_alive, read_record
 
 CHECKPOINTS = "checkpoints"
 RESUME_MODES = ("auto", "never")
 # job.json statuses of runs worth continuing (diverged runs would diverge again)
 UNFINISHED = ("running", "preempted", "failed")
+
+
+class ResumeError(ValueError):
+    """``resume=`` names something that cannot be continued; the message is one line."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -121,13 +133,53 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
 
 
-def wandb_run_id(checkpoint: str | Path) -> str | None:
-    """The W&B run id a checkpoint was written under (``involution.guards.RunGuard`` stores it)."""
-    from involution.guards import WANDB_ID_KEY
-    from involution.models.checkpoint import read_checkpoint
+def trainer_plugins() -> list[Any]:
+    """Atomic checkpoint files; on SLURM, Lightning's SLURM environment with auto-requeue (SIGUSR1:
+    checkpoint + ``scontrol requeue``; the requeued job continues through resume=auto)."""
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=True))
+    return plugins
 
-    value = read_checkpoint(checkpoint, mmap=True).get(WANDB_ID_KEY)
-    return str(value) if value else None
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues from; when it is the run's own, also the W&B run to
+    continue and the step up to which the CSV history is kept."""
+
+    path: str
+    wandb_id: str | None = None
+    step: int | None = None
+
+
+def resume_point(cfg: DictConfig, own_state: Mapping[str, torch.Tensor]) -> ResumePoint | None:
+    """``ckpt_path``, else (``resume=auto``) the newest checkpoint already in the run directory,
+    else None (a fresh start). The checkpoint must fit ``own_state`` (the module's state dict):
+    ResumeError (one line) otherwise."""
+    if cfg.get("ckpt_path"):
+        path = str(cfg.ckpt_path)
+    elif str(cfg.get("resume", "auto")) == "auto" and latest_checkpoint(cfg.paths.output_dir):
+        path = str(latest_checkpoint(cfg.paths.output_dir))
+    else:
+        return None  # a fresh start
+    try:
+        state = read_checkpoint(path, mmap=True)
+    except (CheckpointFileError, FileNotFoundError) as error:
+        raise ResumeError(f"resuming: {error}") from error
+    weights = state.get("state_dict", {})
+    missing = [k for k in own_state if k not in weights]
+    unexpected = [k for k in weights if k not in own_state]
+    shapes = {
+        k: (tuple(weights[k].shape), tuple(v.shape)) for k, v in own_state.items() if k in weights
+    }
+    mismatched = [(k, theirs, ours) for k, (theirs, ours) in shapes.items() if theirs != ours]
+    if missing or unexpected or mismatched:
+        error = CheckpointMismatchError(repr(path), missing, unexpected, mismatched)
+        raise ResumeError(error.one_line())
+    if not Path(path).resolve().is_relative_to(Path(cfg.paths.output_dir).resolve()):
+        return ResumePoint(path)
+    # this run's own checkpoint: the same W&B run and metrics files continue
+    return ResumePoint(path, state.get(WANDB_ID_KEY), int(state.get("global_step", 0)))
 
 
 def unfinished_runs(base: str | Path) -> list[Path]:
@@ -145,10 +197,6 @@ def unfinished_runs(base: str | Path) -> list[Path]:
             continue
         found.append(run_dir)
     return sorted(found, key=lambda d: (d / RECORD).stat().st_mtime_ns, reverse=True)
-
-
-class ResumeError(ValueError):
-    """``resume=`` names something that cannot be continued; the message is one line."""
 
 
 def _value(args: Sequence[str], key: str) -> str | None:

@@ -1,29 +1,27 @@
-"""Bad input -> one line naming the key or file and what is allowed, before anything is written.
-
-One place for every entry point (``involution.train``; an evaluation entry point calls the same):
+"""Pre-flight: bad input -> one line naming the key or file and what is allowed, before anything
+is built or written. The same checks for every entry point:
 
 - :func:`check_overrides` (command line, before Hydra composes): a mistyped key (with the closest
-  valid key) and a value of the wrong type for any key; the expected type comes from the
-  signature of the key's ``_target_`` (trainer, data, callbacks) or of
-  :class:`involution.lit.ImageClassifier` (``module.*``), else from the type of its default;
+  valid key) and a value of the wrong type; the type comes from the signature of the key's
+  ``_target_`` (trainer, data, callbacks, the task's LightningModule), else from its default;
 - :func:`check_config` (the composed config, before the run directory is created or touched):
-  ranges of the model, operator, data and optimisation keys, the output directory, ``resume``,
-  and the checkpoint files named by ``ckpt_path`` / ``model.checkpoint``;
+  every range rule (each read from the table its constructor checks too, see
+  :func:`check_ranges`), the output directory, ``resume``, and the checkpoint files named by
+  ``ckpt_path`` / ``model.checkpoint``;
 - :class:`Preflight`, the Hydra callback that runs :func:`check_config` before a single run's
   directory is created (Hydra writes ``.hydra/`` into it right after);
-- :func:`run_cli`: both, then the Hydra entry point; a problem ends the process with
-  ``error: <one line>`` on stderr and status 2.
+- :func:`run_cli`: ``resume=`` expanded and the overrides checked, then the Hydra entry point; a
+  problem ends the process with ``error: <one line>`` on stderr and status 2.
 
 Problems only the built objects can show (a data directory's files, a checkpoint's architecture,
-divisibility of widths by group channels) are found by ``involution.train.build_run`` before the
-first training step and reported the same way.
+divisibility of widths by group channels) are found by the builder (``involution.runner.build``)
+before the first step and reported the same way.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import math
 import os
 import sys
 import tempfile
@@ -36,6 +34,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+
+from involution import rules
+from involution.runner.resume import RESUME_MODES, ResumeError, resume_argv, run_checkpoints
 
 
 class SetupError(ValueError):
@@ -94,10 +95,6 @@ def _expected(reference: DictConfig, key: str) -> tuple[Any, bool] | None:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(reference, parent_key) if parent_key else reference
     hints = _target_signature(parent)
-    if not hints and parent_key == "module":
-        from involution.lit import ImageClassifier
-
-        hints = typing.get_type_hints(ImageClassifier.__init__)
     if leaf in hints:
         return hints[leaf], True
     node = parent._get_node(leaf) if isinstance(parent, DictConfig) else None
@@ -246,68 +243,61 @@ def check_overrides(
 # ---------------------------------------------------------------------------------------------
 # The composed config: ranges, directories, files
 
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "operator.kernel_size": (lambda v: _positive_int(v) and v % 2 == 1, "an odd positive int"),
-    "operator.group_channels": (
-        lambda v: v is None or _positive_int(v),
-        "a positive int or null (one group)",
-    ),
-    "operator.reduction_ratio": (_positive_int, "an int >= 1"),
-    "operator.dilation": (_positive_int, "an int >= 1"),
-    "operator.heads": (_positive_int, "an int >= 1"),
-    "model.base_width": (_positive_int, "an int >= 1"),
-    "model.stem_width": (_positive_int, "an int >= 1"),
-    "data.batch_size": (_positive_int, "an int >= 1"),
-    "data.num_workers": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "an int >= 0",
-    ),
-    "data.image_size": (lambda v: _positive_int(v) and v >= 8, "an int >= 8"),
-    "module.lr": (
-        lambda v: (
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-        ),
-        "a positive number",
-    ),
-    "module.weight_decay": (
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-        "a number >= 0",
-    ),
-    "module.momentum": (
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1,
-        "a number in [0, 1)",
-    ),
-    "module.warmup_epochs": (
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-        "a number >= 0",
-    ),
+# Keys that no constructor of ours takes (Lightning's, the run's own): their rules live here.
+RUN_RULES: dict[str, rules.Rule] = {
+    "data.image_size": rules.int_at_least(8),
     "trainer.max_epochs": (
-        lambda v: v is None or v == -1 or _positive_int(v),
+        lambda v: v is None or v == -1 or (rules.is_int(v) and v >= 1),
         "an int >= 1 (or -1 / null: no limit)",
     ),
     "callbacks.step_checkpoint.every_n_train_steps": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        lambda v: rules.is_int(v) and v >= 0,
         "an int >= 0 (0: no step checkpoints)",
     ),
-    "seed": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
-        "an int in [0, 2**32)",
-    ),
+    "seed": (lambda v: rules.is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)"),
+    "split": (lambda v: v in ("test", "val"), "one of ('test', 'val')"),  # evaluation's
 }
 
 
-def check_ranges(cfg: DictConfig) -> None:
-    for key, (ok, allowed) in RANGES.items():
-        node = OmegaConf.select(cfg, key, default="<absent>")
-        if isinstance(node, str) and node == "<absent>":
+def _built_nodes(node: DictConfig, prefix: str = "") -> list[tuple[str, DictConfig]]:
+    """(key, node) of every node with a ``_target_`` (Hydra's own node left out)."""
+    found = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if not isinstance(child, DictConfig) or key == "hydra":
             continue
-        if not ok(node):
-            raise SetupError(f"{key} must be {allowed}, got {node!r}")
+        if "_target_" in child:
+            found.append((f"{prefix}{key}", child))
+        found += _built_nodes(child, f"{prefix}{key}.")
+    return found
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every range rule, each read from the one table its constructor checks too: the operator
+    group's (``involution.layers``), the model widths' (``involution.models.network``), the
+    ``ARGUMENT_RULES`` of every ``_target_`` (data module, task), then the run's own."""
+    from hydra.utils import get_object
+
+    from involution.layers import check_operator_spec
+    from involution.models.network import WIDTH_RULES
+
+    try:
+        if isinstance(cfg.get("operator"), DictConfig):
+            check_operator_spec(cfg.operator)
+        if isinstance(cfg.get("model"), DictConfig):
+            rules.check(cfg.model, WIDTH_RULES, "model")
+        for key, node in _built_nodes(cfg):
+            try:
+                table = getattr(get_object(str(node._target_)), "ARGUMENT_RULES", None)
+            except Exception:  # a target that cannot be imported is instantiate's to report
+                table = None
+            if table:
+                rules.check(node, table, key)
+        absent = object()
+        values = {key: OmegaConf.select(cfg, key, default=absent) for key in RUN_RULES}
+        rules.check({k: v for k, v in values.items() if v is not absent}, RUN_RULES, "")
+    except ValueError as error:
+        raise SetupError(str(error)) from None
 
 
 def check_writable(path: str | Path, key: str) -> None:
@@ -342,8 +332,6 @@ def check_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
 
     ``run_dir`` is the directory the run will write (default ``paths.output_dir``).
     """
-    from involution.resume import RESUME_MODES, run_checkpoints
-
     check_ranges(cfg)
     output = str(run_dir if run_dir is not None else cfg.paths.output_dir)
     check_writable(output, "paths.output_dir")
@@ -366,20 +354,6 @@ def check_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     pretrained = OmegaConf.select(cfg, "model.checkpoint")
     if pretrained:
         check_checkpoint_file(str(pretrained), f"model.checkpoint={pretrained}")
-
-
-def check_fits(state: Mapping[str, Any], own: Mapping[str, Any], source: str) -> None:
-    """A resume checkpoint's ``state_dict`` has exactly the keys and shapes of the module's."""
-    from involution.models.checkpoint import CheckpointMismatchError
-
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-                  if k in state and tuple(state[k].shape) != tuple(own[k].shape)]  # fmt: skip
-    if missing or unexpected or mismatched:
-        raise SetupError(
-            CheckpointMismatchError(source, missing, unexpected, mismatched).one_line()
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,13 +401,14 @@ class Preflight(Callback):
             fail(str(error))
 
 
-def run_cli(task: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
-    """``resume=<dir>``/``latest`` expanded and the overrides checked, then the Hydra task runs."""
-    from involution.resume import ResumeError, resume_argv
-
+def run_cli(
+    task: Callable[[], Any], config_name: str, argv: list[str] | None = None, resumable: bool = True
+) -> Any:
+    """``resume=<dir>``/``latest`` expanded (``resumable``) and the overrides checked, then the
+    Hydra task runs."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        args = resume_argv(args)
+        args = resume_argv(args) if resumable else list(args)
         check_overrides(args, config_name)
     except (SetupError, ResumeError) as error:
         fail(str(error))

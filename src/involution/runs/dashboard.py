@@ -1,8 +1,8 @@
 """A W&B dashboard for a sweep, built with W&B's own ``wandb-workspaces`` library.
 
-``python -m involution.dashboard [multirun dir]``
+``python -m involution.runs dashboard [multirun dir]``
 (``make dashboard DIR=multirun/train/<date>/<time>``; default: the latest multirun). The sweep's
-jobs are W&B runs in one group (involution.loggers); the dashboard is a saved W&B *workspace
+jobs are W&B runs in one group (involution.runs.identity); the dashboard is a saved W&B *workspace
 view* of that group with three sections:
 
 - **Ablation**: best val top-1 against the first numeric swept key, one line per value of the
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from involution import runs
-from involution.loggers import resolve_wandb_mode
+from involution.runs.wandb_mode import resolve_wandb_mode
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +70,8 @@ class Sweep:
 
 
 def config_key(key: str) -> str:
-    """The W&B config path of a swept Hydra key: train.py logs the composed config as ``config``."""
+    """The W&B config path of a swept Hydra key: each run logs its composed config as
+    ``config``."""
     return f"config.{key}"
 
 
@@ -373,7 +374,7 @@ def log_summary_run(sweep: Sweep, charts: dict[str, Any], mode: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m involution.dashboard", description=__doc__.split("\n")[0]
+        prog="python -m involution.runs dashboard", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "dir", nargs="?", help="the multirun directory (default: the latest under ./multirun)"
@@ -430,7 +431,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(the second command saves the workspace and prints its URL)"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
