@@ -364,5 +364,8 @@ def test_memory_format_changes_layout_not_values(memory_format, flush, expected)
         reference.train(train), model.train(train)
         torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
     assert seen[0].is_contiguous(memory_format=torch.channels_last) == expected
+    # nor does building or running a model change the caller's floating-point mode
+    model.float()(x.float()).sum().backward()
+    assert float(torch.tensor([1e-39]) * 2) != 0.0, "denormals flushed behind the caller's back"
     with pytest.raises(ValueError, match="memory_format must be one of"):
         create_model("rednet26", memory_format="nhwc")
