@@ -321,3 +321,17 @@ def test_sections_copy_between_files(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         sections.main([str(source), str(target), "--only", "involution.bench.models"])
     assert "has no section involution.bench.models" in capsys.readouterr().err
+
+
+def test_a_missed_op_target_says_where_it_stands_against_each_roof() -> None:
+    peaks = {"macs_per_s": 100e9, "bytes_per_s": 50e9}
+    row = {"shape": "8, 64, 56x56, 7, 4", "name": "numba_cpu", "ratio": 0.2, "x_floor": 5.0}
+    # 1 G multiply-adds (10 ms at the peak) and 1 GB (20 ms at the bandwidth) in 100 ms
+    row |= {"macs": 1e9, "bytes": 1e9, "macs_per_s": 1e10, "bytes_per_s": 1e10}
+    (line,) = ops._summary([row], peaks)
+    assert line == (
+        "- 8, 64, 56x56, 7, 4, numba_cpu: 5.00x the roofline floor (MISSED: 10% of the matmul "
+        "peak, 20% of the copy bandwidth, the floor set by traffic); 0.20x the depthwise conv"
+    )
+    (line,) = ops._summary([row | {"x_floor": 2.5}], peaks)
+    assert "(met);" in line

@@ -595,12 +595,33 @@ OP_TARGET = 3.0  # the op's forward+backward within this factor of its roofline 
 LAYER_TARGET = 0.6  # an Involution2d at most this fraction of the 3x3 conv's time
 
 
-def _summary(rows: list[dict]) -> list[str]:
+def _why(row: dict, peaks: dict | None) -> str:
+    """Where a row stands against each roof: its share of the matmul peak and of the copy
+    bandwidth, and which of the two sets its floor."""
+    if not peaks or not row.get("macs_per_s") or not row.get("bytes_per_s"):
+        return ""
+    compute = row["macs_per_s"] / peaks["macs_per_s"]
+    traffic = row["bytes_per_s"] / peaks["bytes_per_s"]
+    floor = (
+        "compute"
+        if row["macs"] / peaks["macs_per_s"] >= row["bytes"] / peaks["bytes_per_s"]
+        else "traffic"
+    )
+    return (
+        f": {compute:.0%} of the matmul peak, {traffic:.0%} of the copy bandwidth, the floor "
+        f"set by {floor}"
+    )
+
+
+def _summary(rows: list[dict], peaks: dict | None = None) -> list[str]:
+    """One line per numba_cpu row: the ratio to its floor, the verdict and, where missed, why
+    (``_why``)."""
     out = []
     for r in rows:
         if not r["name"].startswith("numba_cpu") or r.get("x_floor") is None:
             continue
-        verdict = "met" if r["x_floor"] <= OP_TARGET else "MISSED"
+        met = r["x_floor"] <= OP_TARGET
+        verdict = "met" if met else "MISSED" + _why(r, peaks)
         out.append(
             f"- {r['shape']}, {r['name']}: {r['x_floor']:.2f}x the roofline floor ({verdict}); "
             f"{r['ratio']:.2f}x the depthwise conv"
@@ -858,7 +879,7 @@ def render(
             "`floor_bytes`)."
         )
     lines += ["", *_table(rows, on_gpu), ""]
-    summary = _summary(rows)
+    summary = _summary(rows, found)
     if summary:
         lines += [
             f"Target (numba_cpu forward+backward within {OP_TARGET:.0f}x of its roofline floor):",
