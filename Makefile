@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope)
 
-.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models bench-detection cuda-report clean sweep summarize dashboard search lab
+.PHONY: help install train resume eval test test-fast lint bench bench-ops bench-models bench-detection cuda-report clean sweep summarize dashboard search lab notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -89,13 +89,15 @@ SWEEP_SCHEDULE_neck_operator ?= trainer.max_epochs=2 data.train_size=800
 SEARCH ?= digits_optuna
 DIR ?=
 
+# a key of the sweep's schedule that ARGS sets too is left out (the command shows each key once)
+ARG_KEYS = $(foreach arg,$(ARGS),$(firstword $(subst =, ,$(arg)))=%)
 sweep: $(STAMP) ## Hydra multirun ablation SWEEP=kernel_reduction|group_channels|operator|neck_operator; ARGS="..."
-	$(PY) -m involution.train sweep=$(SWEEP) $(if $(filter data=% experiment=%,$(ARGS)),,$(or $(SWEEP_SCHEDULE_$(SWEEP)),$(SWEEP_SCHEDULE))) $(ARGS)
+	$(PY) -m involution.train sweep=$(SWEEP) $(if $(filter data=% experiment=%,$(ARGS)),,$(filter-out $(ARG_KEYS),$(or $(SWEEP_SCHEDULE_$(SWEEP)),$(SWEEP_SCHEDULE)))) $(ARGS)
 
 summarize: $(STAMP) ## (re)build a multirun's summary table: make summarize DIR=multirun/... (default latest)
 	$(PY) -m involution.runs summarize $(DIR)
 
-dashboard: $(STAMP) ## W&B workspace of a sweep: make dashboard DIR=multirun/... (default latest); ARGS="--entity ..."
+dashboard: $(STAMP) ## a sweep's charts (PNG + one HTML page) and W&B workspace: make dashboard DIR=multirun/... (default latest)
 	$(PY) -m involution.runs dashboard $(DIR) $(ARGS)
 
 search: $(STAMP) ## Optuna search SEARCH=digits_optuna (conf/hparams_search); ARGS="..."
@@ -110,6 +112,14 @@ LAB_REQUIREMENT ?= jupyterlab==4.6.6
 lab: $(STAMP) ## Jupyter Lab on the project's .venv (installs jupyterlab on first use); ARGS="..."
 	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet "$(LAB_REQUIREMENT)"
 	JUPYTER_PATH="$(abspath $(VENV))/share/jupyter" $(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
+
+# Every notebook headless (nbclient, as `jupyter execute`): executed copies in outputs/notebooks/,
+# figures in outputs/figures/<notebook>/. What they read: CHECKPOINT=, CONV_CHECKPOINT=, MULTIRUN=
+# (default: the best finished single run of each operator under outputs/, the newest multirun).
+NB_VARS := CHECKPOINT CONV_CHECKPOINT MULTIRUN FIGDIR
+notebooks: $(STAMP) ## run every notebook headless; CHECKPOINT=... MULTIRUN=... name what they read
+	$(foreach var,$(NB_VARS),$(if $($(var)),INVOLUTION_NB_$(var)="$(abspath $($(var)))")) \
+	$(PY) -m involution.analysis.nbtools --execute notebooks/*.ipynb
 
 clean: ## remove caches and run outputs (keeps .venv; rm -rf .venv for a full reset)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache build dist src/*.egg-info

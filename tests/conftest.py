@@ -251,3 +251,58 @@ def run_tiny_sweep(tmp_path: Path, args: list[str]) -> tuple[subprocess.Complete
     sweep_dir = tmp_path / "multirun"
     args = [*args, f"hydra.sweep.dir={sweep_dir}", *CSV_ONLY, *TINY]
     return run_module("involution.train", args, cwd=tmp_path), sweep_dir
+
+
+# A finished sweep of each task, as its jobs leave it (job.json, .hydra/, csv/metrics.csv): the
+# metric the sweep is judged by and, per epoch, the validation metrics its task logs.
+TASK_SWEEPS = {
+    "classification": ("val/acc_top1", ("acc_top1", "acc_top5")),
+    "detection": ("val/map", ("map", "map_50", "map_75", "mask_map")),
+    "segmentation": ("val/miou", ("miou", "pixel_acc")),
+}
+
+
+def write_task_sweep(root: Path, task: str, epochs: int = 3) -> Path:
+    """A 2 x 2 multirun (``operator.kernel_size`` 3/5 x ``model.neck_operator`` convolution /
+    involution) of ``task`` under ``root``, W&B-less (CSV only): job ``n``'s metrics rise with
+    the epoch and with ``n``; returns ``root``."""
+    import csv
+
+    metric, keys = TASK_SWEEPS[task]
+    task_keys = ["operator.kernel_size=3,5", "model.neck_operator=convolution,involution"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text(
+        json.dumps({"hydra": {"overrides": {"task": task_keys}}, "sweep": {"name": task}})
+    )
+    num = 0
+    for kernel in (3, 5):
+        for neck in ("convolution", "involution"):
+            job = root / str(num)
+            (job / ".hydra").mkdir(parents=True)
+            (job / "csv").mkdir()
+            overrides = [f"operator.kernel_size={kernel}", f"model.neck_operator={neck}"]
+            (job / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+            (job / ".hydra" / "config.yaml").write_text(
+                json.dumps({"optimized_metric": metric, "logger": {"csv": {}}})
+            )
+            rows = [
+                {"epoch": e, "step": 10 * e, "train/loss_epoch": 2.0 - 0.3 * e - 0.1 * num,
+                 **{f"val/{k}": 0.1 * (e + 1) + 0.05 * num + 0.01 * i for i, k in enumerate(keys)}}
+                for e in range(epochs)
+            ]  # fmt: skip
+            with (job / "csv" / "metrics.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            last = rows[-1]
+            tests = {f"test/{k}": last[f"val/{k}"] - 0.02 for k in keys}
+            metrics = {f"best/{metric}": last[metric], **tests}
+            record = {
+                "status": "ok", "job": num, "overrides": overrides, "group": f"{task}-g",
+                "name": f"{'involution' if num % 2 else 'convolution'}-k{kernel}",
+                "params": 1e6 * (num + 1), "macs": 2e7 * (num + 1), "wall_time_s": 30.0,
+                "metrics": metrics, "optimized_metric": metric, "run_dir": str(job),
+            }  # fmt: skip
+            (job / "job.json").write_text(json.dumps(record))
+            num += 1
+    return root

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -174,6 +175,46 @@ def test_find_checkpoint_by_operator(fake_multirun: Path, tmp_path: Path) -> Non
     with pytest.raises(CheckpointError) as error:
         analysis.find_checkpoint("convolution", roots=[fake_multirun])
     assert "operator=convolution" in one_line(error)
+
+
+def test_default_checkpoint_is_the_best_finished_single_run_never_a_sweep_job(
+    fake_multirun: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Left unset, a notebook takes the best finished single run under outputs/: not the newest
+    checkpoint on disk, not a (short, better-scoring or newer) sweep job, not a failed run."""
+    import json
+    import os
+
+    (tmp_path / "pyproject.toml").write_text("")
+    monkeypatch.chdir(tmp_path)
+
+    def checkpoint(run_dir: Path, record: dict, stamp: int) -> Path:
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"operator": {"name": "involution"}})
+        )
+        (run_dir / "job.json").write_text(json.dumps(record))
+        path = run_dir / "checkpoints" / "best-epoch003.ckpt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (stamp, stamp))
+        return path
+
+    def ok(score: float, job: int | None = None) -> dict:
+        return {"status": "ok", "job": job, "metrics": {"best/val/acc_top1": score}}
+
+    runs = tmp_path / "outputs" / "train"
+    good = checkpoint(runs / "good", ok(0.97), 1000)
+    checkpoint(runs / "worse-newer", ok(0.90), 2000)
+    checkpoint(runs / "failed-newest", {"status": "failed", "job": None, "metrics": {}}, 3000)
+    sweep = tmp_path / "multirun" / "train" / "x"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}")
+    checkpoint(sweep / "0", ok(0.99, job=0), 4000)
+    assert analysis.find_checkpoint("involution") == good
+    with pytest.raises(CheckpointError) as error:
+        analysis.find_checkpoint("convolution")
+    assert "sweep jobs are not taken" in one_line(error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,3 +652,33 @@ def test_strip_clears_outputs(tmp_path: Path) -> None:
     assert nbtools.strip(path) and not nbtools.strip(path)
     assert nbtools.has_outputs(nbformat.read(path, as_version=4)) == []
     assert json.loads(path.read_text())["cells"][0]["outputs"] == []
+
+
+def test_execute_runs_each_notebook_headless_and_names_the_one_that_stops(
+    tmp_path: Path, capsys
+) -> None:
+    """``make notebooks``: each notebook runs in a kernel of this interpreter from its own folder;
+    the executed copy goes to --out, the notebook itself keeps no outputs; a notebook that stops
+    is one line naming it and its error, the others still run, exit status 1."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    good = nbformat.v4.new_notebook()
+    good.cells.append(
+        nbformat.v4.new_code_cell(
+            "import os, sys\nprint(sys.executable, os.getcwd(), os.environ['MPLBACKEND'])"
+        )
+    )
+    bad = nbformat.v4.new_notebook()
+    bad.cells.append(nbformat.v4.new_code_cell("raise ValueError('set CHECKPOINT')"))
+    nbformat.write(bad, folder / "01_bad.ipynb")
+    nbformat.write(good, folder / "02_good.ipynb")
+    out = tmp_path / "executed"
+    paths = [str(folder / "01_bad.ipynb"), str(folder / "02_good.ipynb")]
+    assert nbtools.main(["--execute", "--out", str(out), *paths]) == 1
+    printed = capsys.readouterr()
+    assert "01_bad.ipynb: ValueError: set CHECKPOINT" in printed.err
+    assert "02_good.ipynb" in printed.out and str(out / "02_good.ipynb") in printed.out
+    executed = nbformat.read(out / "02_good.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert executed.split() == [sys.executable, str(folder.resolve()), "Agg"]
+    assert nbtools.has_outputs(nbformat.read(folder / "02_good.ipynb", as_version=4)) == []
+    assert (out / "01_bad.ipynb").is_file()  # executed up to the cell that stopped

@@ -1,8 +1,9 @@
 """``make bench-ops`` end to end on a tiny shape: the JSON records and the section rendered from
-them, that it replaces only its own section of the output file (runs in a subprocess because the
-benchmark changes glibc's heap settings for its whole process) and that ``--render`` rebuilds the
-section from the records alone; the bandwidth floor, the GPU columns and targets from given
-timings; the records loader's one-line errors, and the refusal of bad options."""
+them (the op table with its roofline columns and the layer table), that it replaces only its own
+section of the output file (runs in a subprocess because the benchmark changes glibc's heap
+settings for its whole process) and that ``--render`` rebuilds the section from the records
+alone; the roofline's floors and hand counts, the GPU columns and targets from given timings;
+the records loader's one-line errors, and the refusal of bad options."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def _bench(tmp_path: Path, *extra: str) -> str:
             "cpu",
             "--shapes",
             "16x9x3",
+            "--batches",
+            "8",
             "--reps",
             "2",
             "--warmup",
@@ -57,11 +60,33 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
     assert says in text
     rows = [line for line in text.splitlines() if line.startswith("| 8, 16, 9x9, 3, 1 |")]
     names = [row.split("|")[3].strip() for row in rows]
-    assert names == ["depthwise conv2d", "reference", "numba_cpu", "torch"]
+    assert names == [
+        "depthwise conv2d",
+        "reference",
+        "numba_cpu",
+        "numba_cpu, channels_last",
+        "torch",
+    ]
     for row in rows:
         median = row.split("|")[4].strip()
         assert float(median) > 0, row
+        cells = [cell.strip() for cell in row.split("|")[8:12]]  # the roofline's four columns
+        assert all(float(cell) > 0 for cell in cells), row
     assert "numba_cpu" in text.split("Target")[1]  # the verdict line for the one shape
+    assert "x the roofline floor" in text.split("Target")[1]
+    layers = [line for line in text.splitlines() if line.startswith("| 8, 16, 9x9, 3 |")]
+    assert [(row.split("|")[2].strip(), row.split("|")[3].strip()) for row in layers] == [
+        (fmt, name)
+        for fmt in ("NCHW", "channels_last")
+        for name in (
+            "Involution2d",
+            "Involution2d, unfused (kernel kept)",
+            "Involution2d, unfused, recomputed (previous default)",
+            "conv 3x3",
+            "depthwise conv 7x7",
+        )
+    ]
+    assert "Involution2d" in text.split("Targets (Involution2d")[1]
     records = report.read_records(tmp_path / "benchmarks.ops.json")
     meta = records["meta"]
     assert meta["benchmark"] == "ops" and meta["device"] == "cpu" and meta["reps"] == 2
@@ -70,6 +95,7 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
     assert says.split(": ")[1] in meta["heap"]
     assert [r["name"] for r in records["rows"]] == names
     assert all(r["median"] > 0 and r["min"] <= r["median"] for r in records["rows"])
+    assert len(records["layers"]) == 10 and meta["peaks"]["macs_per_s"] > 0
 
 
 def test_render_rebuilds_the_section_from_the_records(tmp_path: Path) -> None:
@@ -94,7 +120,8 @@ def test_published_section_is_rendered_from_its_records() -> None:
     docs = Path(__file__).resolve().parents[1] / "docs"
     records = report.read_records(docs / "benchmarks.ops.json")
     published = read_sections((docs / "benchmarks.md").read_text())[ops.SECTION]
-    assert ops.render(records["meta"], records["rows"]).rstrip() + "\n" == published
+    rendered = ops.render(records["meta"], records["rows"], records.get("layers"))
+    assert rendered.rstrip() + "\n" == published
 
 
 @pytest.mark.parametrize(
@@ -144,7 +171,7 @@ def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
 def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
     """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not, torch
     does)."""
-    text = _bench(tmp_path, "--batches", "2", "--dtypes", "float32", "bfloat16")
+    text = _bench(tmp_path, "--batches", "2", "--dtypes", "float32", "bfloat16", "--no-layers")
     rows = [
         line.split("|") for line in text.splitlines() if line.startswith("| 2, 16, 9x9, 3, 1 |")
     ]
@@ -153,13 +180,32 @@ def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
         ("float32", "depthwise conv2d"),
         ("float32", "reference"),
         ("float32", "numba_cpu"),
+        ("float32", "numba_cpu, channels_last"),
         ("float32", "torch"),
         ("bfloat16", "depthwise conv2d"),
         ("bfloat16", "reference"),
         ("bfloat16", "torch"),
     ]
     assert all(float(row[4]) > 0 for row in rows)
-    assert "vs floor" not in text  # the CPU table keeps its columns
+    # the CPU table's roofline columns, not the GPU's bandwidth-only ones
+    assert "| G multiply-adds/s | GB/s | roofline floor (ms) | vs floor |" in text
+    assert "bandwidth floor (ms)" not in text and "The layer against" not in text
+
+
+def test_roofline_hand_counts() -> None:
+    from involution.bench import roofline
+
+    found = roofline.Peaks(macs_per_s=100e9, bytes_per_s=50e9)
+    # RedNet-50's first stage at batch 8: 3 * 49 * 64 * 56 * 56 * 8 multiply-adds
+    assert roofline.op_macs(8, 64, 56, 7) == 236_027_904
+    assert roofline.floor(236_027_904, 1e6, found) == pytest.approx(236_027_904 / 100e9)
+    assert roofline.floor(1, 100e6, found) == pytest.approx(2e-3)  # bandwidth-bound
+    # the layer: reduction 64 -> 16 and generation 16 -> 196, three passes each, + the op
+    pixels = 8 * 56 * 56
+    assert roofline.layer_macs(8, 64, 56, 7, 4, 16) == (
+        3 * pixels * 64 * 16 + 3 * pixels * 196 * 16 + 236_027_904
+    )
+    assert roofline.layer_bytes(8, 64, 56, 16, 4) == 4 * pixels * (5 * 64 + 4 * 16)
 
 
 def test_floor_bytes_hand_count() -> None:
@@ -275,3 +321,17 @@ def test_sections_copy_between_files(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         sections.main([str(source), str(target), "--only", "involution.bench.models"])
     assert "has no section involution.bench.models" in capsys.readouterr().err
+
+
+def test_a_missed_op_target_says_where_it_stands_against_each_roof() -> None:
+    peaks = {"macs_per_s": 100e9, "bytes_per_s": 50e9}
+    row = {"shape": "8, 64, 56x56, 7, 4", "name": "numba_cpu", "ratio": 0.2, "x_floor": 5.0}
+    # 1 G multiply-adds (10 ms at the peak) and 1 GB (20 ms at the bandwidth) in 100 ms
+    row |= {"macs": 1e9, "bytes": 1e9, "macs_per_s": 1e10, "bytes_per_s": 1e10}
+    (line,) = ops._summary([row], peaks)
+    assert line == (
+        "- 8, 64, 56x56, 7, 4, numba_cpu: 5.00x the roofline floor (MISSED: 10% of the matmul "
+        "peak, 20% of the copy bandwidth, the floor set by traffic); 0.20x the depthwise conv"
+    )
+    (line,) = ops._summary([row | {"x_floor": 2.5}], peaks)
+    assert "(met);" in line

@@ -230,3 +230,53 @@ def test_operator_sweep_gets_bars_and_one_macs_line_per_operator(tmp_path: Path)
     ]
     workspace = dashboard.build_workspace(sweep, charts)
     assert workspace.sections[0].panels[0].chart_name == "wandb/bar/v0"
+
+
+@pytest.mark.parametrize(
+    ("task", "charted", "header"),
+    [
+        ("classification", ["best_val_top1"], "val top-1 %"),
+        ("detection", ["best_val_map", "best_val_mask_map"], "val AP %"),
+        ("segmentation", ["best_val_miou"], "val mIoU %"),
+    ],
+)
+def test_offline_dashboard_is_one_self_contained_page_of_the_tasks_charts(
+    task: str, charted: list[str], header: str, tmp_path: Path, capsys
+) -> None:
+    """Without W&B (a CSV-only sweep): PNG charts of the metric the sweep is judged by against
+    each swept key and against multiply-adds, its curves by each swept key, the training loss,
+    and one HTML page with the images embedded and the summary table; the command prints its
+    path."""
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    from conftest import write_task_sweep
+
+    root = write_task_sweep(tmp_path / "multirun" / "x", task)
+    assert dashboard.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    page = root / "dashboard.html"
+    assert str(page) in out and "no W&B workspace" in out
+    expected = {
+        f"{column}_vs_{key}" for column in charted for key in ("kernel_size", "neck_operator")
+    }
+    expected |= {f"{column}_vs_macs" for column in charted} | {"training_loss"}
+    primary = charted[0].removeprefix("best_val_")
+    expected |= {f"val_{primary}_by_kernel_size", f"val_{primary}_by_neck_operator"}
+    assert {p.stem for p in (root / "dashboard").glob("*.png")} == expected
+    text = page.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == len(expected)
+    assert not re.findall(r'src="(?!data:)', text)  # nothing fetched from elsewhere
+    for data in images:
+        pixels = imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert float(np.std(pixels[..., :3])) > 0.01  # not blank
+    assert header in text
+    assert task == "classification" or "top-1" not in text  # the task's metrics, not top-1
+    best = json.loads((root / "3" / runs.RECORD).read_text())["metrics"]
+    judged = {"classification": "val/acc_top1", "detection": "val/map", "segmentation": "val/miou"}
+    assert f"{100 * best['best/' + judged[task]]:.2f}" in text  # the best job's value, in %

@@ -1,7 +1,10 @@
 """The torch-free kernels in ``involution.kernels`` (the ``kernels/`` folder of the repository).
 
 - CPU: both layouts of the three kernels against a NumPy transcription of the definition,
-  called with NumPy arrays only; the layout policy; the package imports without torch;
+  called with NumPy arrays only; the layout policy; the package imports without torch; the
+  blocked kernels (groups of 16 channels) bit for bit against their generic loops, in NCHW and
+  NHWC operands, in one band or several, and the fused kernels against the blocked ones on the
+  kernel made by a matrix product;
 - CUDA: every kernel compiled for real to PTX (``numba.cuda.compile_ptx``, NVVM from the CUDA
   toolkit; no GPU needed) for compute capabilities 8.0 and 9.0 in every storage kind: any typing or
   lowering error fails here, which the simulator (pure Python) would not catch.
@@ -125,6 +128,93 @@ def test_nhwc_interior_blocks_change_no_bit(channels, groups, width, k, stride, 
     taps_nhwc(src, kernel, blocked, rows, rows, gather, step, offsets, lo, hi)
     taps_nhwc(src, kernel, generic, rows, rows, gather, step, offsets, 0, 0)
     assert np.array_equal(blocked, generic)
+
+
+# (N, C, G, H, W, K, stride, dilation, bands): groups of 16 channels and multiples
+BLOCKED_CASES = [
+    (2, 32, 2, 9, 11, 7, 1, 1, 1),  # K 7, odd x odd, two groups
+    (1, 16, 1, 10, 13, 5, 2, 2, 3),  # stride 2, dilation 2, three bands of rows
+    (2, 48, 1, 7, 6, 3, 3, 1, 2),  # three blocks in one group, stride 3, two bands
+    (1, 16, 1, 5, 4, 7, 1, 2, 1),  # dilation 2 with padding wider than the image
+    (1, 32, 2, 6, 19, 3, 1, 1, 4),  # rows of 19: 4-pixel tiles and a remainder, bands of 1-2
+]
+
+
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_blocked_kernels_equal_the_generic_loops(case, dtype, nhwc):
+    """The register tiles add every term in the generic loops' order: the same bits, whatever
+    the operands' layout and the bands the rows are split into; and the forward is the
+    definition (NumPy transcription)."""
+    from involution.kernels.cpu.generic import GENERIC
+
+    n, c, g, h, w, k, s, d, bands = case
+    p = d * (k - 1) // 2
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    kern = rng.standard_normal((n, g, k, k, ho, wo)).astype(dtype)
+    go = rng.standard_normal((n, c, ho, wo)).astype(dtype)
+
+    def layout(a):  # NHWC memory viewed as [N, C, H, W]
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if nhwc else a
+
+    args = ((s, s), (p, p), (d, d))
+    for name, operands, shape in (
+        ("forward", (layout(x), kern), (n, c, ho, wo)),
+        ("grad_input", (layout(go), kern), x.shape),
+        ("grad_kernel", (layout(go), layout(x)), kern.shape),
+    ):
+        blocked = np.full(shape, 7.0, dtype)  # stale values must be overwritten
+        if name != "grad_kernel":
+            blocked = layout(blocked)
+        getattr(cpu, f"blocked_{name}")(*operands, blocked, *args, bands=bands)
+        generic = np.empty(shape, dtype)
+        GENERIC[name](*operands, generic, s, s, p, p, d, d)
+        np.testing.assert_array_equal(blocked, generic, err_msg=name)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    forward = np.empty((n, c, ho, wo), dtype)
+    GENERIC["forward"](x, kern, forward, s, s, p, p, d, d)
+    np.testing.assert_allclose(forward, numpy_forward(x, kern, *args), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", BLOCKED_CASES[:3], ids=lambda c: "x".join(map(str, c)))
+def test_fused_kernels_equal_the_blocked_kernels_on_the_made_kernel(case, nhwc):
+    """fused_forward / fused_backward (float64) against the blocked kernels applied to the kernel
+    made by a matrix product, and the hidden map's and weights' gradients by NumPy products."""
+    n, c, g, h, w, k, s, d, bands = case
+    r = 5  # hidden channels (padded to a vector inside)
+    p = d * (k - 1) // 2
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, c, h, w))
+    hidden = rng.standard_normal((n, r, ho, wo))
+    weight = rng.standard_normal((g * k * k, r))
+    bias = rng.standard_normal(g * k * k)
+    go = rng.standard_normal((n, c, ho, wo))
+
+    def layout(a):
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if nhwc else a
+
+    args = ((s, s), (p, p), (d, d))
+    kern = (np.einsum("tr,nrij->ntij", weight, hidden) + bias[:, None, None]).reshape(
+        n, g, k, k, ho, wo
+    )
+    out = layout(np.empty((n, c, ho, wo)))
+    cpu.fused_forward(layout(x), layout(hidden), weight, bias, out, (k, k), *args, bands=bands)
+    want = cpu.blocked_forward(x, kern, np.empty((n, c, ho, wo)), *args)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    gx, gh = layout(np.empty(x.shape)), layout(np.empty(hidden.shape))
+    gw, gb = cpu.fused_backward(
+        layout(go), layout(x), layout(hidden), weight, bias, gx, gh, (k, k), *args, bands=bands
+    )
+    np.testing.assert_allclose(gx, cpu.blocked_grad_input(go, kern, np.empty(x.shape), *args))
+    gk = cpu.blocked_grad_kernel(go, x, np.empty(kern.shape), *args).reshape(n, -1, ho, wo)
+    np.testing.assert_allclose(gh, np.einsum("tr,ntij->nrij", weight, gk), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, np.einsum("ntij,nrij->tr", gk, hidden), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb, gk.sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
 
 
 def test_layout_policy():

@@ -119,15 +119,19 @@ def test_rednet_macs_match_official(name):
 
 
 def test_involution_macs_are_counted_exactly():
-    """The involution op's multiply-adds are C*K*K*Ho*Wo per image and layer: compare with the
-    layer shapes, so a FLOP formula that is missing (or wrong) fails here, not silently."""
+    """The involution op's multiply-adds are C*K*K*Ho*Wo per image and layer, plus, for the
+    fused op (the default layers: the last 1x1 conv of the kernel generation inside the op),
+    the generation's G*K*K*R*Ho*Wo: compare with the layer shapes, so a FLOP formula that is
+    missing (or wrong) fails here, not silently."""
     model = meta_model("rednet50")
-    expected = 0
+    aggregation = generation = 0
 
     def hook(module, inputs, output):
-        nonlocal expected
+        nonlocal aggregation, generation
         n, c, ho, wo = output.shape
-        expected += n * c * module.kernel_size**2 * ho * wo
+        aggregation += n * c * module.kernel_size**2 * ho * wo
+        if module.recompute_kernel:  # the fused op counts the generation's 1x1 conv too
+            generation += n * module.span.out_channels * module.span.in_channels * ho * wo
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Involution2d)
@@ -136,8 +140,8 @@ def test_involution_macs_are_counted_exactly():
     for handle in handles:
         handle.remove()
     involution = {op: n for op, n in breakdown.items() if op.startswith("involution::")}
-    assert sum(involution.values()) == expected, breakdown
-    assert expected / 2 == pytest.approx(71.4e6, rel=0.01)  # ~2.6% of RedNet-50's 2.71 G
+    assert sum(involution.values()) == aggregation + generation, breakdown
+    assert aggregation / 2 == pytest.approx(71.4e6, rel=0.01)  # ~2.6% of RedNet-50's 2.71 G
 
 
 def test_count_macs_refuses_to_undercount(monkeypatch):
@@ -331,16 +335,15 @@ def test_bad_hyperparameters_name_stage_and_key(name, overrides, message):
     [
         ("keep", True, False),
         ("auto", True, True),  # training (involution.train) flushes denormals
-        ("auto", False, False),  # without that, channels_last would crawl on denormals
+        ("auto", False, True),  # a plain script does not: the same layout, no hidden dependence
         ("channels_last", False, True),
         ("contiguous", True, False),
     ],
 )
 def test_memory_format_changes_layout_not_values(memory_format, flush, expected):
-    """auto (the default) computes channels_last on the CPU when the model is built while
-    denormals are flushed, the input's format otherwise; channels_last forces it, keep and
-    contiguous do not; every format gives the same values in float64, in training (with
-    gradients) and in eval mode (BN folded)."""
+    """auto (the default) computes channels_last on the CPU whatever the floating-point mode the
+    model is built in; channels_last forces it, keep and contiguous do not; every format gives
+    the same values in float64, in training (with gradients) and in eval mode (BN folded)."""
     torch.manual_seed(0)
     torch.set_flush_denormal(flush)
     try:
@@ -351,7 +354,7 @@ def test_memory_format_changes_layout_not_values(memory_format, flush, expected)
         default = create_model("rednet26", num_classes=7, stem="small")
     finally:
         torch.set_flush_denormal(False)
-    assert default.memory_format == "auto" and default.layout == ("auto" if flush else "keep")
+    assert default.memory_format == "auto" and default.layout == "auto"
     model.load_state_dict(reference.state_dict())
     reference, model = reference.double(), model.double()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
@@ -361,5 +364,8 @@ def test_memory_format_changes_layout_not_values(memory_format, flush, expected)
         reference.train(train), model.train(train)
         torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
     assert seen[0].is_contiguous(memory_format=torch.channels_last) == expected
+    # nor does building or running a model change the caller's floating-point mode
+    model.float()(x.float()).sum().backward()
+    assert float(torch.tensor([1e-39]) * 2) != 0.0, "denormals flushed behind the caller's back"
     with pytest.raises(ValueError, match="memory_format must be one of"):
         create_model("rednet26", memory_format="nhwc")

@@ -289,8 +289,8 @@ def test_detection_sweep_notebook(kernel_dir: Path, tmp_path: Path) -> None:
     notebook = execute("04_detection_sweep", kernel_dir, tmp_path, multirun=sweep, figdir=figdir)
     assert_figures(figdir, FIGURES["04_detection_sweep"])
     table = notebook.cells[first_cell_with(notebook, "load_sweep(")].outputs[0]["data"]
-    assert {"best_val_map", "test_map_50", "involution", "convolution"} <= set(
+    assert {"best_val_map", "test_map", "involution", "convolution"} <= set(
         table["text/plain"].split()
     )
     summary = (sweep / "summary.md").read_text()
-    assert "val mAP %" in summary and "test mAP@.5 %" in summary
+    assert "val AP %" in summary and "test AP %" in summary

@@ -11,7 +11,10 @@
 - bad arguments raise a one-line TypeError/ValueError naming the argument, the same one from
   ``involution2d``, ``window_dot`` and ``window_dot_key_grad`` for the arguments they share;
 - memory: no KxK-times-the-input temporary on the Numba CPU path;
-- the CUDA simulator suite (tests/test_ops_cudasim.py) in a subprocess with NUMBA_ENABLE_CUDASIM=1.
+- the CUDA simulator suite (tests/test_ops_cudasim.py) in a subprocess with NUMBA_ENABLE_CUDASIM=1;
+- the fused op (``fused_involution2d``) against its composition (a matrix product, then the unfold
+  spec) in float64 over odd sizes, strides, dilation and channels_last, both backends; gradcheck,
+  gradgradcheck, opcheck, FLOP counts, meta tensors, bad arguments.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from involution.ops import (
     BACKENDS,
     _backends,
     _reference,
+    fused_involution2d,
+    fused_kernel_runs,
     involution2d,
     resolve_backend,
     window_dot,
@@ -37,7 +42,17 @@ from involution.ops import (
 from involution.ops._formats import is_channels_last
 
 from conftest import REPO
-from helpers import CASES, make_case, op_with_grads, spec_with_grads, tolerances
+from helpers import (
+    CASES,
+    FUSED_CASES,
+    composed_with_grads,
+    fused_with_grads,
+    make_case,
+    make_fused_case,
+    op_with_grads,
+    spec_with_grads,
+    tolerances,
+)
 
 CPU_BACKENDS = ["reference", "numba_cpu", "torch"]
 
@@ -528,7 +543,8 @@ def test_cuda_simulator_suite():
 def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
     """numba_cpu's layout hook: the forward hands its gradient over channels-last only when
     grad_input and grad_kernel both compute NHWC; on wide maps the kernel gradient stays NCHW, and
-    one shared copy would then cost a second transpose back. The other backends never ask."""
+    one shared copy would then cost a second transpose back. The other backends never ask, nor
+    do the blocked kernels (groups of 16 channels), which read either layout as it comes."""
     from involution.ops import _numba_cpu, _numba_cuda, _torch
 
     def case(c, g, size, k, stride=1):
@@ -538,10 +554,167 @@ def test_numba_cpu_shares_channels_last_only_when_both_gradients_use_it():
     def shares(*args):
         return _numba_cpu.grad_out_format(*args) == torch.channels_last
 
-    assert shares(*case(256, 16, 14, 7))  # both NHWC
-    assert not shares(*case(64, 4, 56, 7))  # grad_kernel flat NCHW
-    assert shares(*case(64, 4, 56, 7, stride=2))  # no flat kernel at stride 2
-    assert not shares(*case(32, 2, 112, 3))  # all NCHW at 3x3
-    assert _numba_cpu.grad_out_format(*case(32, 2, 112, 3)) is None
+    # 8 channels per group: the NCHW / NHWC kernels whose layouts this hook arranges
+    assert shares(*case(128, 16, 14, 7))  # both NHWC
+    assert not shares(*case(32, 4, 56, 7))  # grad_kernel flat NCHW
+    assert shares(*case(32, 4, 56, 7, stride=2))  # no flat kernel at stride 2
+    assert not shares(*case(16, 2, 112, 3))  # all NCHW at 3x3
+    assert _numba_cpu.grad_out_format(*case(16, 2, 112, 3)) is None
     for other in (_reference, _numba_cuda, _torch):
         assert other.grad_out_format(*case(256, 16, 14, 7)) is None
+    # groups of 16 channels: the blocked kernels read any layout, so the hook never asks
+    assert _numba_cpu.grad_out_format(*case(256, 16, 14, 7)) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The fused op
+# ------------------------------------------------------------------------------------------------
+
+
+def _fused_case_id(case):
+    n, c, g, r, h, w, k, s, d = case
+    return f"N{n}C{c}G{g}R{r}-{h}x{w}-k{k}-s{s}-d{d}"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=_fused_case_id)
+def test_fused_agrees_with_composition(case, layout, backend):
+    """Output and the gradients of input, hidden map, weight and bias equal the composition's
+    (the kernel as a matrix product, then the unfold spec) in float64; the output keeps the
+    input's memory format."""
+    operands, stride, padding, dilation = make_fused_case(case, layout=layout)
+    k = case[6]
+    out_shape = (case[0], case[1], operands[1].shape[2], operands[1].shape[3])
+    grad_out = torch.randn(
+        out_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    got = fused_with_grads(operands, k, stride, padding, dilation, grad_out, backend)
+    want = composed_with_grads(operands, k, stride, padding, dilation, grad_out)
+    names = ("out", "grad_input", "grad_hidden", "grad_weight", "grad_bias")
+    for name, a, b in zip(names, got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    fused_kernel = backend == "numba_cpu" and case[1] // case[2] % 16 == 0
+    assert fused_kernel_runs(operands[0], case[2], backend) == fused_kernel
+
+
+def test_fused_float32_and_no_bias():
+    operands, stride, padding, dilation = make_fused_case(FUSED_CASES[0], torch.float32)
+    x, hidden, weight, _ = operands
+    got = fused_involution2d(x, hidden, weight, None, 7, stride, padding, dilation, "numba_cpu")
+    want = fused_involution2d(x, hidden, weight, None, 7, stride, padding, dilation, "reference")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a 1x1 convolution's weight [T, R, 1, 1] is taken as it is
+    conv = fused_involution2d(
+        x, hidden, weight[:, :, None, None], None, 7, stride, padding, dilation
+    )
+    torch.testing.assert_close(conv, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [FUSED_CASES[1], FUSED_CASES[4]], ids=["kernel", "composition"])
+def test_fused_gradcheck_and_gradgradcheck(case):
+    """Float64 gradcheck of all four operands (the fused backward kernel, or the composition);
+    double backward runs through the composition."""
+    small = (1, case[1], case[2], 3, 5, 6, 3, case[7], 1)
+    operands, stride, padding, dilation = make_fused_case(small)
+    leaves = [t.requires_grad_() for t in operands]
+
+    def fn(*tensors):
+        return fused_involution2d(*tensors, 3, stride, padding, dilation, "numba_cpu")
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, leaves, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_fused_opcheck():
+    ops = torch.ops.involution
+    operands, stride, padding, dilation = make_fused_case(FUSED_CASES[1])
+    args = [[5, 5], list(stride), list(padding), list(dilation), "numba_cpu"]
+    x, hidden, weight, bias = (t.requires_grad_() for t in operands)
+    torch.library.opcheck(ops.involution2d.fused, (x, hidden, weight, bias, *args))
+    go = torch.randn(1, 16, *hidden.shape[2:], dtype=x.dtype)
+    torch.library.opcheck(
+        ops.involution2d_fused_backward.default,
+        (go, x.detach(), hidden.detach(), weight.detach(), bias.detach(), *args),
+    )
+
+
+def test_fused_flop_counts_and_meta_tensors():
+    """The forward counts the generation's and the aggregation's multiply-adds, under the
+    aggregation op (so that counting a model finds the involution layers); the backward op
+    counts both again, the kernel gradient, grad_hidden and grad_weight."""
+    operands, stride, padding, dilation = make_fused_case(FUSED_CASES[0], torch.float32)
+    x, hidden, weight, bias = (t.requires_grad_() for t in operands)
+    n, c, _, _ = x.shape
+    taps, r = weight.shape
+    ho, wo = hidden.shape[2:]
+    generation, aggregation = n * taps * r * ho * wo, n * c * 49 * ho * wo
+    with FlopCounterMode(display=False) as counter:
+        out = fused_involution2d(x, hidden, weight, bias, 7, stride, padding, dilation)
+    flops = {str(op): v for op, v in counter.get_flop_counts()["Global"].items()}
+    assert flops == {"involution.involution2d": 2 * (generation + aggregation)}
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    flops = {str(op): v for op, v in counter.get_flop_counts()["Global"].items()}
+    assert flops == {
+        "involution.involution2d_fused_backward": 2 * (2 * aggregation + 3 * generation)
+    }
+    meta = fused_involution2d(
+        *(t.detach().to("meta") for t in operands), 7, stride, padding, dilation
+    )
+    assert meta.device.type == "meta" and meta.shape == out.shape
+
+
+def test_fused_bad_arguments():
+    operands, stride, padding, dilation = make_fused_case(FUSED_CASES[0])
+    x, hidden, weight, bias = operands
+    with pytest.raises(ValueError, match=r"hidden shape must be \(N, R, Ho, Wo\)"):
+        fused_involution2d(x, hidden[..., :-1], weight, bias, 7)
+    with pytest.raises(ValueError, match=r"weight rows \(97\) must be G\*KH\*KW"):
+        fused_involution2d(x, hidden, weight[:-1], bias, 7)
+    with pytest.raises(ValueError, match=r"bias shape must be \(98,\)"):
+        fused_involution2d(x, hidden, weight, bias[:-1], 7)
+    with pytest.raises(ValueError, match=r"weight must be 2-D \[T,R\]"):
+        fused_involution2d(x, hidden, weight[0], bias, 7)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fused_involution2d(x, hidden, weight, bias, 7, backend="cupy")
+
+
+# ------------------------------------------------------------------------------------------------
+# Results are tensors of their own
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["op", "fused"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(("channels", "groups"), [(32, 2), (64, 8), (16, 8)])
+@pytest.mark.parametrize("size", [1, 5])
+def test_results_are_never_views(size, channels, groups, layout, backend, fused):
+    """Every backend's output and gradients own their storage (at 1x1 maps a permuted result is
+    contiguous in both layouts, and an unfold's is a reshape): an in-place ReLU on the output,
+    as a network applies one, then backward run, and agree with the out-of-place ReLU.
+    (32, 2): the blocked kernels; (64, 8) and (16, 8): numba_cpu's NHWC and NCHW ones."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, size, size, generator=gen, dtype=torch.float64)
+    hidden = torch.randn(2, 4, size, size, generator=gen, dtype=torch.float64)
+    weight = torch.randn(groups * 9, 4, generator=gen, dtype=torch.float64)
+    kern = torch.randn(2, groups, 3, 3, size, size, generator=gen, dtype=torch.float64)
+    x = x.contiguous(memory_format=fmt)
+    operands = (x, hidden, weight) if fused else (x, kern)
+    results = []
+    for relu in (torch.relu_, torch.relu):
+        leaves = [t.detach().clone().requires_grad_() for t in operands]
+        if fused:
+            out = fused_involution2d(*leaves, None, 3, 1, 1, 1, backend)
+        else:
+            out = involution2d(*leaves, 1, 1, 1, backend)
+        assert not out._is_view()
+        out = relu(out)
+        out.square().sum().backward()
+        assert not any(leaf.grad._is_view() for leaf in leaves)
+        results.append([out.detach(), *(leaf.grad for leaf in leaves)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

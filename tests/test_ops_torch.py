@@ -26,9 +26,28 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from involution.bench.ops import REDNET50_SHAPES, peak_memory
-from involution.ops import _backends, _numba_cuda, _torch, involution2d, resolve_backend
+from involution.layers import Involution2d
+from involution.ops import (
+    _backends,
+    _numba_cpu,
+    _numba_cuda,
+    _torch,
+    fused_involution2d,
+    fused_kernel_runs,
+    involution2d,
+    resolve_backend,
+)
 
-from helpers import CASES, assert_half_precision, make_case, op_with_grads, spec_with_grads
+from helpers import (
+    CASES,
+    FUSED_CASES,
+    assert_half_precision,
+    composed_with_grads,
+    make_case,
+    make_fused_case,
+    op_with_grads,
+    spec_with_grads,
+)
 
 CUDA = torch.device("cuda")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -444,3 +463,65 @@ def test_gpu_no_temporary_beyond_twice_the_output(shape, dtype):
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base - result.numel() * result.element_size()
         assert extra <= 2 * output + 2**16, f"{name}: {extra / output:.2f}x the output"
+
+
+# ------------------------------------------------------------------------------------------------
+# The fused op where no Numba backend runs
+# ------------------------------------------------------------------------------------------------
+
+
+def _fused_step(fn, operands, grad):
+    """Output and the four gradients of ``fn(x, hidden, weight, bias)``."""
+    leaves = [t.detach().clone().requires_grad_() for t in operands]
+    out = fn(*leaves)
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad))
+
+
+@pytest.mark.parametrize("case", [FUSED_CASES[0], FUSED_CASES[1]], ids=["k7", "stride2"])
+def test_fused_op_without_numba_runs_torch_eager_and_compiled(case, monkeypatch, notes):
+    """With the Numba CPU backend refusing (as where Numba cannot run), ``auto`` runs the fused
+    op on the torch backend: no fused kernel, the composition, equal (float64) to the
+    composition through the unfold spec; under ``torch.compile(fullgraph=True)`` Inductor
+    decomposes forward and backward into the torch backend's taps and runs none of its eager
+    code (``aot_eager_decomp_partition``: the decomposed graph without generated code)."""
+    monkeypatch.setattr(_numba_cpu, "can_run", lambda d, t, explicit: "is not importable (test)")
+    operands, stride, padding, dilation = make_fused_case(case)
+    k = case[6]
+    assert not fused_kernel_runs(operands[0], case[2])
+    grad = torch.randn(case[0], case[1], *operands[1].shape[2:], dtype=torch.float64)
+    want = composed_with_grads(operands, k, stride, padding, dilation, grad)
+
+    def fused(*tensors):
+        return fused_involution2d(*tensors, k, stride, padding, dilation)
+
+    eager = _fused_step(fused, operands, grad)
+    assert "numba_cpu is not importable (test)" in notes()[0]
+    calls = []
+    for name in ("forward", "grad_input", "grad_kernel"):
+        original = getattr(_torch, name)
+        monkeypatch.setattr(_torch, name, lambda *a, f=original: calls.append(f) or f(*a))
+    torch._dynamo.reset()
+    compiled_fn = torch.compile(fused, fullgraph=True, backend="aot_eager_decomp_partition")
+    compiled = _fused_step(compiled_fn, operands, grad)
+    names = ("out", "grad_input", "grad_hidden", "grad_weight", "grad_bias")
+    for got in (eager, compiled):
+        for name, actual, expected in zip(names, got, want, strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10, msg=name)
+    assert calls == []
+
+
+def test_default_layer_on_cpu_half_precision_runs_the_fused_op_on_torch():
+    """bfloat16 CPU tensors (no Numba backend runs them): the default layer (fused op, auto)
+    runs on the torch backend, eager and compiled with fullgraph=True, and agrees with the
+    float64 layer within bfloat16's precision."""
+    torch.manual_seed(0)
+    layer = Involution2d(32, kernel_size=3).eval()
+    x = torch.randn(2, 32, 7, 7)
+    want = layer.double()(x.double())
+    layer = layer.to(torch.bfloat16)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager_decomp_partition")
+    for fn in (layer, compiled):
+        got = fn(x.to(torch.bfloat16))
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.double(), want, rtol=0.05, atol=0.1)

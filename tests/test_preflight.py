@@ -227,3 +227,22 @@ def test_cli_bad_value_leaves_an_existing_run_directory_untouched(tmp_path: Path
         result.stderr
     )
     assert _snapshot(run_dir) == before
+
+
+def test_missing_data_directory_stops_before_anything_is_printed_or_created(
+    compose_train, tmp_path: Path, capsys
+) -> None:
+    """The data module's constructor runs in the Hydra callback, before Hydra creates the run
+    directory: its error is the first and only line, and no run directory exists."""
+    from involution.runner.preflight import Preflight
+
+    run_dir = tmp_path / "fresh"
+    missing = tmp_path / "nowhere"
+    cfg = compose_train(["data=cifar10", f"data.data_dir={missing}", f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as stopped:
+        Preflight().on_run_start(config=cfg)
+    printed = capsys.readouterr()
+    lines = [line for line in printed.err.splitlines() if line.strip()]
+    assert stopped.value.code == 2 and printed.out == "" and len(lines) == 1, printed
+    assert lines[0].startswith("error: data.data_dir") and str(missing) in lines[0]
+    assert not run_dir.exists()

@@ -25,6 +25,12 @@ def test_sweep_summary_has_one_row_per_job(kernel_sweep) -> None:
     result, sweep_dir = kernel_sweep
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "4 ok, 0 failed" in result.stdout
+    # quiet per job: one line as it ends, no config tree, model summary or Lightning notice
+    printed = result.stdout + result.stderr
+    for noise in ("CONFIG", "┃ Name", "GPU available", "Restoring states", "Test metric"):
+        assert noise not in printed, noise
+    ended = [line for line in printed.splitlines() if line.startswith("job ")]
+    assert [line.split()[:3] for line in ended] == [["job", str(n), "ok"] for n in range(4)]
     frame = summary.load_summary(sweep_dir)
     assert list(frame["job"]) == [0, 1, 2, 3]
     assert list(frame["operator.kernel_size"]) == [3, 3, 5, 5]
@@ -107,6 +113,9 @@ def test_make_sweep_uses_the_short_schedule_on_digits_only() -> None:
         and "trainer.max_epochs" not in other
         and other.rstrip().endswith("data=cifar10 trainer=gpu")
     )
+    quick = dry("ARGS=trainer.max_epochs=2").rstrip().splitlines()[-1]  # the README's first sweep
+    assert quick.count("trainer.max_epochs") == 1 and "trainer.max_epochs=2" in quick
+    assert "data.image_size=16" in quick  # the rest of the short schedule stays
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,3 +222,28 @@ def test_summarize_cli_finds_the_latest_multirun(fake_sweep: Path) -> None:
     ), result.stderr
     missing = run_module("involution.runs", ["summarize", "nowhere"], cwd=cwd)
     assert missing.returncode == 2 and missing.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize(
+    ("task", "shown", "absent"),
+    [
+        ("detection", ["val AP %", "val AP50 %", "val mask AP %", "test AP %"], "top-1"),
+        ("segmentation", ["val mIoU %", "val pixel acc %", "test mIoU %"], "top-1"),
+    ],
+)
+def test_summary_table_shows_the_tasks_metrics(
+    task: str, shown: list[str], absent: str, tmp_path: Path
+) -> None:
+    """A detection or segmentation sweep's table reads the task's metrics (the best epoch's of
+    the metric its jobs are judged by, and the test split's), not classification's top-1."""
+    from conftest import write_task_sweep
+
+    root = write_task_sweep(tmp_path / "sweep", task)
+    frame = summary.summarize(root)
+    table = summary.to_markdown(frame)
+    head = table.splitlines()[0]
+    assert all(column in head for column in shown) and absent not in head, head
+    metric = {"detection": "map", "segmentation": "miou"}[task]
+    best = frame.loc[frame["job"] == 3, f"best_val_{metric}"].item()
+    assert best == pytest.approx(0.1 * 3 + 0.05 * 3) and frame["best_epoch"].tolist() == [2] * 4
+    assert f"{100 * best:.2f}" in table

@@ -22,7 +22,36 @@ def quick_run(tmp_path_factory) -> Path:
     run_dir = root / "run"
     result = run_module("involution.train", [f"hydra.run.dir={run_dir}", *QUICK_TRAIN], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
+    (root / "printed.txt").write_text(result.stdout + result.stderr)  # the console, for the tests
     return run_dir
+
+
+def test_run_prints_a_header_and_a_closing_summary_only(quick_run: Path) -> None:
+    """Quiet by default: no config tree, model summary, Lightning notice or test table; the
+    closing summary names the best epoch's metric, the test metric, where everything went and what
+    to run next. Everything is also in train.log, with Lightning's notices."""
+    printed = (quick_run.parent / "printed.txt").read_text()
+    lines = [line for line in printed.splitlines() if line.strip()]
+    assert len(lines) <= 25, printed
+    for noise in ("CONFIG", "┃", "GPU available", "Restoring states", "Test metric", "LeafSpec"):
+        assert noise not in printed, noise
+    assert not [line for line in lines if line.startswith("warning")], printed
+    record = json.loads((quick_run / "job.json").read_text())
+    metrics = record["metrics"]
+    for value in (metrics["best/val/acc_top1"], metrics["test/acc_top1"]):
+        assert f"{100 * value:.2f}" in printed
+
+    def shown(path: Path) -> str:  # paths are shown from where the command ran
+        return str(path.relative_to(quick_run.parent))
+
+    best = shown(next((quick_run / "checkpoints").glob("best-*.ckpt")))
+    sync = shown(next((quick_run / "wandb").glob("offline-run-*")))
+    for text in (shown(quick_run), best, shown(quick_run / "checkpoints" / "last.ckpt")):
+        assert text in printed
+    assert f"wandb sync {sync}" in printed and f"make eval CKPT={best}" in printed
+    assert "model" in lines[1] and "M params" in lines[1]  # the header comes first
+    log = (quick_run / "train.log").read_text()
+    assert "GPU available" in log and f"wandb sync {sync}" in log and f"CKPT={best}" in log
 
 
 def test_checkpoints_best_and_last(quick_run: Path) -> None:

@@ -1,4 +1,5 @@
-"""NHWC kernels (x [N, H, W, C]): for >= 8 channels per group (RedNet has 16) and 5x5 and up.
+"""NHWC kernels (x [N, H, W, C]): for >= 8 channels per group and 5x5 and up (groups of a
+multiple of 16 channels, RedNet's, run the blocked kernels instead).
 
 The vector dimension is the group's channels, so the speed does not depend on the image width:
 each output pixel accumulates its taps in registers, 8 channels at a time (``_fma8``), with the
@@ -81,10 +82,9 @@ def taps_nhwc(
     Columns [lo, hi) are interior: every tap of column x reads src column x*step + offsets[v]
     (``interior``; lo = hi where no such formula holds, the strided gather). There, blocks of
     ``PIXELS`` neighbouring pixels times two 8-channel blocks accumulate in 8 independent
-    registers: one accumulator per pixel was a chain of dependent FMAs, as slow as their latency
-    (forward and grad_input about 0.8x the time with the blocks, RedNet-50's shapes, 2-core AMD
-    EPYC). Every pixel sums its taps in the same (u, v) order either way, so the blocks change
-    no bit of the result."""
+    registers: one accumulator per pixel was a chain of dependent FMAs, as slow as their latency.
+    Every pixel sums its taps in the same (u, v) order either way, so the blocks change no bit of
+    the result."""
     n_batch, dst_h, dst_w, channels = dst.shape
     groups, kh, kw = kernel.shape[1:4]
     cpg = channels // groups

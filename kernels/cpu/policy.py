@@ -1,9 +1,11 @@
-"""Layout and plane-flattening policy of the CPU kernels: which kernel family runs a call.
+"""Layout and plane-flattening policy of the CPU kernels: which kernel family runs a call, and
+how the blocked kernels split a batch into tasks.
 
-Plain Python on shapes, no kernel code. The thresholds were set from the numba_cpu rows of the
-operator benchmark (``make bench-ops``: ``python -m involution.bench.ops``, recorded in
-docs/benchmarks.md, section "Operator: involution forward+backward vs depthwise convolution", at
-RedNet's shapes); to retune one, change it here, rerun that benchmark and compare the rows.
+Plain Python on shapes, no kernel code. Groups of a multiple of 16 channels run the blocked
+kernels (``blocked_applies``); the NCHW / NHWC thresholds below choose among the older families
+for the other group widths. They were set from the numba_cpu rows of the operator benchmark
+(``make bench-ops``: ``python -m involution.bench.ops``, recorded in docs/benchmarks.md); to
+retune one, change it here, rerun that benchmark and compare the rows.
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ def grad_kernel_nhwc_is_faster(
     """Layout of the kernel gradient: like ``nhwc_is_faster``, except that for kernels of
     ``NHWC_MIN_TAPS`` taps and more the flat-plane NCHW kernel runs wherever it applies on maps
     at least ``FLAT_GRAD_KERNEL_MIN_WIDTH`` wide, even at the price of transposing NHWC
-    operands. Smaller kernels reach NHWC only with NHWC operands, and then stay there: RedNet's
-    3x3 stem involution (112x112, 16 channels per group, batch 8) took 4.9 ms in NHWC against
-    7.6 ms for the two transposes and the flat kernel (2-core AMD EPYC)."""
+    operands. Smaller kernels reach NHWC only with NHWC operands, and then stay there: two
+    transposes and the flat kernel cost more than the NHWC kernel at 3x3."""
     if not nhwc_is_faster(channels_per_group, taps, operands_nhwc):
         return False
     if taps < NHWC_MIN_TAPS:
@@ -57,3 +58,17 @@ def flat_rows_per_task(outer: int, rows: int, width: int) -> int:
     by_size = max(1, FLAT_TASK_ELEMENTS // max(width, 1))
     by_threads = max(1, (outer * rows) // (4 * get_num_threads()))
     return int(min(by_size, by_threads, rows))
+
+
+# Tasks per thread the blocked kernels aim at: enough that an image finishing early does not leave
+# a thread idle, few enough that each band's ring of rows is loaded rarely.
+TASKS_PER_THREAD = 2
+
+
+def bands(batch: int, rows: int, threads: int, halo: int = 0) -> int:
+    """Bands of rows per image for the blocked kernels: one (whole images) when the batch alone
+    gives every thread ``TASKS_PER_THREAD`` tasks, else enough bands for that, each at least
+    ``halo`` + 1 rows (a band of the fused backward regenerates ``halo`` rows above it)."""
+    wanted = -(-TASKS_PER_THREAD * threads // max(batch, 1))
+    most = max(1, rows // (halo + 1)) if halo else max(rows, 1)
+    return int(max(1, min(wanted, most)))

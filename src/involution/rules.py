@@ -4,7 +4,7 @@
 rule has one home, and the message is the same wherever it is found:
 ``data.batch_size must be an int >= 1, got 0``.
 
-(The operator keys' table is ``involution.layers``' own, beside the layers it protects.)
+(The operator keys' table is ``involution.layers.checks``' own, beside the layers it protects.)
 """
 
 from __future__ import annotations

@@ -32,8 +32,14 @@ def fit_and_test(run: Run) -> dict[str, float]:
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     if run.cfg.test:
-        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        for result in trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best):
+        # the best checkpoint's path, not "best": with two ModelCheckpoint callbacks (the epoch
+        # and the step checkpoints) Lightning would warn which one "best" means
+        best = checkpoint.best_model_path if checkpoint is not None else None
+        verbose = bool(run.cfg.get("verbose", False))  # the test table; the summary has its values
+        tested = trainer.test(
+            run.module, datamodule=run.datamodule, ckpt_path=best or None, verbose=verbose
+        )
+        for result in tested:
             metrics.update({key: float(value) for key, value in result.items()})
     metrics["wall_time_s"] = time.perf_counter() - started
     metrics.update(params=float(run.info["params"]), macs=float(run.info["macs"]))

@@ -111,7 +111,8 @@ def _describe(model: LoadedModel) -> str:
 
 
 def load_involution_model(checkpoint: PathLike | None = None) -> LoadedModel:
-    """A checkpoint whose network has involution layers (``None``: the newest involution run)."""
+    """A checkpoint whose network has involution layers (``None``: the best finished single
+    involution run, ``find_checkpoint``)."""
     path = find_checkpoint("involution") if checkpoint is None else checkpoint
     model = load_classifier(path)
     if not involution_layers(model.network):
@@ -123,7 +124,8 @@ def load_involution_model(checkpoint: PathLike | None = None) -> LoadedModel:
 
 
 def load_convolution_model(checkpoint: PathLike | None = None) -> LoadedModel:
-    """A checkpoint whose blocks' spatial operators are KxK convolutions (``None``: the newest)."""
+    """A checkpoint whose blocks' spatial operators are KxK convolutions (``None``: the best
+    finished single run)."""
     path = find_checkpoint("convolution") if checkpoint is None else checkpoint
     model = load_classifier(path)
     if not spatial_convolutions(model.network):

@@ -1,4 +1,4 @@
-"""Where things are: figures, the newest multirun, the newest checkpoint of an operator.
+"""Where things are: figures, the newest multirun, the best finished single run of an operator.
 
 Multirun directories and the project root follow :mod:`involution.runs.locate`.
 """
@@ -13,6 +13,7 @@ import yaml
 from involution.analysis.errors import CheckpointError, NotAMultirunError
 from involution.runs import locate as runs_locate
 from involution.runs.locate import is_multirun, project_root
+from involution.runs.records import read_record
 
 PathLike = str | os.PathLike
 
@@ -52,25 +53,46 @@ def run_operator(run_dir: PathLike) -> str | None:
         return None
 
 
+def _best_score(run_dir: Path) -> tuple[bool, float]:
+    """(finished, best val top-1) of a run from its ``job.json`` ((False, -inf) without one)."""
+    record = read_record(run_dir) or {}
+    score = (record.get("metrics") or {}).get("best/val/acc_top1")
+    finite = isinstance(score, int | float) and score == score
+    return record.get("status") == "ok", float(score) if finite else float("-inf")
+
+
+def _sweep_job(run_dir: Path) -> bool:
+    """Whether a run directory is a job of a multirun (its record says so, or its parent is one)."""
+    record = read_record(run_dir) or {}
+    return record.get("job") is not None or is_multirun(run_dir.parent)
+
+
 def find_checkpoint(operator: str, roots: list[PathLike] | None = None) -> Path:
-    """The newest ``checkpoints/best-*.ckpt`` (else ``last.ckpt``) of a run with this operator,
-    searched under ``outputs/`` and ``multirun/`` of the project root (or ``roots``)."""
+    """The best checkpoint (``checkpoints/best-*.ckpt``, else ``last.ckpt``) of the best finished
+    run with this operator: by default the single runs under ``outputs/`` of the project root,
+    never a sweep job (a short sweep's job is no model to look at); under ``roots``, when given,
+    any run there, sweep jobs included (the caller chose the folder). Runs are ranked finished
+    first, then by their best val top-1 (``job.json``), then the newest."""
     root = project_root()
-    bases = [Path(r) for r in roots] if roots else [root / "outputs", root / "multirun"]
-    candidates: list[Path] = []
+    bases = [Path(r) for r in roots] if roots else [root / "outputs"]
+    candidates: list[tuple[tuple[bool, float, float], Path]] = []
     for base in bases:
         if not base.is_dir():
             continue
         for folder in base.rglob("checkpoints"):
-            if run_operator(folder.parent) != operator:
+            run_dir = folder.parent
+            if run_operator(run_dir) != operator or (roots is None and _sweep_job(run_dir)):
                 continue
             best = sorted(folder.glob("best-*.ckpt")) or sorted(folder.glob("last.ckpt"))
-            candidates.extend(best[-1:])
+            if best:
+                path = best[-1]
+                candidates.append(((*_best_score(run_dir), path.stat().st_mtime), path))
     if not candidates:
         where = " and ".join(str(b) for b in bases)
+        kind = "run" if roots else "single run (sweep jobs are not taken)"
         raise CheckpointError(
-            f"no checkpoint of a run with operator={operator} found under {where}: "
+            f"no checkpoint of a {kind} with operator={operator} found under {where}: "
             "train one (e.g. make train "
             f"ARGS='operator={operator}') or set the checkpoint path in the first cell"
         )
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    return max(candidates, key=lambda pair: pair[0])[1]

@@ -5,10 +5,11 @@ ResNet-50.
                                       [--modes eager compile] [--processes 3] [--reps 5]
                                       [--device cpu|cuda] [--output docs/benchmarks.md]
 
-What a user of ``make train`` gets: each model as ``create_model(name)`` builds it (its
-defaults: memory-lean involution, BN folded in eval mode, ``memory_format=auto``) in a process
-that flushes denormals as ``involution.train`` does (so ``auto`` is channels_last on the CPU),
-torchvision's ``resnet50()`` as the yardstick, random 224x224 images, 1000 classes. The
+What a user's own script gets: each model as a plain ``create_model(name)`` builds it (its
+defaults: the fused involution, BN folded in eval mode, ``memory_format=auto``), in a process
+whose floating-point mode nobody touched (``--flush-denormal`` measures with denormals flushed,
+as ``involution.train`` runs), torchvision's ``resnet50()`` as the yardstick, random 224x224
+images, 1000 classes. The
 ``no_spatial50`` row is a lower bound, not a model: resnet50 with its bottlenecks' spatial
 operators removed (``build``), what every 50-layer row pays before its spatial operator.
 
@@ -109,9 +110,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     (``model``, ``batch``, ``mode``, ``reps``, ``warmup``, ``device``, ``amp``)."""
     from involution.bench.ops import cuda_peak_memory, peak_memory, steady_heap
 
-    # as involution.train does (flush_denormal: true), before the model is built: the default
-    # memory_format=auto is channels_last on the CPU only in that mode
-    torch.set_flush_denormal(True)
+    if spec.get("flush_denormal"):  # as involution.train runs (flush_denormal: true)
+        torch.set_flush_denormal(True)
     device = torch.device(spec["device"])
     amp = spec.get("amp")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -250,7 +250,8 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _f(value: float | None, fmt: str) -> str:
+def _cell(value: float | None, fmt: str) -> str:
+    """``value`` formatted for a table cell, "-" where it was not measured."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -277,9 +278,16 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- Machine: {meta['machine']}",
         f"- Versions: {report.versions_line(meta['versions'])}",
         f"- Load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}",
-        "- Method: each model as `create_model(name)` builds it (torchvision's `resnet50()` as the "
-        f"yardstick), {meta['image_size']}x{meta['image_size']} random images, 1000 classes. "
-        "Training step = forward + cross-entropy + backward + SGD step; "
+        "- Method: each model as a plain `create_model(name)` builds it (torchvision's "
+        f"`resnet50()` as the yardstick), {meta['image_size']}x{meta['image_size']} random "
+        "images, 1000 classes, "
+        + (
+            "denormals flushed in every process (as `involution.train` runs). "
+            if meta.get("flush_denormal")
+            else "in processes whose floating-point mode nobody set (what a user's own script "
+            "gets; `involution.train` flushes denormals). "
+        )
+        + "Training step = forward + cross-entropy + backward + SGD step; "
         "inference = eval-mode forward under `no_grad`. "
         f"Every (model, batch, mode) alone in a fresh process, {meta['processes']} process(es) per "
         f"model alternating round by round, {meta['warmup']} warm-up and {meta['reps']} timed "
@@ -324,15 +332,15 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             cells[0] = f"{row['model']} (failed: {row['error'].replace('|', '/')})"
         peak = row.get("peak_bytes")
         cells += [
-            _f(c.get("params", 0) / 1e6 if c else None, ".2f"),
-            _f(c.get("macs", 0) / 1e9 if c else None, ".2f"),
-            _f(row.get("train_s"), ".3f"),
-            _f(row.get("images_per_s"), ".1f"),
-            _f(row.get("infer_s"), ".3f"),
-            _f(peak / 2**20 if peak else None, ".0f"),
-            _f(row.get("train_s_ratio"), ".2f"),
-            _f(row.get("infer_s_ratio"), ".2f"),
-            _f(row.get("peak_bytes_ratio"), ".2f"),
+            _cell(c.get("params", 0) / 1e6 if c else None, ".2f"),
+            _cell(c.get("macs", 0) / 1e9 if c else None, ".2f"),
+            _cell(row.get("train_s"), ".3f"),
+            _cell(row.get("images_per_s"), ".1f"),
+            _cell(row.get("infer_s"), ".3f"),
+            _cell(peak / 2**20 if peak else None, ".0f"),
+            _cell(row.get("train_s_ratio"), ".2f"),
+            _cell(row.get("infer_s_ratio"), ".2f"),
+            _cell(row.get("peak_bytes_ratio"), ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = targets(rows)
@@ -438,6 +446,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                                 "warmup": args.warmup,
                                 "device": args.device,
                                 "image_size": args.image_size,
+                                "flush_denormal": args.flush_denormal,
                             }
                         )
     return specs
@@ -457,6 +466,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=224, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="flush denormals in every worker, as involution.train does (default: the "
+        "floating-point mode a plain script has)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
@@ -525,6 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
     )
     meta["image_size"] = args.image_size
+    meta["flush_denormal"] = args.flush_denormal
     meta["counts"] = {name: counts(name, args.image_size) for name in args.models}
     specs = plan(args)
     results: list[dict[str, Any]] = []

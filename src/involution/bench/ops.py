@@ -1,29 +1,40 @@
-"""Operator benchmark: involution forward+backward per backend next to a same-shape depthwise conv.
+"""Operator benchmark: the involution op and the involution layer against the machine's roofline
+and against the convolutions they replace.
 
     python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--batches 8 ...]
                                    [--dtypes float32 ...] [--compiled reference torch]
-                                   [--no-compile] [--heap steady|default]
+                                   [--no-compile] [--no-layers] [--heap steady|default]
                                    [--output docs/benchmarks.md] [--render]
 
 At the RedNet-50 shapes (K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7, and the stem's C=32@112
-with K=3; on the CPU batch 8 in float32, on a GPU batch 8 and 64 in float32, float16 and bfloat16)
-every candidate runs forward+backward (gradients for the input and the kernel) on the same tensors,
-interleaved round-robin in one process, and the table reports
+with K=3; on the CPU batch 8 and 32 in float32, on a GPU batch 8 and 64 in float32, float16 and
+bfloat16) every candidate runs forward+backward on the same tensors, interleaved round-robin in
+one process.
+
+The op table (gradients of the input and the kernel): depthwise conv (KxK, groups=C, the
+practical yardstick), ``reference`` (unfold), the Numba backend of the device (``numba_cpu`` on
+NCHW and on channels_last operands, or ``numba_cuda``) in the dtypes it supports, ``torch``
+(shifted multiply-accumulates, what ``backend="auto"`` falls back to where no Numba backend runs),
+and under ``torch.compile`` (Inductor, static shapes, ``--compiled``) the reference and the
+``torch`` backend, whose taps Inductor fuses (``involution.ops._torch``), with
 
 - the median (and fastest) wall time of forward+backward,
 - the peak memory the step adds over what its inputs already hold (CPU: peak resident set,
   reset through /proc/self/clear_refs; GPU: ``torch.cuda.max_memory_allocated``),
-- the ratio to the depthwise ``F.conv2d`` (KxK, groups=C, the practical yardstick: it moves fewer
-  bytes because its kernel is shared across space).
+- the ratio to the depthwise conv;
+- CPU: the roofline (``bench.roofline``): achieved multiply-adds per second and bytes per second,
+  the floor (the larger of the op's multiply-adds at the fp32 matmul peak and its bytes at the
+  copy bandwidth, both measured in the same run) and the ratio to it;
+- GPU: the ratio to the unfold reference and to the memory-bandwidth floor (``floor_bytes`` over
+  the device-to-device copy bandwidth measured in the same run).
 
-Candidates: depthwise conv, ``reference`` (unfold), the Numba backend of the device (``numba_cpu``
-or ``numba_cuda``) in the dtypes it supports, ``torch`` (shifted multiply-accumulates, what
-``backend="auto"`` falls back to where no Numba backend runs), and under ``torch.compile``
-(Inductor, static shapes, ``--compiled``) the reference and the ``torch`` backend, whose taps
-Inductor fuses (``involution.ops._torch``). On a GPU the
-table adds the ratio to the unfold reference and to the memory-bandwidth floor: the bytes
-forward+backward must move at least once (``floor_bytes``) over the device-to-device copy
-bandwidth measured in the same run.
+The layer table (CPU; ``--no-layers`` skips it): per shape and memory format, ``Involution2d``
+as ``make_spatial_op`` builds it (the fused op), the unfused layer (the kernel made and kept,
+``recompute_kernel=False``), the unfused layer recomputed in backward (the previous default,
+kept as the memory yardstick), the 3x3 convolution C -> C the layer replaces and the 7x7
+depthwise convolution: forward+backward (gradients of the input and the parameters), peak
+memory, multiply-adds per second, the layer's roofline floor (``roofline.layer_macs`` and
+``layer_bytes``) and the ratios to the 3x3 conv and the depthwise conv.
 
 The results go to JSON records beside the output file (``benchmarks.ops.json`` on the CPU,
 ``benchmarks.ops.gpu.json`` on a GPU: values, machine, versions, command, date; read back by
@@ -49,7 +60,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from involution.bench import report, sections
+from involution.bench import report, roofline, sections
 from involution.ops import involution2d, involution2d_reference
 
 NAME = "ops"  # the CPU records: benchmarks.ops.json beside the markdown
@@ -227,10 +238,11 @@ def _steps(batch, channels, size, k, device, dtype, backends, compiled):
         F.conv2d(x, weight, padding=pad, groups=channels).backward(grad)
         clear()
 
-    def op(backend):
+    def op(backend, inp=x, upstream=grad):
         def step():
-            involution2d(x, kern, 1, pad, 1, backend).backward(grad)
+            involution2d(inp, kern, 1, pad, 1, backend).backward(upstream)
             clear()
+            inp.grad = None
 
         return step
 
@@ -238,6 +250,16 @@ def _steps(batch, channels, size, k, device, dtype, backends, compiled):
     cands = [Candidate("depthwise conv2d", depthwise, tag)]
     for backend in backends:
         cands.append(Candidate(backend, op(backend), tag))
+        if backend == "numba_cpu":  # the same op on channels_last operands
+            last = torch.channels_last
+            x_cl = x.detach().contiguous(memory_format=last).requires_grad_()
+            cands.append(
+                Candidate(
+                    f"{backend}, channels_last",
+                    op(backend, x_cl, grad.contiguous(memory_format=last)),
+                    tag,
+                )
+            )
     if compiled and device.type == "cpu":  # a GPU machine has the cores for compile workers
         _compile_in_process()
     if compiled:
@@ -271,10 +293,11 @@ def floor_bytes(batch: int, channels: int, size: int, k: int, elem: int) -> int:
     5 feature maps + 3 kernel maps. (Our three kernels read grad_out once more, in grad_input and
     in grad_kernel: 6 + 3, about 1.07x the floor at RedNet-50's 7x7 shapes.)"""
     groups = channels // 16
-    fmap = batch * channels * size * size
-    kmap = batch * groups * k * k * size * size
-    forward = fmap + kmap + fmap  # x, kernel read; out written
-    backward = fmap + fmap + kmap + fmap + kmap  # grad_out, x, kernel read; grad_x, grad_kernel
+    feature_map = batch * channels * size * size
+    kernel_map = batch * groups * k * k * size * size
+    forward = feature_map + kernel_map + feature_map  # x, kernel read; out written
+    # grad_out, x, kernel read; grad_x, grad_kernel written
+    backward = 3 * feature_map + 2 * kernel_map
     return elem * (forward + backward)
 
 
@@ -282,13 +305,16 @@ def shape_rows(
     cands: list[Candidate],
     shape: tuple[int, int, int, int],
     dtype: torch.dtype,
-    bandwidth: float | None,
+    bandwidth: float | roofline.Peaks | None,
     with_reference: bool,
 ) -> list[dict]:
     """Table rows of the candidates measured at one (N, C, S, K) and dtype: times, the ratio to
     the depthwise conv, and (``with_reference``) to the unfold reference; with a ``bandwidth``
-    (bytes/s) also the floor's time and the ratio to it."""
+    (bytes/s) also the bandwidth floor's time and the ratio to it, with measured ``Peaks`` the
+    roofline: multiply-adds and bytes per second, the floor and the ratio to it."""
     batch, channels, size, k = shape
+    if isinstance(bandwidth, roofline.Peaks):
+        return _roofline_rows(cands, shape, dtype, bandwidth)
 
     def median(name: str) -> float | None:
         found = next((c for c in cands if c.name.startswith(name) and c.times), None)
@@ -318,6 +344,139 @@ def shape_rows(
             row["floor"] = floor
             row["x_floor"] = mid / floor if mid else None
         rows.append(row)
+    return rows
+
+
+def _roofline_rows(cands, shape, dtype, found: roofline.Peaks) -> list[dict]:
+    """``shape_rows`` on the CPU: each candidate against the op's roofline floor."""
+    batch, channels, size, k = shape
+    elem = torch.empty((), dtype=dtype).element_size()
+    macs = roofline.op_macs(batch, channels, size, k)
+    nbytes = floor_bytes(batch, channels, size, k, elem)
+    floor = roofline.floor(macs, nbytes, found)
+    base = next((c for c in cands if c.name.startswith("depthwise") and c.times), None)
+    base_mid = statistics.median(base.times) if base else None
+    rows = []
+    for cand in cands:
+        mid = statistics.median(cand.times) if cand.times else None
+        rows.append(
+            {
+                "shape": f"{batch}, {channels}, {size}x{size}, {k}, {channels // 16}",
+                "dtype": cand.dtype,
+                "name": cand.name,
+                "median": mid,
+                "min": min(cand.times) if cand.times else None,
+                "peak": cand.peak,
+                "ratio": mid / base_mid if (mid and base_mid) else None,
+                "error": cand.error,
+                "macs": macs,
+                "bytes": nbytes,
+                "macs_per_s": macs / mid if mid else None,
+                "bytes_per_s": nbytes / mid if mid else None,
+                "floor": floor,
+                "x_floor": mid / floor if mid else None,
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer against the convolutions it replaces
+# ------------------------------------------------------------------------------------------------
+
+LAYER_FORMATS = ("contiguous", "channels_last")
+
+
+def _layer_steps(batch, channels, size, k, memory_format):
+    """Candidates doing a layer's forward+backward (gradients of the input and the parameters)
+    at one shape and memory format, and the layer's (groups, reduced channels)."""
+    from involution.layers import Involution2d, make_spatial_op, recomputed
+
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen)
+    x = x.contiguous(memory_format=fmt).requires_grad_()
+    grad = torch.randn(batch, channels, size, size, generator=gen).contiguous(memory_format=fmt)
+    torch.manual_seed(0)
+    operator = {"name": "involution", "kernel_size": k, "group_channels": 16}
+    fused = make_spatial_op(operator, channels)
+    plain = make_spatial_op({**operator, "recompute_kernel": False}, channels)
+    conv = make_spatial_op({"name": "convolution", "kernel_size": 3}, channels)
+    depthwise = make_spatial_op(
+        {"name": "convolution", "kernel_size": 7, "groups": channels}, channels
+    )
+    for module in (fused, plain, conv, depthwise):
+        module.to(memory_format=fmt)
+    assert isinstance(fused, Involution2d)
+
+    def previous_default(inp):
+        # the unfused layer as one recomputed region: only its input kept for backward
+        return recomputed(plain, plain, inp)
+
+    def step(fn, module):
+        def run():
+            fn(x).backward(grad)
+            x.grad = None
+            module.zero_grad(set_to_none=True)
+
+        return run
+
+    tag = "channels_last" if memory_format == "channels_last" else "NCHW"
+    cands = [
+        Candidate("Involution2d", step(fused, fused), tag),
+        Candidate("Involution2d, unfused (kernel kept)", step(plain, plain), tag),
+        Candidate(
+            "Involution2d, unfused, recomputed (previous default)",
+            step(previous_default, plain),
+            tag,
+        ),
+        Candidate("conv 3x3", step(conv, conv), tag),
+        Candidate("depthwise conv 7x7", step(depthwise, depthwise), tag),
+    ]
+    return cands, (fused.groups, fused.reduce.out_channels), (x, grad)
+
+
+def layer_rows(cands, shape, groups_reduced, found: roofline.Peaks) -> list[dict]:
+    """Rows of the layer table at one (N, C, S, K): times, peak memory, the layer's roofline and
+    the ratios to the 3x3 conv and the 7x7 depthwise conv of the same maps."""
+    batch, channels, size, k = shape
+    groups, reduced = groups_reduced
+    macs = roofline.layer_macs(batch, channels, size, k, groups, reduced)
+    nbytes = roofline.layer_bytes(batch, channels, size, reduced, 4)
+    floor = roofline.floor(macs, nbytes, found)
+
+    def median(prefix):
+        found_ = next((c for c in cands if c.name.startswith(prefix) and c.times), None)
+        return statistics.median(found_.times) if found_ else None
+
+    conv, depthwise = median("conv 3x3"), median("depthwise")
+    pixels = batch * size * size
+    own_macs = {  # forward, input and weight gradients of the two convolutions
+        "conv 3x3": 3 * 9 * channels * channels * pixels,
+        "depthwise conv 7x7": 3 * 49 * channels * pixels,
+    }
+    rows = []
+    for cand in cands:
+        mid = statistics.median(cand.times) if cand.times else None
+        involution = cand.name.startswith("Involution2d")
+        done = macs if involution else own_macs.get(cand.name)
+        rows.append(
+            {
+                "shape": f"{batch}, {channels}, {size}x{size}, {k}",
+                "format": cand.dtype,
+                "name": cand.name,
+                "median": mid,
+                "min": min(cand.times) if cand.times else None,
+                "peak": cand.peak,
+                "error": cand.error,
+                "macs": done,
+                "macs_per_s": done / mid if (mid and done) else None,
+                "floor": floor if involution else None,
+                "x_floor": mid / floor if (mid and involution) else None,
+                "x_conv": mid / conv if (mid and conv) else None,
+                "x_depthwise": mid / depthwise if (mid and depthwise) else None,
+            }
+        )
     return rows
 
 
@@ -352,8 +511,11 @@ def _table(rows: list[dict], on_gpu: bool) -> list[str]:
         "peak extra memory (MiB)",
         "vs depthwise conv",
     ]
+    roofline_columns = not on_gpu and any(r.get("macs") for r in rows)
     if on_gpu:
         head += ["vs reference", "bandwidth floor (ms)", "vs floor"]
+    elif roofline_columns:
+        head += ["G multiply-adds/s", "GB/s", "roofline floor (ms)", "vs floor"]
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
@@ -374,20 +536,120 @@ def _table(rows: list[dict], on_gpu: bool) -> list[str]:
                 _fmt_ms(r.get("floor")),
                 "-" if r.get("x_floor") is None else f"{r['x_floor']:.2f}",
             ]
+        elif roofline_columns:
+            cells += [
+                _fmt_rate(r.get("macs_per_s")),
+                _fmt_rate(r.get("bytes_per_s")),
+                _fmt_ms(r.get("floor")),
+                _fmt_ratio(r.get("x_floor")),
+            ]
         if r.get("error"):  # e.g. out of memory; no number in a time cell
             cells[2] = f"{r['name']} (failed: {r['error'].replace('|', '/')})"
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _summary(rows: list[dict]) -> list[str]:
+def _fmt_rate(v: float | None) -> str:
+    """Giga-units per second: three significant figures (tiny test shapes stay non-zero)."""
+    return "-" if v is None else f"{v / 1e9:.3g}"
+
+
+def _layer_table(rows: list[dict]) -> list[str]:
+    head = [
+        "shape (N, C, HxW, K)",
+        "memory format",
+        "layer",
+        "forward+backward median (ms)",
+        "min (ms)",
+        "peak extra memory (MiB)",
+        "G multiply-adds/s",
+        "roofline floor (ms)",
+        "vs floor",
+        "vs 3x3 conv",
+        "vs 7x7 depthwise",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+    ]
+    for r in rows:
+        name = r["name"] if not r.get("error") else f"{r['name']} (failed: {r['error']})"
+        cells = [
+            r["shape"],
+            r["format"],
+            name.replace("|", "/"),
+            _fmt_ms(r["median"]),
+            _fmt_ms(r["min"]),
+            _fmt_mib(r["peak"]),
+            _fmt_rate(r.get("macs_per_s")),
+            _fmt_ms(r.get("floor")),
+            _fmt_ratio(r.get("x_floor")),
+            _fmt_ratio(r.get("x_conv")),
+            _fmt_ratio(r.get("x_depthwise")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+OP_TARGET = 3.0  # the op's forward+backward within this factor of its roofline floor
+LAYER_TARGET = 0.6  # an Involution2d at most this fraction of the 3x3 conv's time
+
+
+def _why(row: dict, peaks: dict | None) -> str:
+    """Where a row stands against each roof: its share of the matmul peak and of the copy
+    bandwidth, and which of the two sets its floor."""
+    if not peaks or not row.get("macs_per_s") or not row.get("bytes_per_s"):
+        return ""
+    compute = row["macs_per_s"] / peaks["macs_per_s"]
+    traffic = row["bytes_per_s"] / peaks["bytes_per_s"]
+    floor = (
+        "compute"
+        if row["macs"] / peaks["macs_per_s"] >= row["bytes"] / peaks["bytes_per_s"]
+        else "traffic"
+    )
+    return (
+        f": {compute:.0%} of the matmul peak, {traffic:.0%} of the copy bandwidth, the floor "
+        f"set by {floor}"
+    )
+
+
+def _summary(rows: list[dict], peaks: dict | None = None) -> list[str]:
+    """One line per numba_cpu row: the ratio to its floor, the verdict and, where missed, why
+    (``_why``)."""
     out = []
     for r in rows:
-        if r["name"] == "numba_cpu" and r["ratio"] is not None:
-            verdict = "within" if r["ratio"] <= 2 else "NOT within"
-            out.append(
-                f"- {r['shape']}: numba_cpu {r['ratio']:.2f}x the depthwise conv ({verdict} 2x)"
+        if not r["name"].startswith("numba_cpu") or r.get("x_floor") is None:
+            continue
+        met = r["x_floor"] <= OP_TARGET
+        verdict = "met" if met else "MISSED" + _why(r, peaks)
+        out.append(
+            f"- {r['shape']}, {r['name']}: {r['x_floor']:.2f}x the roofline floor ({verdict}); "
+            f"{r['ratio']:.2f}x the depthwise conv"
+        )
+    return out
+
+
+def _layer_summary(rows: list[dict]) -> list[str]:
+    out = []
+    by_shape: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        by_shape.setdefault((r["shape"], r["format"]), {})[r["name"]] = r
+    for (shape, fmt), found in by_shape.items():
+        layer = found.get("Involution2d")
+        previous = found.get("Involution2d, unfused, recomputed (previous default)")
+        if not layer or layer.get("x_conv") is None:
+            continue
+        parts = [
+            f"{layer['x_conv']:.2f}x the 3x3 conv "
+            f"({'met' if layer['x_conv'] <= LAYER_TARGET else 'MISSED'})"
+        ]
+        if previous and layer.get("peak") is not None and previous.get("peak"):
+            ratio = layer["peak"] / previous["peak"]
+            parts.append(
+                f"peak memory {ratio:.2f}x the previous default's "
+                f"({'met' if ratio <= 1.0 else 'MISSED'})"
             )
+        out.append(f"- {shape}, {fmt}: Involution2d " + ", ".join(parts))
     return out
 
 
@@ -431,15 +693,16 @@ def _runs(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
 
 def measure(
     args: argparse.Namespace, progress: Callable[[dict[str, Any], list[dict]], object] | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the benchmark ``args`` describe: (the records' meta, one row per candidate and shape).
-    ``progress(meta, rows)`` is called with the rows so far after each shape and dtype, so that a
-    time limit (``.ci/gpu-check``'s) keeps what was measured."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the benchmark ``args`` describe: (the records' meta, one row per candidate and shape
+    of the op table, one per candidate, shape and memory format of the layer table).
+    ``progress(meta, rows)`` is called with the op rows so far after each shape and dtype, so that
+    a time limit (``.ci/gpu-check``'s) keeps what was measured."""
     load_start = report.load_average()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes or REDNET50_SHAPES
     on_gpu = device.type == "cuda"
-    batches = args.batches or ([8, 64] if on_gpu else [8])
+    batches = args.batches or ([8, 64] if on_gpu else [8, 32])
     dtypes = [getattr(torch, d) for d in (args.dtypes or (GPU_DTYPES if on_gpu else ["float32"]))]
     rows: list[dict] = []
     bandwidth = None
@@ -461,6 +724,13 @@ def measure(
     else:
         sync = lambda: None  # noqa: E731
         numba_backend = "numba_cpu"
+    found = None if on_gpu else roofline.peaks(device)
+    if found is not None:
+        print(
+            f"[bench-ops] fp32 matmul {found.macs_per_s / 1e9:.1f} G multiply-adds/s, "
+            f"copy {found.bytes_per_s / 1e9:.1f} GB/s",
+            flush=True,
+        )
     configs = [(batch, dtype) for batch in batches for dtype in dtypes]
 
     def meta() -> dict[str, Any]:
@@ -477,6 +747,9 @@ def measure(
             heap=heap,
             bandwidth=bandwidth,
             cudnn=torch.backends.cudnn.version() if on_gpu else None,
+            peaks=None
+            if found is None
+            else {"macs_per_s": found.macs_per_s, "bytes_per_s": found.bytes_per_s},
         )
 
     for channels, size, k in shapes:
@@ -499,7 +772,8 @@ def measure(
                     else:
                         cand.peak = peak_memory(cand.step)
             shape = (batch, channels, size, k)
-            for row in shape_rows(cands, shape, dtype, bandwidth, with_reference=on_gpu):
+            limits = bandwidth if on_gpu else found
+            for row in shape_rows(cands, shape, dtype, limits, with_reference=on_gpu):
                 rows.append(row)
                 ratio = row["ratio"] if row["ratio"] is None else round(row["ratio"], 2)
                 print(
@@ -511,7 +785,37 @@ def measure(
             del cands, _tensors
             if progress is not None:
                 progress(meta(), rows)
-    return meta(), rows
+    layers = [] if on_gpu or not args.layers else _measure_layers(args, shapes, batches, found)
+    return meta(), rows, layers
+
+
+def _measure_layers(args, shapes, batches, found: roofline.Peaks) -> list[dict[str, Any]]:
+    """The layer table: every shape and batch in both memory formats (float32, CPU)."""
+    rows = []
+    for channels, size, k in shapes:
+        for batch in batches:
+            for memory_format in LAYER_FORMATS:
+                cands, groups_reduced, _tensors = _layer_steps(
+                    batch, channels, size, k, memory_format
+                )
+                print(
+                    f"[bench-ops] layer N={batch} C={channels} {size}x{size} K={k} {memory_format}",
+                    flush=True,
+                )
+                _interleaved(cands, args.reps, args.warmup, lambda: None)
+                for cand in cands:
+                    if cand.error is None:
+                        cand.peak = peak_memory(cand.step)
+                for row in layer_rows(cands, (batch, channels, size, k), groups_reduced, found):
+                    rows.append(row)
+                    print(
+                        f"  {row['name']:54s} median {_fmt_ms(row['median']):>9s} ms  "
+                        f"peak {_fmt_mib(row['peak']):>8s} MiB  "
+                        f"x conv3x3 {_fmt_ratio(row['x_conv'])}",
+                        flush=True,
+                    )
+                del cands, _tensors
+    return rows
 
 
 def title(meta: dict[str, Any]) -> str:
@@ -522,10 +826,13 @@ def title(meta: dict[str, Any]) -> str:
     )
 
 
-def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def render(
+    meta: dict[str, Any], rows: list[dict[str, Any]], layers: list[dict[str, Any]] | None = None
+) -> str:
     """The markdown section of one set of records (as ``measure`` returns and JSON keeps)."""
     on_gpu = meta["device"] == "cuda"
     bandwidth = meta.get("bandwidth")
+    found = meta.get("peaks")
     lines = [
         f"## {title(meta)}",
         "",
@@ -560,15 +867,54 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "depthwise conv is torch's F.conv2d with groups=C (cuDNN "
             f"{meta.get('cudnn')} or torch's own depthwise kernel, as torch picks)."
         )
+    if found:
+        lines.append(
+            "- Roofline, measured in this run: fp32 matmul "
+            f"{found['macs_per_s'] / 1e9:.1f} G multiply-adds/s (2048 x 2048 x 2048, torch), copy "
+            f"{found['bytes_per_s'] / 1e9:.1f} GB/s (256 MiB, bytes read + written). Floor = the "
+            "larger of multiply-adds / matmul peak and bytes / copy bandwidth. The op: 3 C K^2 "
+            "multiply-adds per output pixel (forward, grad_input, kernel gradient); bytes: "
+            "x, kernel map read and out written by forward, grad_out, x, kernel map read and "
+            "grad_x, grad_kernel written by backward (5 feature maps + 3 kernel maps, "
+            "`floor_bytes`)."
+        )
     lines += ["", *_table(rows, on_gpu), ""]
-    summary = _summary(rows)
+    summary = _summary(rows, found)
     if summary:
         lines += [
-            "Target (numba_cpu forward+backward within 2x of the depthwise conv):",
+            f"Target (numba_cpu forward+backward within {OP_TARGET:.0f}x of its roofline floor):",
             "",
             *summary,
             "",
         ]
+    if layers:
+        lines += [
+            "### The layer against the convolutions it replaces",
+            "",
+            "Forward+backward of one spatial operator C -> C (gradients of the input and the "
+            "parameters), in each memory format: `Involution2d` as `make_spatial_op` builds it "
+            "(K as the op table, 16 channels per group, reduction 4: the fused op), the unfused "
+            "layer (the kernel made by a batched product and kept for backward), the unfused layer "
+            "recomputed in backward from its input (the previous default: the memory yardstick), "
+            "the 3x3 convolution a ResNet has there and the 7x7 depthwise convolution. Layer "
+            "floor: multiply-adds of the reduction C -> C/4 and the generation C/4 -> G K^2 (3 "
+            "passes each) and of the aggregation (the op's), at the matmul peak; bytes: 5 "
+            "C-channel and 4 C/4-channel maps (the kernel never in memory), at the copy "
+            "bandwidth. The convolutions' multiply-adds per second count their own forward and "
+            "two gradients.",
+            "",
+            *_layer_table(layers),
+            "",
+        ]
+        layer_summary = _layer_summary(layers)
+        if layer_summary:
+            lines += [
+                f"Targets (Involution2d at most {LAYER_TARGET}x the 3x3 conv's time; peak memory "
+                "at most the previous default's):",
+                "",
+                *layer_summary,
+                "",
+            ]
     gpu_summary = _gpu_summary(rows)
     if gpu_summary:
         lines += [
@@ -582,11 +928,17 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def save(output: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+def save(
+    output: Path,
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    layers: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write the records beside ``output`` and render their section of ``output`` from them."""
     name = meta["benchmark"]
-    path = report.write_records(report.records_path(output, name), {"meta": meta, "rows": rows})
-    write_section(output, render(meta, rows), SECTIONS[name])
+    payload = {"meta": meta, "rows": rows, **({"layers": layers} if layers else {})}
+    path = report.write_records(report.records_path(output, name), payload)
+    write_section(output, render(meta, rows, layers), SECTIONS[name])
     return path
 
 
@@ -597,7 +949,8 @@ def rerender(output: Path) -> list[Path]:
         path = report.records_path(output, name)
         if path.is_file():
             records = report.read_records(path)
-            write_section(output, render(records["meta"], records["rows"]), section)
+            layers = records.get("layers")
+            write_section(output, render(records["meta"], records["rows"], layers), section)
             found.append(path)
     return found
 
@@ -633,7 +986,10 @@ def main(argv: list[str] | None = None) -> None:
         help="CxSxK entries, e.g. 64x56x7, C a multiple of 16 (default: RedNet-50)",
     )
     parser.add_argument(
-        "--batches", nargs="+", type=_positive, help="batch sizes (default: 8 on CPU, 8 64 on GPU)"
+        "--batches",
+        nargs="+",
+        type=_positive,
+        help="batch sizes (default: 8 32 on CPU, 8 64 on GPU)",
     )
     parser.add_argument(
         "--dtypes",
@@ -655,6 +1011,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_const",
         const=[],
         help="no compiled candidate (the same as --compiled with no backend)",
+    )
+    parser.add_argument(
+        "--no-layers",
+        dest="layers",
+        action="store_false",
+        help="CPU: skip the layer table (Involution2d against the 3x3 and 7x7 depthwise convs)",
     )
     parser.add_argument(
         "--heap",
@@ -687,8 +1049,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("argument --device: cuda requested but torch sees no CUDA device")
     args.argv = argv
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    meta, rows = measure(args, progress=lambda meta, rows: save(args.output, meta, rows))
-    path = save(args.output, meta, rows)
+    meta, rows, layers = measure(args, progress=lambda meta, rows: save(args.output, meta, rows))
+    path = save(args.output, meta, rows, layers)
     print(f"[bench-ops] wrote {path} and {args.output}")
 
 

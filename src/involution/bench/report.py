@@ -66,9 +66,13 @@ def machine(device: torch.device) -> str:
     """CPU (and GPU) of this machine, with the thread counts torch and numba use."""
     import numba
 
+    # an OpenMP wait policy set in the environment changes how threads wait on a loaded host
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    waits = f", OMP_WAIT_POLICY={policy}" if policy else ""
     parts = [
         f"{cpu_name()}, {os.cpu_count()} logical CPUs ({torch.get_num_threads()} torch threads, "
-        f"{numba.get_num_threads()} numba threads), {platform.system()} {platform.release()}"
+        f"{numba.get_num_threads()} numba threads{waits}), {platform.system()} "
+        f"{platform.release()}"
     ]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -69,6 +69,33 @@ def mac_breakdown(
     return {_op_name(op): int(count) // 2 for op, count in flops.items()}
 
 
+def macs_by_module(
+    model: nn.Module, input_size: Sequence[int] = (3, 224, 224), depth: int = 2
+) -> dict[str, int]:
+    """Multiply-adds of one forward pass per submodule, down to ``depth`` levels, by the names of
+    ``model.named_modules()`` (``""``: the whole model; ``layer1``, ``layer1.0``, ...), counted as
+    :func:`count_macs` counts them (involution ops included)."""
+    size = tuple(input_size)
+    if len(size) == 3:
+        size = (1, *size)
+    tensor = next(iter(model.parameters()), None)
+    device = tensor.device if tensor is not None else "cpu"
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, depth=depth + 1)
+    try:
+        with torch.no_grad(), counter:
+            _counted_forward(model, torch.zeros(size, device=device))
+    finally:
+        model.train(was_training)
+    root = type(model).__name__
+    out = {}
+    for name, counts in counter.get_flop_counts().items():
+        if name == root or name.startswith(f"{root}."):
+            out[name[len(root) + 1 :]] = sum(int(n) for n in counts.values()) // 2
+    return out
+
+
 def count_macs(
     model: nn.Module,
     input_size: Sequence[int] = (3, 224, 224),

@@ -28,28 +28,18 @@ STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
 }
 
 
-def denormals_flushed() -> bool:
-    """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal(True)``):
-    a denormal times two gives zero only then. On the CPU explicitly: models are also built under
-    ``torch.device("meta")`` (MAC counting), where a probe could not be read."""
-    return float(torch.tensor([1e-39], device="cpu") * 2) == 0.0
-
-
 def resolve_memory_format(memory_format: str) -> str:
-    """``memory_format`` as a network applies it: ``auto`` stays ``auto`` (channels_last on the
-    CPU) only while denormals are flushed, and becomes ``keep`` otherwise.
+    """``memory_format`` checked: one of ``MEMORY_FORMATS``.
 
-    channels_last on the CPU: oneDNN's convolutions and the Numba involution kernels both work
-    natively in NHWC, which is faster (docs/models.md; the figures are the model benchmark's
-    records, docs/benchmarks.models.json). But once a model fits, its gradients shrink into the
-    denormal range, where channels_last training crawls unless denormals are flushed, which
-    training does (``flush_denormal: true``) and a model constructor should not do behind a
-    user's back.
+    ``auto`` (the default) computes channels_last on the CPU, whatever the process's
+    floating-point mode: oneDNN's convolutions and the involution kernels both work natively on
+    NHWC maps there (the model benchmark, docs/benchmarks.md, measures the defaults as a plain
+    script gets them). Denormal gradients, which make x86 arithmetic slow on some CPUs, cost
+    nothing measurable on the benchmark machine in either layout (docs/models.md); training
+    (``involution.train``, ``flush_denormal: true``) flushes them anyway.
     """
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
-    if memory_format == "auto" and not denormals_flushed():
-        return "keep"
     return memory_format
 
 
@@ -91,7 +81,6 @@ class BottleneckNet(nn.Module):
         rules.check({"base_width": base_width, "stem_width": stem_width}, WIDTH_RULES, "model")
         if depth not in STAGE_DEPTHS:
             raise ValueError(f"depth must be one of {sorted(STAGE_DEPTHS)}, got {depth!r}")
-        # resolved once, here: ``auto`` depends on the denormal mode when the model is built
         self.layout = resolve_memory_format(memory_format)
         self.memory_format = memory_format
         operator = dict(operator or {"name": "involution"})

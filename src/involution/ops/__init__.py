@@ -31,6 +31,10 @@ Each backend module says what it runs (``can_run``), owns its layout policy
 (``grad_out_format``) and implements the three ops; the registration names none. A new backend is
 one new module implementing ``_backends.Backend`` and one entry in ``_backends.BACKENDS``.
 
+``fused_involution2d`` (``involution.ops.fused``) is ``involution2d`` with the kernel generated from
+a hidden map by a 1x1 convolution, in one op: on ``numba_cpu`` (groups of a multiple of 16
+channels) the kernel tensor is never made; elsewhere it runs as that composition.
+
 The output has the memory format of ``input`` (channels_last in, channels_last out, like
 convolutions); the gradient of ``input`` has the memory format of the incoming gradient.
 """
@@ -41,17 +45,20 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from involution.ops import _library, _numba_cpu, _numba_cuda
+from involution.ops import _library, _numba_cpu, _numba_cuda, fused
 from involution.ops._args import normalize, output_size
 from involution.ops._backends import NAMES as BACKENDS
 from involution.ops._backends import resolve_backend
 from involution.ops._reference import involution2d_reference
+from involution.ops.fused import fused_involution2d, fused_kernel_runs
 from involution.ops.window_dot import window_dot, window_dot_key_grad
 
 __all__ = [
     "BACKENDS",
     "CPU_DTYPES",
     "CUDA_DTYPES",
+    "fused_involution2d",
+    "fused_kernel_runs",
     "involution2d",
     "involution2d_reference",
     "output_size",
@@ -62,6 +69,10 @@ __all__ = [
 
 CPU_DTYPES = _numba_cpu.DTYPES
 CUDA_DTYPES = _numba_cuda.DTYPES
+
+# after every op and overload is defined (an overload changes its packet's hash)
+_library.register_flops()
+fused.register_flops()
 
 
 def involution2d(

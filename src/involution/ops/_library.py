@@ -14,6 +14,9 @@ works, and ``torch.compile`` sees each as one opaque node (no graph break). ``ba
 concrete backend name here (``"auto"`` is resolved by the public functions before the call); the
 registration names none: it calls the backend's entry points and its ``grad_out_format`` hook.
 
+The fused op (``involution::involution2d.fused``, an overload of the first, and its backward) is
+registered in ``involution.ops.fused`` with the autocast rule of this module.
+
 Memory formats (the fake implementations promise the same strides):
 - ``involution2d``: the output has the input's memory format (channels_last or contiguous);
 - ``involution2d_grad_input``: the memory format of ``grad_out``;
@@ -22,42 +25,18 @@ Memory formats (the fake implementations promise the same strides):
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from involution.ops import _backends
 from involution.ops._args import autocast_dtype
-from involution.ops._formats import memory_format
+from involution.ops._formats import fresh, memory_format
 
 # ------------------------------------------------------------------------------------------------
 # The three ops
 # ------------------------------------------------------------------------------------------------
-
-
-class _OutputUnused(threading.local):
-    active = False
-
-
-_OUTPUT_UNUSED = _OutputUnused()
-
-
-@contextlib.contextmanager
-def output_unused() -> Iterator[None]:
-    """Within this context (this thread), ``involution2d`` runs no kernel: it returns an
-    uninitialised output of the right shape and format, and autograd saves its operands as
-    usual. For a ``torch.utils.checkpoint`` recomputation that ends with the op: it only needs
-    the op to save (input, kernel) again for the op's backward, while the forward's output was
-    kept by whatever consumed it (``involution.layers.Involution2d``)."""
-    previous = _OUTPUT_UNUSED.active
-    _OUTPUT_UNUSED.active = True
-    try:
-        yield
-    finally:
-        _OUTPUT_UNUSED.active = previous
 
 
 @torch.library.custom_op("involution::involution2d", mutates_args=())
@@ -69,11 +48,9 @@ def involution2d_op(
     dilation: Sequence[int],
     backend: str,
 ) -> Tensor:
-    if _OUTPUT_UNUSED.active:
-        return _empty_output(input, kernel)
     impl = _backends.get(backend)
     out = impl.forward(input, kernel, tuple(stride), tuple(padding), tuple(dilation))
-    return out.contiguous(memory_format=memory_format(input))
+    return fresh(out, memory_format(input))
 
 
 def _empty_output(input: Tensor, kernel: Tensor) -> Tensor:
@@ -105,7 +82,7 @@ def grad_input_op(
     grad = _backends.get(backend).grad_input(
         grad_out, kernel, tuple(input_size), tuple(stride), tuple(padding), tuple(dilation)
     )
-    return grad.contiguous(memory_format=memory_format(grad_out))
+    return fresh(grad, memory_format(grad_out))
 
 
 @grad_input_op.register_fake
@@ -133,7 +110,7 @@ def grad_kernel_op(
     grad = _backends.get(backend).grad_kernel(
         grad_out, input, tuple(kernel_size), groups, tuple(stride), tuple(padding), tuple(dilation)
     )
-    return grad.contiguous()
+    return fresh(grad)
 
 
 @grad_kernel_op.register_fake
@@ -247,7 +224,8 @@ grad_kernel_op.register_autograd(_backward_grad_kernel, setup_context=_setup_gra
 _LIB = torch.library.Library("involution", "FRAGMENT")  # noqa: TOR901 - registrations below
 
 
-def _autocast_rule(device_type: str, name: str, op) -> None:
+def autocast_rule(device_type: str, name: str, op) -> None:
+    """Register the autocast rule above for op ``name`` (of this library) on ``device_type``."""
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
 
@@ -274,7 +252,7 @@ for _device_type in ("cpu", "cuda"):
         ("involution2d_grad_input", grad_input_op),
         ("involution2d_grad_kernel", grad_kernel_op),
     ):
-        _autocast_rule(_device_type, _name, _op)
+        autocast_rule(_device_type, _name, _op)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,11 +261,21 @@ for _device_type in ("cpu", "cuda"):
 # ------------------------------------------------------------------------------------------------
 
 
-def _register_flops() -> None:
+def register_flops() -> None:
+    """Register the three ops' FLOP formulas. Called by ``involution.ops`` once every op and
+    overload is defined: an op packet's hash changes when an overload is added to it, which would
+    hide an earlier registration from the flop counter's lookup."""
     from torch.utils.flop_counter import register_flop_formula
 
     @register_flop_formula(torch.ops.involution.involution2d)
     def _(input_shape, kernel_shape, *args, out_shape=None, **kwargs) -> int:
+        if len(kernel_shape) == 4:
+            # the fused overload (involution.ops.fused): (input, hidden, weight, bias,
+            # kernel_size, ...): the kernel generation's 1x1 convolution and the aggregation
+            n, reduced, ho, wo = kernel_shape
+            taps = args[0][0]
+            kh, kw = args[2]
+            return 2 * n * (taps * reduced + input_shape[1] * kh * kw) * ho * wo
         n, g, kh, kw, ho, wo = kernel_shape
         return 2 * n * input_shape[1] * kh * kw * ho * wo
 
@@ -300,6 +288,3 @@ def _register_flops() -> None:
     def _(grad_out_shape, input_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:
         n, c, ho, wo = grad_out_shape
         return 2 * n * c * kernel_size[0] * kernel_size[1] * ho * wo
-
-
-_register_flops()

@@ -214,13 +214,16 @@ def grad_kernel_decomposition(
 
 
 _REGISTERED: list[bool] = []
+# Decompositions of ops built on this backend's (the fused op's, ``involution.ops.fused``), added
+# by their modules at import and put into Inductor's table with the three below.
+EXTRA_DECOMPOSITIONS: dict = {}
 
 
 @run_while_tracing
 def _register_decompositions() -> bool:
-    """Put the three decompositions into Inductor's table, once, while Dynamo traces (before
-    Inductor picks its table; eager calls import nothing). Each falls through (NotImplemented)
-    for the other backends, whose ops stay opaque."""
+    """Put the three decompositions (and ``EXTRA_DECOMPOSITIONS``) into Inductor's table, once,
+    while Dynamo traces (before Inductor picks its table; eager calls import nothing). Each falls
+    through (NotImplemented) for the other backends, whose ops stay opaque."""
     if _REGISTERED or not torch.compiler.is_compiling():
         return True
     from torch._inductor import decomposition as inductor
@@ -230,6 +233,7 @@ def _register_decompositions() -> bool:
         (ops.involution2d.default, forward_decomposition),
         (ops.involution2d_grad_input.default, grad_input_decomposition),
         (ops.involution2d_grad_kernel.default, grad_kernel_decomposition),
+        *EXTRA_DECOMPOSITIONS.items(),
     ):
         inductor.decompositions.setdefault(op, fn)
     # Inductor caches a copy of the table (with its random-op decompositions) on first use

@@ -27,7 +27,6 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,7 +36,7 @@ from involution.models.detection import DETECTORS
 from involution.models.segmentation import SEGMENTERS
 from involution.runner.guards import RunGuard
 from involution.runner.loggers import build_loggers
-from involution.runner.preflight import SetupError, check_config
+from involution.runner.preflight import SetupError, check_config, instantiate_data
 from involution.runner.resume import (
     LoaderStateOnResume,
     ResumeError,
@@ -158,11 +157,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def build_data(cfg: DictConfig, fitting: bool) -> L.LightningDataModule:
+    datamodule = instantiate_data(cfg)
     try:
-        try:
-            datamodule = instantiate(cfg.data)
-        except InstantiationException as error:  # the data module's own message is the useful one
-            raise error.__cause__ or error from None
         if fitting and not getattr(datamodule, "download", False):  # files are there: check now
             datamodule.setup("fit")
     except (ValueError, TypeError, FileNotFoundError) as error:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from involution.runner import console
 from involution.runner.build import Run, build, identity
+from involution.runner.loggers import wandb_status
 from involution.runner.outcome import Outcome, outcome_of
 from involution.runs.records import JobRecorder, check_finite
 
@@ -32,16 +33,16 @@ Work = Callable[[Run], Mapping[str, Any]]
 
 def prepare(cfg: DictConfig) -> None:
     """Seed everything, flush denormals (before any thread pool exists: the threads torch and
-    numba start inherit it) and print the config tree (saved in the run directory)."""
+    numba start inherit it) and route warnings and Lightning's notices to the run's log."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if "flush_denormal" in cfg:
         torch.set_flush_denormal(bool(cfg.flush_denormal))
-    if cfg.get("print_config", True):
-        console.print_config_tree(cfg, save_dir=cfg.paths.output_dir)
+    console.route_logs(bool(cfg.get("verbose", False)))
 
 
 def start(cfg: DictConfig, **build_options: Any) -> Run:
-    """Build the run and show its header."""
+    """Build the run and show its header (the config tree is written then: bad input found while
+    building is the first thing a run prints)."""
     run = build(cfg, **build_options)
     console.header(run)
     return run
@@ -97,8 +98,9 @@ def run_job(cfg: DictConfig, work: Work, **build_options: Any) -> Outcome:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job = OmegaConf.select(hydra_cfg, "job.num", default=None)
     recorder = JobRecorder(
-        cfg.paths.output_dir, job, hydra_cfg.overrides.task, identity(cfg), rank_zero_only.rank
-    )
+        cfg.paths.output_dir, job, hydra_cfg.overrides.task, identity(cfg), rank_zero_only.rank,
+        optimized_metric=cfg.get("optimized_metric"),
+    )  # fmt: skip
     run = None
     try:
         with ddp_children_run_this_job() if multirun else nullcontext():
@@ -117,8 +119,10 @@ def run_job(cfg: DictConfig, work: Work, **build_options: Any) -> Outcome:
         recorder.stopped(outcome.status, outcome.recorded, outcome.checkpoint)
     else:
         recorder.failed(outcome.recorded)
+    wandb = wandb_status()  # its URL or directory, read before the run is finished
     finish_wandb(outcome)
-    console.closing(cfg, outcome, run, job if multirun else None)
+    elapsed = recorder.record.get("wall_time_s")
+    console.closing(cfg, outcome, run, job if multirun else None, wandb, elapsed)
     if outcome.status == "ok" or (multirun and outcome.sweep_goes_on):
         if outcome.exit_code == 1 and torch.cuda.is_available():
             torch.cuda.empty_cache()  # the next job of the sweep starts with the memory free

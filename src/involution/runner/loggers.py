@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import inspect
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +65,9 @@ def csv_logger(save_dir: str, context: RunContext | None = None) -> CSVLogger:
             kept = [
                 row for row in reader if row.get("step") and int(float(row["step"])) < resume_step
             ]
-    writer = logger.experiment  # creating the writer deletes an existing metrics.csv
+    with warnings.catch_warnings():  # the rows are kept below, not deleted as it would warn
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists")
+        writer = logger.experiment  # creating the writer deletes an existing metrics.csv
     if header:
         with path.open("w", newline="") as handle:
             out = csv.DictWriter(handle, fieldnames=header)
@@ -114,7 +118,7 @@ def wandb_logger(
     identity = context.identity
     all_tags = [*identity.get("tags", ()), *context.extra_tags, *(tags or ())]
     resume = {"id": context.wandb_id, "resume": "allow"} if context.wandb_id else {}
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         entity=entity,
         group=group or identity.get("group"),
@@ -125,6 +129,25 @@ def wandb_logger(
         settings=wandb.Settings(init_timeout=float(init_timeout), silent=True),
         **resume,
     )
+    # Lightning passes anonymous=None to wandb.init, which W&B warns about on every run ("the
+    # anonymous setting has no effect"); we never set it, so it is not passed at all.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def wandb_status() -> dict[str, str] | None:
+    """The W&B run this process has open: ``{"mode": "online", "url": ...}``, ``{"mode":
+    "offline", "dir": <the directory wandb sync uploads>}``, ``{"mode": "disabled"}``; None when
+    no W&B run is open. Read before the run is finished."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None:
+        return None
+    if run.disabled:
+        return {"mode": "disabled"}
+    if run.offline:
+        return {"mode": "offline", "dir": str(Path(run.dir).parent)}
+    return {"mode": "online", "url": str(run.url)}
 
 
 def build_loggers(

@@ -8,7 +8,8 @@ is built or written. The same checks for every entry point:
   every range rule (each read from the table its constructor checks too, see
   :func:`check_ranges`), the output directory, ``resume``, and the checkpoint files named by
   ``ckpt_path`` / ``model.checkpoint``;
-- :class:`Preflight`, the Hydra callback that runs :func:`check_config` before a single run's
+- :class:`Preflight`, the Hydra callback that runs :func:`check_config` and the data module's
+  constructor (:func:`instantiate_data`: a missing or empty data directory) before a single run's
   directory is created (Hydra writes ``.hydra/`` into it right after);
 - :func:`run_cli`: ``resume=`` expanded and the overrides checked, then the Hydra entry point; a
   problem ends the process with ``error: <one line>`` on stderr and status 2.
@@ -356,6 +357,22 @@ def check_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
         check_checkpoint_file(str(pretrained), f"model.checkpoint={pretrained}")
 
 
+def instantiate_data(cfg: DictConfig) -> Any:
+    """The data module of ``cfg.data``; its constructor's own error (a data directory that is
+    missing or empty, a bad argument) as SetupError, one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        try:
+            return instantiate(cfg.data)
+        except InstantiationException as error:  # the data module's own message is the useful one
+            raise error.__cause__ or error from None
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        lines = str(error).strip().splitlines()
+        raise SetupError(lines[0] if lines else type(error).__name__) from error
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry points
 
@@ -389,6 +406,8 @@ class Preflight(Callback):
         try:
             check_writable(run_dir, "hydra.run.dir")
             check_config(copy, run_dir=OmegaConf.select(copy, "paths.output_dir"))
+            if isinstance(copy.get("data"), DictConfig):
+                instantiate_data(copy)  # its constructor checks the data directory
         except SetupError as error:
             fail(str(error))
         finally:

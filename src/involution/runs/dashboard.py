@@ -5,13 +5,18 @@
 jobs are W&B runs in one group (involution.runs.identity); the dashboard is a saved W&B *workspace
 view* of that group with three sections:
 
-- **Ablation**: best val top-1 against the first numeric swept key, one line per value of the
-  other swept keys (kernel_reduction: against kernel size, one line per reduction ratio); a
-  parallel-coordinates panel over the swept keys, best val top-1 and test top-1; best val
-  top-1 against multiply-adds, one line per operator; the same as a per-run scatter plot.
-- **Training curves**: val top-1 grouped by each swept key (mean and min-max band), and the
-  per-run val top-1 and training loss.
+- **Ablation**: the best of the metric the sweep is judged by (its ``optimized_metric``: val
+  top-1, box AP, mIoU; a Mask R-CNN sweep's mask AP too, ``involution.runs.metrics``) against
+  the first numeric swept key, one line per value of the other swept keys (kernel_reduction:
+  against kernel size, one line per reduction ratio); a parallel-coordinates panel over the swept
+  keys, the best and the test metric; the best against multiply-adds, one line per operator; the
+  same as a per-run scatter plot.
+- **Training curves**: the validation metric grouped by each swept key (mean and min-max band),
+  and per run that metric and the training loss.
 - **Summary**: the sweep's summary table (involution.runs.summarize).
+
+Without a W&B account the same charts are rendered as PNG files and one self-contained HTML page
+in the multirun directory (:mod:`involution.runs.render`), in every mode.
 
 The two line charts and the table are data of the sweep as a whole, not of one run: they are
 logged (``wandb.plot.line_series``, ``wandb.Table``) by one extra run of the group, job type
@@ -20,7 +25,8 @@ workspace's run filter is the group.
 
 Online (logged in, host reachable) the workspace is saved and its URL printed and written to
 ``<dir>/dashboard.url``. In every mode its definition (the view spec that ``save()`` uploads) is
-written to ``<dir>/dashboard.json``; offline the command says what to sync and to rerun.
+written to ``<dir>/dashboard.json``, the charts to ``<dir>/dashboard.html``; offline the command
+says what to sync and to rerun.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,12 +43,25 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from involution import runs
+from involution.runs.charts import (
+    DashboardError,
+    Judged,
+    finite,
+    key_leaf,
+    numeric_keys,
+    operator_names,
+    read_table,
+    series,
+    sweep_name,
+)
+from involution.runs.render import render_sweep
 from involution.runs.wandb_mode import resolve_wandb_mode
 
 if TYPE_CHECKING:
     import pandas as pd
     import wandb_workspaces.workspaces as ws
 
+# A classification sweep's keys (each sweep reads its own: Sweep.best, Sweep.test)
 BEST = "best/val/acc_top1"
 TEST = "test/acc_top1"
 TABLE_KEY = "sweep/summary"
@@ -52,12 +70,8 @@ URL_FILE = "dashboard.url"
 JOB_TYPE = runs.SUMMARY_JOB_TYPE
 
 
-class DashboardError(ValueError):
-    """The multirun directory cannot be shown as a dashboard; the message is the one line shown."""
-
-
 @dataclass
-class Sweep:
+class Sweep(Judged):
     """What the dashboard needs to know about a multirun directory."""
 
     root: Path
@@ -67,16 +81,27 @@ class Sweep:
     entity: str | None
     swept: list[str]
     frame: pd.DataFrame = field(repr=False)
+    metric: str = "val/acc_top1"  # the optimized metric of its jobs
+
+    @property
+    def best(self) -> str:
+        """The W&B summary key of each run's best (the checkpoint callback's)."""
+        return f"best/{self.metric}"
+
+    @property
+    def test(self) -> str:
+        return f"test/{self.primary.key}"
+
+    @property
+    def curve(self) -> str:
+        """The history key of the judged metric, one point per validated epoch."""
+        return f"val/{self.primary.key}"
 
 
 def config_key(key: str) -> str:
     """The W&B config path of a swept Hydra key: each run logs its composed config as
     ``config``."""
     return f"config.{key}"
-
-
-def leaf(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
 
 
 def _job_config(root: Path, frame: pd.DataFrame) -> dict[str, Any]:
@@ -91,16 +116,8 @@ def _job_config(root: Path, frame: pd.DataFrame) -> dict[str, Any]:
 
 def read_sweep(root: str | Path, project: str | None = None, entity: str | None = None) -> Sweep:
     """The sweep's summary, swept keys, W&B group and project; DashboardError when it has none."""
-    root = Path(root)
-    try:  # the table the sweep ended with (summary.csv), else built now
-        frame = runs.load_summary(root)
-    except FileNotFoundError as error:
-        raise DashboardError(str(error)) from None
-    if frame.empty:
-        raise DashboardError(f"{root}: no jobs (is it a multirun directory?)")
-    swept = [column for column in frame.columns if column not in runs.COLUMNS]
-    if not swept:
-        raise DashboardError(f"{root}: no swept keys found (multirun.yaml or the jobs' overrides)")
+    table = read_table(root)
+    root, frame = table.root, table.frame
     groups = sorted({g for g in frame["group"] if g})
     if len(groups) != 1:
         found = ", ".join(groups) or f"none (no job wrote its {runs.RECORD})"
@@ -113,20 +130,15 @@ def read_sweep(root: str | Path, project: str | None = None, entity: str | None 
             "rerun it with logger=default"
         )
     wandb_cfg = wandb_cfg or {}
-    master = runs.read_yaml(root / "multirun.yaml")
-    name = None
-    if isinstance(master, dict):
-        name = (master.get("sweep") or {}).get("name") or (master.get("hparams_search") or {}).get(
-            "name"
-        )
     return Sweep(
         root=root,
-        name=str(name or groups[0].rsplit("-", 2)[0]),
+        name=str(sweep_name(root) or groups[0].rsplit("-", 2)[0]),
         group=groups[0],
         project=project or str(wandb_cfg.get("project") or "involution"),
         entity=entity or wandb_cfg.get("entity"),
-        swept=swept,
+        swept=table.swept,
         frame=frame,
+        metric=table.metric,
     )
 
 
@@ -134,80 +146,45 @@ def read_sweep(root: str | Path, project: str | None = None, entity: str | None 
 # The sweep-level charts (data logged by the summary run)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _label(keys: Sequence[str], values: Sequence[Any]) -> str:
-    return ", ".join(f"{leaf(k)}={_plain(v)}" for k, v in zip(keys, values)) or "all jobs"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _lines(
-    frame: pd.DataFrame, x: str, by: Sequence[str]
-) -> tuple[list[list[Any]], list[list[float]], list[str]]:
-    """xs, ys, keys of ``line_series``: best val top-1 against ``x``, one line per ``by`` value."""
-    # a null x (group_channels=null: one group) has no place on a numeric axis
-    done = frame[
-        (frame["status"] == "ok") & frame["best_val_top1"].map(_finite) & frame[x].map(_finite)
-    ]
-    xs, ys, keys = [], [], []
-    groups = done.groupby(list(by), sort=True, dropna=False) if by else [((), done)]
-    for values, part in groups:
-        values = values if isinstance(values, tuple) else (values,)
-        part = part.sort_values(x)
-        xs.append([_plain(v) for v in part[x]])
-        ys.append([float(v) for v in part["best_val_top1"]])
-        keys.append(_label(by, values))
-    return xs, ys, keys
-
-
-def operator_names(frame: pd.DataFrame) -> list[str]:
-    """The operator of each job: its W&B name starts with it (involution-k7-r4)."""
-    return [str(name).split("-", 1)[0] if name else "?" for name in frame["name"]]
-
-
 def sweep_charts(sweep: Sweep) -> dict[str, Any]:
-    """W&B custom charts of the sweep as a whole, by history key (``wandb.plot`` objects)."""
-    import pandas as pd
+    """W&B custom charts of the sweep as a whole, by history key (``wandb.plot`` objects): each
+    charted metric (``Judged.charted``: the judged one, a Mask R-CNN's mask AP) against the first
+    numeric swept key (bars by the first key when none is numeric) and against multiply-adds."""
     import wandb
 
     frame = sweep.frame
-    numeric = [k for k in sweep.swept if pd.api.types.is_numeric_dtype(frame[k])]
-    charts: dict[str, Any] = {}
-    if numeric:
-        x = numeric[0]
-        others = [k for k in sweep.swept if k != x]
-        xs, ys, keys = _lines(frame, x, others)
-        by = " x ".join(leaf(k) for k in others) or "all jobs"
-        charts[f"sweep/best_val_top1_vs_{leaf(x)}"] = wandb.plot.line_series(
-            xs, ys, keys=keys, title=f"best val top-1 vs {leaf(x)} (one line per {by})", xname=x
-        )
-    else:  # a categorical sweep (operator=...): one bar per value
-        x = sweep.swept[0]
-        done = frame[(frame["status"] == "ok") & frame["best_val_top1"].map(_finite)]
-        table = wandb.Table(
-            columns=[x, "best_val_top1"],
-            data=[[str(a), float(b)] for a, b in zip(done[x], done["best_val_top1"])],
-        )
-        charts[f"sweep/best_val_top1_by_{leaf(x)}"] = wandb.plot.bar(
-            table, x, "best_val_top1", title=f"best val top-1 by {x}"
-        )
+    numeric = numeric_keys(sweep)
     with_ops = frame.assign(operator=operator_names(frame))
-    with_ops = with_ops[with_ops["macs"].map(_finite)]
-    xs, ys, keys = _lines(with_ops, "macs", ["operator"])
-    charts["sweep/best_val_top1_vs_macs"] = wandb.plot.line_series(
-        xs,
-        ys,
-        keys=keys,
-        title="best val top-1 vs multiply-adds per image (one line per operator)",
-        xname="macs",
-    )
+    with_ops = with_ops[with_ops["macs"].map(finite)]
+    charts: dict[str, Any] = {}
+    for metric in sweep.charted():
+        column, shown = f"best_val_{metric.column}", f"best val {metric.label}"
+        if numeric:
+            x = numeric[0]
+            others = [k for k in sweep.swept if k != x]
+            xs, ys, keys = series(frame, x, others, column)
+            by = " x ".join(key_leaf(k) for k in others) or "all jobs"
+            charts[f"sweep/{column}_vs_{key_leaf(x)}"] = wandb.plot.line_series(
+                xs, ys, keys=keys, title=f"{shown} vs {key_leaf(x)} (one line per {by})", xname=x
+            )
+        else:  # a categorical sweep (operator=...): one bar per value
+            x = sweep.swept[0]
+            done = frame[(frame["status"] == "ok") & frame[column].map(finite)]
+            table = wandb.Table(
+                columns=[x, column],
+                data=[[str(a), float(b)] for a, b in zip(done[x], done[column])],
+            )
+            charts[f"sweep/{column}_by_{key_leaf(x)}"] = wandb.plot.bar(
+                table, x, column, title=f"{shown} by {x}"
+            )
+        xs, ys, keys = series(with_ops, "macs", ["operator"], column)
+        charts[f"sweep/{column}_vs_macs"] = wandb.plot.line_series(
+            xs,
+            ys,
+            keys=keys,
+            title=f"{shown} vs multiply-adds per image (one line per operator)",
+            xname="macs",
+        )
     return charts
 
 
@@ -244,10 +221,12 @@ def build_workspace(
     import wandb_workspaces.workspaces as ws
 
     keys = [config_key(k) for k in sweep.swept]
+    best, test = sweep.best, sweep.test
+    shown = sweep.primary.label
     ablation = [
         *(chart_panel(key, chart) for key, chart in charts.items() if not key.endswith("_vs_macs")),
         wr.ParallelCoordinatesPlot(
-            title="swept keys -> best val top-1",
+            title=f"swept keys -> best val {shown}",
             columns=[
                 *(
                     wr.ParallelCoordinatesPlotColumn(
@@ -256,27 +235,27 @@ def build_workspace(
                     for k in keys
                 ),
                 wr.ParallelCoordinatesPlotColumn(
-                    metric=wr.SummaryMetric(BEST), display_name="best val top-1"
+                    metric=wr.SummaryMetric(best), display_name=f"best val {shown}"
                 ),
                 wr.ParallelCoordinatesPlotColumn(
-                    metric=wr.SummaryMetric(TEST), display_name="test top-1"
+                    metric=wr.SummaryMetric(test), display_name=f"test {shown}"
                 ),
             ],
             layout=wr.Layout(w=12, h=8),
         ),
         *(chart_panel(key, chart) for key, chart in charts.items() if key.endswith("_vs_macs")),
         wr.ScatterPlot(
-            title="best val top-1 vs multiply-adds (per run)",
+            title=f"best val {shown} vs multiply-adds (per run)",
             x=wr.Config("macs"),
-            y=wr.SummaryMetric(BEST),
+            y=wr.SummaryMetric(best),
             layout=wr.Layout(w=12, h=8),
         ),
     ]
     curves = [
         wr.LinePlot(
-            title=f"val top-1 by {key}",
+            title=f"val {shown} by {key}",
             x="epoch",
-            y=["val/acc_top1"],
+            y=[sweep.curve],
             groupby=wr.Config(config_key(key)),
             groupby_aggfunc="mean",
             groupby_rangefunc="minmax",
@@ -286,7 +265,7 @@ def build_workspace(
     ]
     curves += [
         wr.LinePlot(
-            title="val top-1 (per run)", x="epoch", y=["val/acc_top1"], layout=wr.Layout(w=8, h=6)
+            title=f"val {shown} (per run)", x="epoch", y=[sweep.curve], layout=wr.Layout(w=8, h=6)
         ),
         wr.LinePlot(
             title="training loss (per run)",
@@ -309,11 +288,11 @@ def build_workspace(
             filters=f"Metric('Group') == '{sweep.group}'",
             pinned_columns=[
                 *(f"config:{k.split('.', 1)[0]}.value.{k.split('.', 1)[1]}" for k in keys),
-                f"summary:{BEST}",
-                f"summary:{TEST}",
+                f"summary:{best}",
+                f"summary:{test}",
                 "config:macs.value",
             ],
-            order=[ws.Ordering(ws.Summary(BEST), ascending=False)],
+            order=[ws.Ordering(ws.Summary(best), ascending=False)],
         ),
     )
 
@@ -394,10 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(args.dir) if args.dir else runs.latest_multirun()
         if not root.is_dir():
             raise DashboardError(f"DIR={root}: no such multirun directory")
-        sweep = read_sweep(root, args.project, args.entity)
+        table = read_table(root)
     except (DashboardError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    jobs = f"{len(table.frame)} jobs ({runs.count_line(table.frame)})"
+    print(f"{table.name} sweep: {jobs}, swept {', '.join(table.swept)}")
+    page = render_sweep(table)  # no account needed: PNG files and one HTML page
+    print(f"charts: {page} (open it in a browser; the PNG files are in {page.with_suffix('')})")
+    try:
+        sweep = read_sweep(root, args.project, args.entity)
+    except DashboardError as error:
+        print(f"no W&B workspace: {error}")
+        return 0
     mode = resolve_wandb_mode(args.mode)
     charts = sweep_charts(sweep)
     if mode == "disabled":  # WANDB_MODE=disabled: the definition only
@@ -413,9 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = build_workspace(sweep, charts, entity)
     path = root / DEFINITION
     path.write_text(json.dumps(definition(workspace), indent=2) + "\n")
-    jobs = f"{len(sweep.frame)} jobs ({runs.count_line(sweep.frame)})"
-    print(f"{sweep.name} sweep, W&B group {sweep.group}: {jobs}, swept {', '.join(sweep.swept)}")
-    print(f"dashboard definition: {path}")
+    print(f"W&B group {sweep.group}; workspace definition: {path}")
     if mode == "disabled":
         return 0
     if mode == "online":

@@ -109,8 +109,9 @@ class JobRecorder:
 
     Fields: status, error, job, overrides, run_dir, name, group, host, pid, started, finished,
     wall_time_s (the whole job: setup, fit and test), params, macs, metrics (``train()``'s dict),
-    checkpoint (the last checkpoint, for diverged and preempted runs), resumes (how many times the
-    run directory has been continued; the previous records' start times are in ``history``).
+    checkpoint (the last checkpoint, for diverged and preempted runs), optimized_metric (the metric
+    the run is judged by: the summary shows its task's metrics), resumes (how many times the run
+    directory has been continued; the previous records' start times are in ``history``).
     Only rank 0 writes (DDP ranks > 0 and SLURM tasks > 0 hold no recorder file).
     """
 
@@ -121,6 +122,7 @@ class JobRecorder:
         overrides: Sequence[str],
         identity: Mapping[str, Any],
         rank: int = 0,
+        optimized_metric: str | None = None,
     ) -> None:
         self.path = Path(run_dir) / RECORD if rank == 0 else None
         self.started = time.perf_counter()
@@ -130,6 +132,7 @@ class JobRecorder:
             "group": identity.get("group", ""), "host": socket.gethostname(), "pid": os.getpid(),
             "started": _now(), "finished": None, "wall_time_s": None,
             "params": None, "macs": None, "metrics": {}, "checkpoint": None,
+            "optimized_metric": optimized_metric,
         }  # fmt: skip
         previous = read_record(run_dir) if rank == 0 else None
         if previous is not None:  # the same run directory continued (resume=auto, a requeue)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from involution.runs.identity import is_swept_candidate, split_override, swept_keys
 from involution.runs.locate import latest_multirun
+from involution.runs.metrics import Task, infer_task, judged_first, metric_columns, task_of
 from involution.runs.records import NOT_OK, STATUSES, process_alive, read_record, read_yaml
 
 if TYPE_CHECKING:
@@ -31,22 +32,14 @@ if TYPE_CHECKING:
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 # The summary's fixed columns (the swept keys come after ``job``, one column each, named as the
-# key). Accuracies are fractions in [0, 1].
+# key). The metric columns are every task's (involution.runs.metrics: ``best_val_top1``,
+# ``test_top1``, ``best_val_map``, ``best_val_mask_map``, ``best_val_miou``, ...), each a fraction
+# in [0, 1]; a job fills its own task's. ``best_epoch``: the epoch of the best optimized metric.
 COLUMNS = (
-    "job", "status", "best_val_top1", "best_val_top5", "test_top1", "val_top1", "epochs",
-    "params", "macs", "wall_time_s", "error", "overrides", "name", "group", "run_dir",
-    "best_val_map", "test_map", "test_map_50", "best_val_miou", "test_miou",
+    "job", "status", *metric_columns(), "epochs", "best_epoch", "params", "macs", "wall_time_s",
+    "error", "overrides", "name", "group", "optimized_metric", "run_dir",
 )  # fmt: skip
-# The detection and segmentation tasks' metrics: column <- the job record's metric, and the
-# heading it gets in summary.md (shown only when some job has it). mAP: COCO box mAP@[.5:.95].
-TASK_METRICS = {
-    "best_val_map": ("best/val/map", "val mAP %"),
-    "test_map": ("test/map", "test mAP %"),
-    "test_map_50": ("test/map_50", "test mAP@.5 %"),
-    "best_val_miou": ("best/val/miou", "val mIoU %"),
-    "test_miou": ("test/miou", "test mIoU %"),
-}
-TEXT_COLUMNS = ("status", "error", "overrides", "name", "group", "run_dir")
+TEXT_COLUMNS = ("status", "error", "overrides", "name", "group", "optimized_metric", "run_dir")
 NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in TEXT_COLUMNS and c != "job")
 # The W&B job type of the run that holds a sweep's own charts and table (runs.dashboard);
 # readers of a sweep's runs leave it out.
@@ -93,34 +86,79 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def best_epoch_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """From logged rows (``csv/metrics.csv`` lines or a W&B history): the best val top-1, the val
-    top-5 of that epoch, the last val top-1 and the number of validated epochs; rows without a
-    val top-1 (training steps) are skipped, and no row gives ``{}``."""
-    top1 = [(_number(row.get("val/acc_top1")), row) for row in rows]
-    validated = [(value, row) for value, row in top1 if value is not None]
+def best_epoch_of(rows: Iterable[Mapping[str, Any]], metric: str | None = None) -> dict[str, float]:
+    """From logged rows (``csv/metrics.csv`` lines or a W&B history): the epoch with the best
+    ``metric`` (the optimized metric, default ``val/acc_top1``) and, at that epoch, every headline
+    metric of its task (``best_val_top1``, ``best_val_top5``; ``best_val_map``, ...), the task's
+    primary metric at the last validated epoch (``val_top1``), the number of validated epochs and
+    ``best_epoch``; rows without the metric (training steps) are skipped, and no row gives
+    ``{}``."""
+    metric = metric or "val/acc_top1"
+    task = task_of(metric)
+    scored = [(_number(row.get(metric)), row) for row in rows]
+    validated = [(value, row) for value, row in scored if value is not None]
     if not validated:
         return {}
-    best_top1, best = max(validated, key=lambda pair: pair[0])  # the first of equal epochs
-    out = {
-        "best_val_top1": best_top1,
-        "val_top1": validated[-1][0],
-        "epochs": float(len(validated)),
-    }
-    top5 = _number(best.get("val/acc_top5"))
-    if top5 is not None:
-        out["best_val_top5"] = top5
+    _, best = max(validated, key=lambda pair: pair[0])  # the first of equal epochs
+    out: dict[str, float] = {"epochs": float(len(validated))}
+    for item in task.metrics:
+        value = _number(best.get(f"val/{item.key}"))
+        if value is not None:
+            out[f"best_val_{item.column}"] = value
+    last = _number(validated[-1][1].get(f"val/{task.primary.key}"))
+    if last is not None:
+        out[f"val_{task.primary.column}"] = last
+    epoch = _number(best.get("epoch"))
+    if epoch is not None:
+        out["best_epoch"] = epoch
     return out
 
 
-def best_epoch(job_dir: Path) -> dict[str, float]:
-    """:func:`best_epoch_of` a job's ``csv/metrics.csv`` (works while the job still runs)."""
+def csv_rows(job_dir: Path) -> list[dict[str, str]]:
     path = job_dir / "csv" / "metrics.csv"
     try:
         with path.open(newline="") as handle:
-            return best_epoch_of(list(csv.DictReader(handle)))
+            return list(csv.DictReader(handle))
     except (FileNotFoundError, OSError, csv.Error):
-        return {}
+        return []
+
+
+def best_epoch(job_dir: Path, metric: str | None = None) -> dict[str, float]:
+    """:func:`best_epoch_of` a job's ``csv/metrics.csv`` (works while the job still runs)."""
+    return best_epoch_of(csv_rows(job_dir), metric)
+
+
+def optimized_metric(job_dir: Path, record: Mapping[str, Any] | None = None) -> str | None:
+    """The metric a job is judged by: its record's, else its resolved config's, else the primary
+    metric of the task whose metrics it logged (metrics.csv's header); None when unknown."""
+    if record and record.get("optimized_metric"):
+        return str(record["optimized_metric"])
+    config = read_yaml(job_dir / ".hydra" / "config.yaml")
+    if isinstance(config, dict) and isinstance(config.get("optimized_metric"), str):
+        return config["optimized_metric"]
+    rows = csv_rows(job_dir)
+    logged = set(rows[0]) if rows else set()
+    logged |= set((record or {}).get("metrics") or {})
+    task = infer_task(logged)
+    return f"val/{task.primary.key}" if task else None
+
+
+def _record_metrics(metrics: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """A finished job's metric columns from its record: the best of the optimized metric, the last
+    validated values of the others (the CSV's best epoch replaces them when there is one) and the
+    test values."""
+    task = task_of(metric)
+    row: dict[str, Any] = {}
+    for item in task.metrics:
+        row[f"best_val_{item.column}"] = metrics.get(f"val/{item.key}")
+        if item.test:
+            row[f"test_{item.column}"] = metrics.get(f"test/{item.key}")
+    row[f"val_{task.primary.column}"] = metrics.get(f"val/{task.primary.key}")
+    best = metrics.get(f"best/{metric}")
+    judged = task.metric(metric.rsplit("/", 1)[-1])
+    if best is not None and judged is not None:
+        row[f"best_val_{judged.column}"] = best
+    return row
 
 
 def job_row(num: int, job_dir: Path, expected: list[str] | None, finished: bool) -> dict[str, Any]:
@@ -129,10 +167,12 @@ def job_row(num: int, job_dir: Path, expected: list[str] | None, finished: bool)
     overrides = (record or {}).get("overrides")
     if overrides is None:
         overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml") or expected or []
+    metric = optimized_metric(job_dir, record) if job_dir.is_dir() else None
     row: dict[str, Any] = {key: math.nan for key in COLUMNS}
     row.update(
-        job=num, error="", overrides=" ".join(overrides), name="", group="", run_dir=str(job_dir)
-    )
+        job=num, error="", overrides=" ".join(overrides), name="", group="", run_dir=str(job_dir),
+        optimized_metric=metric or "",
+    )  # fmt: skip
     row["_overrides"] = overrides
     if record is None:
         row["status"] = "missing"
@@ -141,22 +181,19 @@ def job_row(num: int, job_dir: Path, expected: list[str] | None, finished: bool)
                 status="failed", error="no result recorded: the job did not run or was killed"
             )
     else:
-        metrics = record.get("metrics") or {}
         row.update(
             status=record.get("status", "missing"), error=record.get("error") or "",
             name=record.get("name") or "", group=record.get("group") or "",
             params=record.get("params"), macs=record.get("macs"),
             wall_time_s=record.get("wall_time_s"),
-            best_val_top1=metrics.get("best/val/acc_top1"), val_top1=metrics.get("val/acc_top1"),
-            best_val_top5=metrics.get("val/acc_top5"), test_top1=metrics.get("test/acc_top1"),
+            **_record_metrics(record.get("metrics") or {}, metric or "val/acc_top1"),
         )  # fmt: skip
-        row.update({column: metrics.get(key) for column, (key, _) in TASK_METRICS.items()})
         if row["status"] == "running":
             dead = record.get("host") == socket.gethostname() and not process_alive(record)
             if dead or finished:
                 ended = f"process {record.get('pid')} on {record.get('host')} ended (killed?)"
                 row.update(status="failed", error=f"no result recorded: {ended}")
-    row.update(best_epoch(job_dir))
+    row.update(best_epoch(job_dir, metric))
     return {key: (math.nan if value is None else value) for key, value in row.items()}
 
 
@@ -282,7 +319,7 @@ def count_line(frame: pd.DataFrame) -> str:
     return ", ".join([f"{n['ok']} ok", f"{n['failed']} failed", *stopped, *extra])
 
 
-def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
+def fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, int | float):
@@ -290,7 +327,7 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
     return str(value)
 
 
-def _swept_cell(value: Any) -> str:
+def swept_cell(value: Any) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "null"
     if isinstance(value, float) and value.is_integer():
@@ -298,23 +335,45 @@ def _swept_cell(value: Any) -> str:
     return str(value)
 
 
+def sweep_task(frame: pd.DataFrame) -> tuple[Task, str | None]:
+    """The task of a sweep's table and the metric its jobs are judged by (the most common
+    ``optimized_metric`` of its jobs; classification's top-1 when none is known)."""
+    named = [m for m in frame.get("optimized_metric", []) if isinstance(m, str) and m]
+    metric = max(set(named), key=named.count) if named else None
+    return task_of(metric), metric
+
+
+def metric_headers(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, header) of the metric columns a person reads in this sweep's table: the task's
+    validation metrics at the best epoch (the judged one first), then its test metrics; columns
+    no job has a value for are left out, bar the judged metric's."""
+    task, metric = sweep_task(frame)
+    ordered = judged_first(task, metric)
+    columns = [(f"best_val_{m.column}", f"val {m.label} %") for m in ordered]
+    columns += [(f"test_{m.column}", f"test {m.label} %") for m in ordered if m.test]
+    keep = {columns[0][0], f"test_{ordered[0].column}"}
+    return [
+        (column, header)
+        for column, header in columns
+        if column in frame and (column in keep or frame[column].notna().any())
+    ]
+
+
 def to_markdown(frame: pd.DataFrame, swept: Sequence[str] | None = None) -> str:
-    """The table for people: accuracies in %, params in M, multiply-adds in M, time in s."""
+    """The table for people: the task's metrics in %, params in M, multiply-adds in M, time in s."""
     if swept is None:
         swept = [c for c in frame.columns if c not in COLUMNS]
-    tasks = [c for c in TASK_METRICS if c in frame.columns and frame[c].notna().any()]
+    metrics = metric_headers(frame)
     head = [
-        "job", *swept, "status", "val top-1 %", "val top-5 %", "test top-1 %",
-        *(TASK_METRICS[c][1] for c in tasks), "params (M)", "MACs (M)", "time (s)", "error",
+        "job", *swept, "status", *(header for _, header in metrics), "params (M)", "MACs (M)",
+        "time (s)", "error",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in frame.to_dict("records"):
         cells = [
-            str(row["job"]), *(_swept_cell(row[k]) for k in swept), row["status"],
-            _fmt(row["best_val_top1"], 100), _fmt(row["best_val_top5"], 100),
-            _fmt(row["test_top1"], 100), *(_fmt(row[c], 100) for c in tasks),
-            _fmt(row["params"], 1e-6, 3),
-            _fmt(row["macs"], 1e-6, 1), _fmt(row["wall_time_s"], 1, 0),
+            str(row["job"]), *(swept_cell(row[k]) for k in swept), row["status"],
+            *(fmt(row[column], 100) for column, _ in metrics), fmt(row["params"], 1e-6, 3),
+            fmt(row["macs"], 1e-6, 1), fmt(row["wall_time_s"], 1, 0),
             str(row["error"]).replace("|", "\\|"),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -322,8 +381,13 @@ def to_markdown(frame: pd.DataFrame, swept: Sequence[str] | None = None) -> str:
 
 
 def report(frame: pd.DataFrame, root: Path) -> str:
-    """What a finished summary prints: the table, where it was written and the count line."""
-    return f"{to_markdown(frame)}\n\nsummary: {root / SUMMARY_CSV}\n{count_line(frame)}"
+    """What a finished summary prints: the table, where it was written, how to look at it, and
+    the count line last."""
+    return (
+        f"{to_markdown(frame)}\n\nsummary: {root / SUMMARY_CSV} (and {SUMMARY_MD})\n"
+        f"charts: make dashboard DIR={root}   (PNG files and an HTML page in it; W&B when "
+        f"logged in)\n{count_line(frame)}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,204 @@
+"""The op's three kernels with register tiles, for groups of a multiple of LANES channels.
+
+RedNet's groups have 16 channels: one AVX-512 vector of float32 (two of AVX2). These kernels
+compute in the layouts their tiles want, whatever the operands' memory layout (NCHW or NHWC, any
+strides): each task (an image, or a band of its rows where the batch is too small to keep every
+thread busy) walks its rows in order and keeps the few operand rows a window needs in a ring of
+zero-padded rows (``rows``), so no tap needs a bounds test, and the kernel rows it reads are
+copied next to each other first (in the [N, G, KH, KW, Ho, Wo] tensor a pixel's 49 values lie a
+plane apart, 49 pages for one tile at 56x56).
+
+- ``forward_blocked``: per output row, ``tiles.aggregate_row`` over the taps inside the image;
+- ``grad_input_blocked``: per input row, a gather (each input pixel sums the taps whose output
+  pixel exists, one phase of the stride at a time): no two tasks write one element;
+- ``grad_kernel_blocked``: per output row, ``tiles.dot_row`` from channel rows of x and grad_out.
+
+Every sum runs in the order of ``generic``'s loops (taps in (u, v) order; channels in order),
+one fused multiply-add per term: the results are those loops' bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from involution.kernels.cpu.rows import (
+    channel_window,
+    channels_in,
+    copy_run,
+    gather_taps,
+    pixel_window,
+    pixels_in,
+    prefetch_runs,
+    strided,
+)
+from involution.kernels.cpu.simd import FASTMATH, LANES, pointer
+from involution.kernels.cpu.tiles import aggregate_row, dot_row
+
+
+def blocked_applies(channels_per_group: int) -> bool:
+    """Whether the blocked kernels run a group of this width (a whole number of LANES)."""
+    return channels_per_group >= LANES and channels_per_group % LANES == 0
+
+
+@njit(cache=True)
+def padded_width(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
+    """Columns of a zero-padded pixel row: the image after ``pw`` zeros, and every column a tap
+    of an output pixel reads (j * sw + v * dw in padded coordinates)."""
+    return max(width + pw, (wo - 1) * sw + (kw - 1) * dw + 1)
+
+
+@njit(cache=True)
+def gather_geometry(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
+    """(jpad, wop): zero columns left of output column 0 in a ring row of the gather, and the
+    row's length, so that every output column a gather tap reads lies in the row."""
+    jpad = ((kw - 1) * dw) // sw + 1
+    return jpad, jpad + max(wo, (width - 1 + pw) // sw + 1) + 1
+
+
+@njit(cache=True)
+def channel_geometry(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
+    """(lanes, phase_len): the kernel-gradient row's length in whole vectors and the length of
+    one phase of a channel row, so that every tap of every lane lies in the row."""
+    lanes = (wo + LANES - 1) // LANES * LANES
+    return lanes, max(lanes + ((kw - 1) * dw) // sw + 1, (width - 1 + pw) // sw + 1)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: no cover
+    """out [N, C, Ho, Wo] (any strides) = involution of x [N, C, H, W] (any strides) with the
+    C-contiguous kernel [N, G, KH, KW, Ho, Wo]; ``bands`` tasks per image."""
+    n_batch, channels, height, width = x.shape
+    groups, kh, kw, ho, wo = kernel.shape[1:]
+    cpg = channels // groups
+    taps, plane = kh * kw, ho * wo
+    wp = padded_width(width, wo, sw, pw, kw, dw)
+    span = (kh - 1) * dh + 1
+    per = (ho + bands - 1) // bands
+    src, dst = strided(x), strided(out)
+    kp = pointer(kernel)
+    line = 64 // x.itemsize  # elements per cache line
+    for task in prange(n_batch * bands):
+        n = task // bands
+        i0 = (task % bands) * per
+        ring = np.zeros(span * wp * channels, x.dtype)
+        held = np.full(span, -1, np.int64)
+        krow = np.empty(groups * taps * wo, x.dtype)
+        tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
+        rp, krp = pointer(ring), pointer(krow)
+        size, geometry = (height, width, channels), (kh, kw, dh, dw)
+        for i in range(i0, min(ho, i0 + per)):
+            top = i * sh - ph
+            count = pixel_window(
+                rp, held, wp * channels, pw, src, n, size, top, geometry, wo, (tap_k, tap_s)
+            )
+            base = n * groups * taps * plane + i * wo
+            for t in range(groups * taps):
+                copy_run(krp, t * wo, kp, base + t * plane, wo)
+            if i + 1 < ho:  # the next row's kernel values, fetched while this row computes
+                prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, False)
+            row = (dst[0], n * dst[1] + i * dst[3], dst[2], dst[4])
+            kern = (krp, 1, taps * wo)
+            aggregate_row(
+                row, (rp, sw * channels), kern, (tap_k, tap_s), count, (groups, wo, cpg), x.dtype
+            )
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):  # pragma: no cover
+    """grad_x [N, C, H, W] (any strides) from grad_out [N, C, Ho, Wo] (any strides) and the
+    C-contiguous kernel: each input pixel gathers kernel * grad_out over the taps (u, v) whose
+    output pixel i = (y + ph - u*dh) / sh, j = (x + pw - v*dw) / sw is whole and in range."""
+    n_batch, channels, height, width = grad_x.shape
+    groups, kh, kw, ho, wo = kernel.shape[1:]
+    cpg = channels // groups
+    taps, plane = kh * kw, ho * wo
+    jpad, wop = gather_geometry(width, wo, sw, pw, kw, dw)
+    span = ((kh - 1) * dh) // sh + 1  # output rows one input row reads
+    per = (height + bands - 1) // bands
+    src, dst = strided(grad_out), strided(grad_x)
+    kp = pointer(kernel)
+    line = 64 // grad_x.itemsize
+    conv = (sh, sw, ph, pw, dh, dw)
+    ring = (span, jpad, groups * taps * wop, wop, 1, wop * channels, channels)
+    for task in prange(n_batch * bands):
+        n = task // bands
+        y0 = (task % bands) * per
+        go_ring = np.zeros(span * wop * channels, grad_out.dtype)
+        k_ring = np.zeros(span * groups * taps * wop, grad_out.dtype)
+        held = np.full(span, -1, np.int64)
+        tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
+        grp, krp = pointer(go_ring), pointer(k_ring)
+        for y in range(y0, min(height, y0 + per)):
+            for u in range(kh):  # the output rows this input row reads, into the rings
+                num = y + ph - u * dh
+                if num < 0 or num % sh != 0 or num // sh >= ho:
+                    continue
+                i = num // sh
+                slot = i % span
+                if held[slot] != i:
+                    at = (slot * wop + jpad) * channels
+                    pixels_in(grp, at, channels, src, n * src[1] + i * src[3], wo, channels)
+                    base = n * groups * taps * plane + i * wo
+                    for t in range(groups * taps):
+                        copy_run(
+                            krp, (slot * groups * taps + t) * wop + jpad, kp, base + t * plane, wo
+                        )
+                    if i + 1 < ho:  # the next output row to enter the ring
+                        prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, False)
+                    held[slot] = i
+            for q in range(min(sw, width)):  # input columns x = q + sw * m
+                count = gather_taps(y, q, conv, kh, kw, ho, ring, (tap_k, tap_s))
+                row = (dst[0], n * dst[1] + y * dst[3] + q * dst[4], dst[2], sw * dst[4])
+                shape = (groups, (width - q + sw - 1) // sw, cpg)
+                kern = (krp, 1, taps * wop)
+                aggregate_row(
+                    row, (grp, channels), kern, (tap_k, tap_s), count, shape, grad_out.dtype
+                )
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # pragma: no cover
+    """grad_k [N, G, KH, KW, Ho, Wo] (C-contiguous) = the group sums of grad_out [N, C, Ho, Wo]
+    times the windows of x [N, C, H, W] (both any strides): ``tiles.dot_row`` per output row,
+    from channel rows (split by the phase of the stride) and grad_out's row as [channel][pixel]."""
+    n_batch, channels, height, width = x.shape
+    groups, kh, kw, ho, wo = grad_k.shape[1:]
+    cpg = channels // groups
+    taps, plane = kh * kw, ho * wo
+    lanes, phase_len = channel_geometry(width, wo, sw, pw, kw, dw)
+    pitch = sw * phase_len  # one channel row
+    span = (kh - 1) * dh + 1
+    per = (ho + bands - 1) // bands
+    src, xsrc = strided(grad_out), strided(x)
+    kp = pointer(grad_k)
+    line = 64 // x.itemsize
+    for task in prange(n_batch * bands):
+        n = task // bands
+        i0 = (task % bands) * per
+        ring = np.zeros(span * channels * pitch, x.dtype)
+        held = np.full(span, -1, np.int64)
+        go_row = np.zeros(channels * lanes, x.dtype)
+        gk_row = np.empty(groups * taps * lanes, x.dtype)
+        roff, offs = np.empty(kh, np.int64), np.empty(4, np.int64)
+        rp, grp, krp = pointer(ring), pointer(go_row), pointer(gk_row)
+        size, layout = (height, width, channels), (pitch, phase_len, sw, pw)
+        for i in range(i0, min(ho, i0 + per)):
+            channel_window(rp, held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
+            channels_in(grp, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+            rows = (rp, pitch, phase_len)
+            dot_row(
+                (krp, 0, lanes),
+                (grp, lanes),
+                rows,
+                roff,
+                (groups, kh, kw, lanes, cpg),
+                (sw, dw),
+                offs,
+                x.dtype,
+            )
+            base = n * groups * taps * plane + i * wo
+            for t in range(groups * taps):
+                copy_run(kp, base + t * plane, krp, t * lanes, wo)
+            if i + 1 < ho:  # the next row's kernel-gradient lines, to be written
+                prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, True)

@@ -1,0 +1,207 @@
+"""Rows in and out of the blocked kernels' scratch layouts, whatever the operands' memory layout.
+
+The blocked kernels (``blocked``, ``fused``) compute one output row at a time from a few rows of
+their operands held in small per-task buffers (a ring of the rows a window needs), in the layout
+each tile wants:
+
+- pixel rows (``pixels_in``): [column][channel], the group's channels contiguous (the LANES-wide
+  channel vectors of the aggregation tiles), zero-padded on both sides so that no tap needs a
+  bounds test;
+- channel rows (``channels_in``): [channel][phase][column / stride], the columns of one phase of
+  the stride contiguous (the LANES-wide pixel vectors of the kernel-gradient tiles), zero-padded.
+
+Operands arrive as logical [N, C, H, W] arrays with any strides (a channels_last tensor is an
+NHWC array viewed as NCHW), passed around as a ``strided`` view: (pointer, element strides N, C,
+H, W). A function copies a LANES-wide run at a time where its source is contiguous in that
+direction, element by element where it is not (an NCHW row into a pixel row, an NHWC row into a
+channel row: the transposes). A row is read once per task, and the tiles then reuse it KxK
+times, so the transposes cost a small fraction of the multiply-adds.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer, prefetch
+
+
+@njit(inline="always")
+def strided(a):  # pragma: no cover - compiled
+    """A 4-D array as (pointer to its first element, its strides N, C, H, W in elements)."""
+    size = a.itemsize
+    s = a.strides
+    return pointer(a), s[0] // size, s[1] // size, s[2] // size, s[3] // size
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def pixels_in(dst, at, pitch, src, base, width, channels):  # pragma: no cover - compiled
+    """dst[at + col * pitch + c] = the source row at ``base`` (``src``: a ``strided`` view) for
+    col < width, c < channels: one row as [column][channel]."""
+    sp, _, s_c, _, s_w = src
+    if s_c == 1:
+        blocks = channels // LANES
+        for col in range(width):
+            d = at + col * pitch
+            f = base + col * s_w
+            for b in range(blocks):
+                copy(dst, d + b * LANES, sp, f + b * LANES)
+            for c in range(blocks * LANES, channels):
+                dst[d + c] = sp[f + c]
+    else:
+        for c in range(channels):
+            f = base + c * s_c
+            for col in range(width):
+                dst[at + col * pitch + c] = sp[f + col * s_w]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def pixels_out(dst, base, src, at, pitch, width, channels):  # pragma: no cover - compiled
+    """The inverse of ``pixels_in``: the row at ``base`` of ``dst`` (a ``strided`` view) =
+    src[at + col * pitch + c] for col < width, c < channels."""
+    dp, _, s_c, _, s_w = dst
+    if s_c == 1:
+        blocks = channels // LANES
+        for col in range(width):
+            d = base + col * s_w
+            f = at + col * pitch
+            for b in range(blocks):
+                copy(dp, d + b * LANES, src, f + b * LANES)
+            for c in range(blocks * LANES, channels):
+                dp[d + c] = src[f + c]
+    else:
+        for c in range(channels):
+            d = base + c * s_c
+            for col in range(width):
+                dp[d + col * s_w] = src[at + col * pitch + c]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def channels_in(
+    dst, at, pitch, phase_len, stride, pad, src, base, width, channels
+):  # pragma: no cover
+    """One source row (``src``: a ``strided`` view, row at ``base``) as channel rows split by the
+    phase of the stride: padded column cp = col + pad goes to
+    dst[at + c * pitch + (cp % stride) * phase_len + cp // stride]."""
+    sp, _, s_c, _, s_w = src
+    if stride == 1 and s_w == 1:
+        blocks = width // LANES
+        for c in range(channels):
+            d = at + c * pitch + pad
+            f = base + c * s_c
+            for b in range(blocks):
+                copy(dst, d + b * LANES, sp, f + b * LANES)
+            for col in range(blocks * LANES, width):
+                dst[d + col] = sp[f + col]
+    else:
+        for col in range(width):
+            cp = col + pad
+            f = base + col * s_w
+            d = at + (cp % stride) * phase_len + cp // stride
+            for c in range(channels):
+                dst[d + c * pitch] = sp[f + c * s_c]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def copy_run(dst, at, src, frm, count):  # pragma: no cover - compiled
+    """dst[at : at + count] = src[frm : frm + count], LANES at a time."""
+    blocks = count // LANES
+    for b in range(blocks):
+        copy(dst, at + b * LANES, src, frm + b * LANES)
+    for e in range(blocks * LANES, count):
+        dst[at + e] = src[frm + e]
+
+
+@njit(cache=True)
+def pixel_window(
+    ring, held, pitch, pad, src, n, size, top, geometry, k_t, taps
+):  # pragma: no cover
+    """The taps of one output row whose input rows lie in the image.
+
+    Input rows top + u * dh are held in ``ring`` as zero-padded pixel rows (``pitch`` elements
+    each, the image from column ``pad``); a row is loaded once while it stays in the window
+    (``held`` says which row each slot holds). Tap (u, v) is listed in ``taps`` = (kernel
+    offsets, source offsets) with the kernel offset (u * kw + v) * k_t and the ring offset of its
+    first source pixel. ``size`` = (height, width, channels) of the image n of ``src``;
+    ``geometry`` = (kh, kw, dh, dw). Returns the number of taps listed."""
+    height, width, channels = size
+    kh, kw, dh, dw = geometry
+    tap_k, tap_s = taps
+    span = held.shape[0]
+    count = 0
+    for u in range(kh):
+        y = top + u * dh
+        if y < 0 or y >= height:
+            continue
+        slot = y % span
+        if held[slot] != y:
+            base = n * src[1] + y * src[3]
+            pixels_in(ring, slot * pitch + pad * channels, channels, src, base, width, channels)
+            held[slot] = y
+        for v in range(kw):
+            tap_k[count] = (u * kw + v) * k_t
+            tap_s[count] = slot * pitch + v * dw * channels
+            count += 1
+    return count
+
+
+@njit(cache=True)
+def channel_window(ring, held, layout, src, n, size, top, kh, dh, roff):  # pragma: no cover
+    """Like ``pixel_window`` for channel rows (``channels_in``; ``layout`` = (pitch, phase_len,
+    stride, pad), a row taking channels * pitch elements): roff[u] is the ring offset of input
+    row top + u * dh, -1 outside the image."""
+    height, width, channels = size
+    pitch, phase_len, stride, pad = layout
+    span = held.shape[0]
+    for u in range(kh):
+        y = top + u * dh
+        if y < 0 or y >= height:
+            roff[u] = -1
+            continue
+        at = (y % span) * channels * pitch
+        if held[y % span] != y:
+            base = n * src[1] + y * src[3]
+            channels_in(ring, at, pitch, phase_len, stride, pad, src, base, width, channels)
+            held[y % span] = y
+        roff[u] = at
+
+
+@njit(cache=True)
+def gather_taps(y, q, conv, kh, kw, rows_out, ring, taps):  # pragma: no cover - compiled
+    """The taps of grad_x's input row y, columns q + sw * m (one phase of the stride), as a
+    gather: tap (u, v) reads output row i = (y + ph - u * dh) / sh and column
+    j = (q + pw - v * dw) / sw + m where those are whole and i is in [0, rows_out).
+
+    ``conv`` = (sh, sw, ph, pw, dh, dw). The output rows sit in rings of their own
+    (``ring`` = (span, jpad, k_slot, k_t, k_j, pitch, channels)): the kernel value of tap (u, v)
+    at slot * k_slot + (u * kw + v) * k_t + (j + jpad) * k_j, the grad_out pixel at
+    slot * pitch + (j + jpad) * channels. Lists (kernel offset, pixel offset) for m = 0 in
+    ``taps``; returns their number."""
+    sh, sw, ph, pw, dh, dw = conv
+    span, jpad, k_slot, k_t, k_j, pitch, channels = ring
+    tap_k, tap_s = taps
+    count = 0
+    for u in range(kh):
+        num = y + ph - u * dh
+        if num < 0 or num % sh != 0 or num // sh >= rows_out:
+            continue
+        slot = (num // sh) % span
+        for v in range(kw):
+            col = q + pw - v * dw
+            if col % sw != 0:
+                continue
+            j = col // sw + jpad
+            tap_k[count] = slot * k_slot + (u * kw + v) * k_t + j * k_j
+            tap_s[count] = slot * pitch + j * channels
+            count += 1
+    return count
+
+
+@njit(inline="always")
+def prefetch_runs(ptr, base, runs, pitch, length, line, write):  # pragma: no cover - compiled
+    """Prefetch ``runs`` runs of ``length`` elements, ``pitch`` apart from ``base``, one cache
+    line (``line`` elements) at a time: the next row's kernel values (one run per tap, a plane
+    apart), which the hardware prefetcher cannot follow as so many streams."""
+    for r in range(runs):
+        at = base + r * pitch
+        for e in range(0, length, line):
+            prefetch(ptr, at + e, write)

@@ -1,0 +1,282 @@
+"""The register tiles of the blocked kernels: one output row of each of the op's three products.
+
+Each function computes one row from rows already laid out by ``rows`` (see there), with its
+accumulators in a stack tile (``simd.stack_array``) that LLVM keeps in vector registers:
+
+- ``aggregate_row``: out[j, c] = sum over a list of taps of kernel[tap, j] * src[tap, j, c]:
+  tiles of 4 pixels x LANES channels (the forward; grad_input as a gather per input pixel);
+- ``dot_row``: gk[t, j] = sum over a group's channels of go[c, j] * x[c, j*step + v*dil]: tiles
+  of LANES pixels x up to 4 taps (the kernel gradient, the windowed dot product);
+- ``matmul_rows``: c[j, o] (+)= sum_r a[j, r] * b[r, o]: tiles of 4 rows x 2*LANES columns, the
+  kernel generation and the gradients of the fused op's matrix products.
+
+The sums run in a fixed order per result (taps in (u, v) order, channels in order, the inner
+dimension of a product in order), one fused multiply-add each, so ``generic`` (plain loops in
+that order) gives the same bits.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from involution.kernels.cpu.simd import (
+    FASTMATH,
+    LANES,
+    copy,
+    fma,
+    fma4,
+    fma_vv,
+    stack_array,
+    zero,
+)
+
+TILE = 4 * LANES  # 4 pixels x LANES channels, 4 taps x LANES pixels
+WIDE = 8 * LANES  # 4 rows x 2*LANES columns
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _store_pixels(dst, at, s_c, s_w, acc, count):  # pragma: no cover - compiled
+    """``count`` pixels of LANES channels from the tile to dst[at + q * s_w + lane * s_c]."""
+    if s_c == 1:
+        for q in range(count):
+            copy(dst, at + q * s_w, acc, q * LANES)
+    else:
+        for q in range(count):
+            for lane in range(LANES):
+                dst[at + q * s_w + lane * s_c] = acc[q * LANES + lane]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def aggregate_row(out, src, kern, taps, count, shape, dtype):  # pragma: no cover - compiled
+    """One row of out[c, j] = sum over the taps e < ``count``, in order, of
+    kern[tap_k[e] + g * k_g + j * k_j] * src[tap_s[e] + c + j * s_j], for j < width and every
+    channel c (g = c // cpg).
+
+    ``out`` = (pointer, offset of the row, stride of a channel, stride of a pixel); ``src`` =
+    (pointer, stride of a pixel) to pixel rows ([column][channel], so channel c adds c);
+    ``kern`` = (pointer, stride of a pixel, stride of a group); ``taps`` = (tap_k, tap_s), the
+    offsets of each tap's kernel value and source pixel for j = 0 and group 0; ``shape`` =
+    (groups, width, cpg). The forward lists the taps (u, v) of the rows inside the image,
+    grad_input (a gather) those whose output pixel exists, for one phase of the stride.
+
+    Tiles of 4 pixels x LANES channels: four independent FMA chains per tap, one store per pixel
+    and channel block."""
+    op, obase, os_c, os_j = out
+    sp, s_j = src
+    kp, k_j, k_g = kern
+    tap_k, tap_s = taps
+    groups, width, cpg = shape
+    acc = stack_array(TILE, dtype)
+    full = width // 4
+    for g in range(groups):
+        kg = g * k_g
+        for cb in range(cpg // LANES):
+            c0 = g * cpg + cb * LANES
+            for jb in range(full):
+                j = jb * 4
+                zero(acc, 0)
+                zero(acc, LANES)
+                zero(acc, 2 * LANES)
+                zero(acc, 3 * LANES)
+                for e in range(count):
+                    fma4(acc, kp, tap_k[e] + kg + j * k_j, k_j, sp, tap_s[e] + c0 + j * s_j, s_j)
+                _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 4)
+            for j in range(full * 4, width):
+                zero(acc, 0)
+                for e in range(count):
+                    fma(acc, 0, kp[tap_k[e] + kg + j * k_j], sp, tap_s[e] + c0 + j * s_j)
+                _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 1)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no cover - compiled
+    """gk rows t = 0..count-1 (gk = (pointer, offset, stride of a row)) = sum over cpg channels
+    c, in order, of go[offset + c * stride] (go = (pointer, offset, stride of a channel)) *
+    x[xat + c * c_pitch + offs[t]]: one go vector feeds ``count`` (1 to 4) FMA chains. Each count
+    has its own branch so that every tile index is a constant."""
+    gp, gat, t_pitch = gk
+    op, oat, go_pitch = go
+    if count == 4:
+        o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
+        zero(acc, 0)
+        zero(acc, LANES)
+        zero(acc, 2 * LANES)
+        zero(acc, 3 * LANES)
+        for cc in range(cpg):
+            g = oat + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, g, xp, x + o0)
+            fma_vv(acc, LANES, op, g, xp, x + o1)
+            fma_vv(acc, 2 * LANES, op, g, xp, x + o2)
+            fma_vv(acc, 3 * LANES, op, g, xp, x + o3)
+        copy(gp, gat, acc, 0)
+        copy(gp, gat + t_pitch, acc, LANES)
+        copy(gp, gat + 2 * t_pitch, acc, 2 * LANES)
+        copy(gp, gat + 3 * t_pitch, acc, 3 * LANES)
+    elif count == 3:
+        o0, o1, o2 = offs[0], offs[1], offs[2]
+        zero(acc, 0)
+        zero(acc, LANES)
+        zero(acc, 2 * LANES)
+        for cc in range(cpg):
+            g = oat + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, g, xp, x + o0)
+            fma_vv(acc, LANES, op, g, xp, x + o1)
+            fma_vv(acc, 2 * LANES, op, g, xp, x + o2)
+        copy(gp, gat, acc, 0)
+        copy(gp, gat + t_pitch, acc, LANES)
+        copy(gp, gat + 2 * t_pitch, acc, 2 * LANES)
+    elif count == 2:
+        o0, o1 = offs[0], offs[1]
+        zero(acc, 0)
+        zero(acc, LANES)
+        for cc in range(cpg):
+            g = oat + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, g, xp, x + o0)
+            fma_vv(acc, LANES, op, g, xp, x + o1)
+        copy(gp, gat, acc, 0)
+        copy(gp, gat + t_pitch, acc, LANES)
+    else:
+        o0 = offs[0]
+        zero(acc, 0)
+        for cc in range(cpg):
+            fma_vv(acc, 0, op, oat + cc * go_pitch, xp, xat + cc * c_pitch + o0)
+        copy(gp, gat, acc, 0)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - compiled
+    """One row of the kernel gradient: gk[t, j] = sum over the channels c of group g, in order,
+    of go[c, j] * x[c, j * step + v * dil], for t = (g * kh + u) * kw + v and j < ``lanes`` (a
+    multiple of LANES); a tap row u with roff[u] < 0 (outside the image) gives zeros.
+
+    ``gk`` = (pointer, offset, stride of a tap row); ``go`` = (pointer, stride of a channel) to
+    one row of the incoming gradient as [channel][pixel]; ``src`` = (pointer, stride of a
+    channel, length of a phase) to channel rows split by phase (``rows.channels_in``), tap row
+    u at roff[u]; ``shape`` = (groups, kh, kw, lanes, cpg); ``conv`` = (step, dil) along the
+    row; ``offs``: a scratch int64 array of 4."""
+    gp, gbase, t_pitch = gk
+    op, go_pitch = go
+    sp, c_pitch, phase_len = src
+    groups, kh, kw, lanes, cpg = shape
+    step, dil = conv
+    acc = stack_array(TILE, dtype)
+    for g in range(groups):
+        for u in range(kh):
+            r = roff[u]
+            t0 = (g * kh + u) * kw
+            if r < 0:
+                for v in range(kw):
+                    at = gbase + (t0 + v) * t_pitch
+                    for jv in range(lanes // LANES):
+                        zero(gp, at + jv * LANES)
+                continue
+            for jv in range(lanes // LANES):
+                j = jv * LANES
+                v = 0
+                while v < kw:
+                    count = min(4, kw - v)
+                    for q in range(count):
+                        tap = (v + q) * dil
+                        offs[q] = (tap % step) * phase_len + tap // step + j
+                    rows = (gp, gbase + (t0 + v) * t_pitch + j, t_pitch)
+                    channels = (op, g * cpg * go_pitch + j, go_pitch)
+                    xat = r + g * cpg * c_pitch
+                    _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, acc)
+                    v += count
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def matmul_rows(c, a, b, dims, init, bias, dtype):  # pragma: no cover - compiled
+    """c[j, o] = start + sum_r a[j, r] * b[r, o] for j < rows, o < cols (a multiple of LANES), r
+    in order, with ``dims`` = (rows, inner, cols); the start value is 0 (``init`` 0), the value
+    already there (1: accumulate) or bias[o] (2).
+
+    ``c`` = (pointer, offset, stride of a row); ``a`` = (pointer, offset, stride of a row j,
+    stride of r); ``b`` = (pointer, offset, stride of a row r); ``bias`` = (pointer, offset).
+    Tiles of 4 rows x 2 LANES-vectors (8 FMA chains per inner step: 2 vector loads of b, 4
+    broadcasts of a); an odd last column vector (all of a LANES-wide product) in tiles of 8
+    rows x 1 vector; rows left over in a 1-row x 1-vector tile."""
+    cp, cat, c_pitch = c
+    ap, aat, a_pitch, a_inner = a
+    bp, bat, b_pitch = b
+    zp, bias_at = bias
+    rows, inner, cols = dims
+    wide = stack_array(WIDE, dtype)
+    one = stack_array(LANES, dtype)
+    full = rows // 4
+    pairs = cols // (2 * LANES)
+    for ob in range(pairs):
+        o = ob * 2 * LANES
+        for jb in range(full):
+            j0 = jb * 4
+            for q in range(4):
+                for h in range(2):
+                    at = q * 2 * LANES + h * LANES
+                    dst = cat + (j0 + q) * c_pitch + o + h * LANES
+                    if init == 0:
+                        zero(wide, at)
+                    elif init == 1:
+                        copy(wide, at, cp, dst)
+                    else:
+                        copy(wide, at, zp, bias_at + o + h * LANES)
+            for r in range(inner):
+                brow = bat + r * b_pitch + o
+                ar = aat + j0 * a_pitch + r * a_inner
+                a0 = ap[ar]
+                a1 = ap[ar + a_pitch]
+                a2 = ap[ar + 2 * a_pitch]
+                a3 = ap[ar + 3 * a_pitch]
+                fma(wide, 0, a0, bp, brow)
+                fma(wide, LANES, a0, bp, brow + LANES)
+                fma(wide, 2 * LANES, a1, bp, brow)
+                fma(wide, 3 * LANES, a1, bp, brow + LANES)
+                fma(wide, 4 * LANES, a2, bp, brow)
+                fma(wide, 5 * LANES, a2, bp, brow + LANES)
+                fma(wide, 6 * LANES, a3, bp, brow)
+                fma(wide, 7 * LANES, a3, bp, brow + LANES)
+            for q in range(4):
+                for h in range(2):
+                    dst = cat + (j0 + q) * c_pitch + o + h * LANES
+                    copy(cp, dst, wide, q * 2 * LANES + h * LANES)
+    if cols % (2 * LANES):  # the last column vector: tiles of 8 rows x 1 vector
+        o = pairs * 2 * LANES
+        for jb in range(rows // 8):
+            j0 = jb * 8
+            for q in range(8):
+                dst = cat + (j0 + q) * c_pitch + o
+                if init == 0:
+                    zero(wide, q * LANES)
+                elif init == 1:
+                    copy(wide, q * LANES, cp, dst)
+                else:
+                    copy(wide, q * LANES, zp, bias_at + o)
+            for r in range(inner):
+                brow = bat + r * b_pitch + o
+                ar = aat + j0 * a_pitch + r * a_inner
+                fma(wide, 0, ap[ar], bp, brow)
+                fma(wide, LANES, ap[ar + a_pitch], bp, brow)
+                fma(wide, 2 * LANES, ap[ar + 2 * a_pitch], bp, brow)
+                fma(wide, 3 * LANES, ap[ar + 3 * a_pitch], bp, brow)
+                fma(wide, 4 * LANES, ap[ar + 4 * a_pitch], bp, brow)
+                fma(wide, 5 * LANES, ap[ar + 5 * a_pitch], bp, brow)
+                fma(wide, 6 * LANES, ap[ar + 6 * a_pitch], bp, brow)
+                fma(wide, 7 * LANES, ap[ar + 7 * a_pitch], bp, brow)
+            for q in range(8):
+                copy(cp, cat + (j0 + q) * c_pitch + o, wide, q * LANES)
+    for ov in range(cols // LANES):  # rows left over: 1 row x 1 vector
+        o = ov * LANES
+        first = full * 4 if ov < pairs * 2 else rows // 8 * 8
+        for j in range(first, rows):
+            dst = cat + j * c_pitch + o
+            if init == 0:
+                zero(one, 0)
+            elif init == 1:
+                copy(one, 0, cp, dst)
+            else:
+                copy(one, 0, zp, bias_at + o)
+            for r in range(inner):
+                fma(one, 0, ap[aat + j * a_pitch + r * a_inner], bp, bat + r * b_pitch + o)
+            copy(cp, dst, one, 0)
