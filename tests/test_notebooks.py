@@ -294,3 +294,15 @@ def test_detection_sweep_notebook(kernel_dir: Path, tmp_path: Path) -> None:
     )
     summary = (sweep / "summary.md").read_text()
     assert "val AP %" in summary and "test AP %" in summary
+
+
+@pytest.mark.slow
+def test_detection_sweep_notebook_given_a_classification_sweep_says_so(
+    artifacts: Artifacts, kernel_dir: Path, tmp_path: Path
+) -> None:
+    notebook = execute(
+        "04_detection_sweep", kernel_dir, tmp_path, fails=True, multirun=artifacts.multirun
+    )
+    index, error = one_line_error(notebook)
+    assert index == first_cell_with(notebook, "load_sweep(")
+    assert "has no job with a box AP or mIoU" in error["evalue"]
