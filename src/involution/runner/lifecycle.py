@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from involution.runner import console
-from involution.runner.build import Run, build, identity
+from involution.runner.build import Run, build, choice, identity
 from involution.runner.loggers import wandb_status
 from involution.runner.outcome import Outcome, outcome_of
 from involution.runs.records import JobRecorder, check_finite
@@ -37,7 +37,9 @@ def prepare(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if "flush_denormal" in cfg:
         torch.set_flush_denormal(bool(cfg.flush_denormal))
-    console.route_logs(bool(cfg.get("verbose", False)))
+    # A debug mode (debug=fdr|overfit|limit|profiler) is asked for to see what Lightning does:
+    # its notices (which loop runs how many batches, shuffling turned off) go on the console.
+    console.route_logs(bool(cfg.get("verbose", False)) or choice("debug") is not None)
 
 
 def start(cfg: DictConfig, **build_options: Any) -> Run:
