@@ -229,10 +229,6 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _f(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     size, batch = meta["image_size"], meta["batch"]
     lines = [
@@ -278,15 +274,15 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             task,
             backbone,
             neck,
-            _f(c.get("params", 0) / 1e6 if c else None, ".2f"),
-            _f(c.get("macs", 0) / 1e9 if c else None, ".1f"),
-            _f(row.get("train_s"), ".2f"),
-            _f(row.get("infer_s"), ".2f"),
-            _f(peak / 2**20 if peak else None, ".0f"),
-            _f(row.get("train_s_twin_ratio"), ".2f"),
-            _f(row.get("infer_s_twin_ratio"), ".2f"),
-            _f(row.get("peak_bytes_twin_ratio"), ".2f"),
-            _f(row.get("train_s_tv_ratio"), ".2f"),
+            report.cell(c.get("params", 0) / 1e6 if c else None, ".2f"),
+            report.cell(c.get("macs", 0) / 1e9 if c else None, ".1f"),
+            report.cell(row.get("train_s"), ".2f"),
+            report.cell(row.get("infer_s"), ".2f"),
+            report.cell(peak / 2**20 if peak else None, ".0f"),
+            report.cell(row.get("train_s_twin_ratio"), ".2f"),
+            report.cell(row.get("infer_s_twin_ratio"), ".2f"),
+            report.cell(row.get("peak_bytes_twin_ratio"), ".2f"),
+            report.cell(row.get("train_s_tv_ratio"), ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = targets(rows)

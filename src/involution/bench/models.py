@@ -250,11 +250,6 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    """``value`` formatted for a table cell, "-" where it was not measured."""
-    return "-" if value is None else format(value, fmt)
-
-
 def _merged_commands(previous: dict[str, Any], kept: list[dict[str, Any]]) -> list[str]:
     """The commands that measured the runs a merged call keeps, each once (a run records its
     command; one from older records, which did not, counts as the previous call's)."""
@@ -332,15 +327,15 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             cells[0] = f"{row['model']} (failed: {row['error'].replace('|', '/')})"
         peak = row.get("peak_bytes")
         cells += [
-            _cell(c.get("params", 0) / 1e6 if c else None, ".2f"),
-            _cell(c.get("macs", 0) / 1e9 if c else None, ".2f"),
-            _cell(row.get("train_s"), ".3f"),
-            _cell(row.get("images_per_s"), ".1f"),
-            _cell(row.get("infer_s"), ".3f"),
-            _cell(peak / 2**20 if peak else None, ".0f"),
-            _cell(row.get("train_s_ratio"), ".2f"),
-            _cell(row.get("infer_s_ratio"), ".2f"),
-            _cell(row.get("peak_bytes_ratio"), ".2f"),
+            report.cell(c.get("params", 0) / 1e6 if c else None, ".2f"),
+            report.cell(c.get("macs", 0) / 1e9 if c else None, ".2f"),
+            report.cell(row.get("train_s"), ".3f"),
+            report.cell(row.get("images_per_s"), ".1f"),
+            report.cell(row.get("infer_s"), ".3f"),
+            report.cell(peak / 2**20 if peak else None, ".0f"),
+            report.cell(row.get("train_s_ratio"), ".2f"),
+            report.cell(row.get("infer_s_ratio"), ".2f"),
+            report.cell(row.get("peak_bytes_ratio"), ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = targets(rows)

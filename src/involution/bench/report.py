@@ -95,6 +95,11 @@ class RecordsError(ValueError):
     """A benchmark records file that is not JSON, or not in the records format."""
 
 
+def cell(value: float | None, fmt: str) -> str:
+    """``value`` formatted for a table cell, "-" where it was not measured."""
+    return "-" if value is None else format(value, fmt)
+
+
 def records_path(markdown: Path, name: str) -> Path:
     """Where benchmark ``name`` keeps its JSON records: beside the markdown it renders."""
     return sections.records_of(markdown, name)
