@@ -105,19 +105,20 @@ _M_MMAP_THRESHOLD = -3
 
 
 def steady_heap(limit: int = 1 << 30) -> bool:
-    """Keep freed blocks below ``limit`` bytes on the heap (glibc ``mallopt`` of the mmap and trim
-    thresholds); False without glibc.
+    """Keep freed blocks below ``limit`` bytes on the heap and never hand the heap's top back to
+    the kernel by itself (glibc ``mallopt`` of the mmap and trim thresholds); False without glibc.
 
     By default glibc maps big blocks (here 13-50 MB feature maps) straight from the kernel and
     unmaps them on free, so each step pays page faults to touch fresh zeroed pages, and which
     candidate pays how much depends on the order of frees and on glibc's adaptive threshold. A
-    training loop in steady state recycles its buffers; high thresholds give every candidate that
-    steady state."""
+    training loop in steady state recycles its buffers; a high mmap threshold gives every
+    candidate that steady state. Trimming is off: with a trim threshold, the gigabytes one
+    candidate frees (the unfold reference's 3 GB) were handed back inside whichever later
+    candidate's free() found them at the heap's top, 0.1-0.25 s of system time charged to a
+    random row (6-30x its real time). ``peak_memory`` still trims explicitly."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(
-            libc.mallopt(_M_MMAP_THRESHOLD, limit) and libc.mallopt(_M_TRIM_THRESHOLD, limit)
-        )
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit) and libc.mallopt(_M_TRIM_THRESHOLD, -1))
     except (OSError, AttributeError):
         return False
 
@@ -711,8 +712,9 @@ def measure(
         heap = "glibc defaults"
         if args.heap == "steady":
             heap = (
-                "steady: freed blocks stay on the heap (glibc M_MMAP_THRESHOLD and "
-                "M_TRIM_THRESHOLD 1 GiB), so no candidate re-faults fresh pages every step"
+                "steady: freed blocks stay on the heap (glibc M_MMAP_THRESHOLD 1 GiB, "
+                "M_TRIM_THRESHOLD -1: no trimming), so no candidate re-faults fresh pages or "
+                "pays for another's freed memory"
                 if steady_heap()
                 else "glibc defaults (mallopt unavailable)"
             )
