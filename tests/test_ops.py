@@ -599,64 +599,6 @@ def test_fused_agrees_with_composition(case, layout, backend):
     assert fused_kernel_runs(operands[0], case[2], backend) == fused_kernel
 
 
-def _activation(hidden, gen_seed=5):
-    """(scale, shift) per hidden channel, with shifts that leave part of the map below zero."""
-    gen = torch.Generator().manual_seed(gen_seed)
-    r = hidden.shape[1]
-    scale = (torch.rand(r, generator=gen, dtype=hidden.dtype) + 0.5).requires_grad_()
-    shift = (torch.randn(r, generator=gen, dtype=hidden.dtype) * 0.5).requires_grad_()
-    return scale, shift
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("case", [FUSED_CASES[0], FUSED_CASES[4]], ids=["kernel", "composition"])
-def test_fused_activation_agrees_with_the_activated_map(case, layout, backend):
-    """With hidden_scale / hidden_shift the op equals the plain fused op on
-    relu(hidden * scale + shift), output and the gradients of every operand (float64), and keeps
-    the pre-activation map (the one it was given) for backward, not the activated one."""
-    operands, stride, padding, dilation = make_fused_case(case, layout=layout)
-    x, hidden, weight, bias = (t.detach().requires_grad_() for t in operands)
-    scale, shift = _activation(hidden)
-    k = case[6]
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        got = fused_involution2d(
-            x, hidden, weight, bias, k, stride, padding, dilation, backend, scale, shift
-        )
-    assert any(t is hidden for t in saved)
-    assert all(t.shape != hidden.shape or t is hidden for t in saved)  # no activated map kept
-    grad = torch.randn(got.shape, dtype=got.dtype, generator=torch.Generator().manual_seed(6))
-    leaves = (x, hidden, weight, bias, scale, shift)
-    got_grads = torch.autograd.grad(got, leaves, grad)
-    act = torch.relu(hidden * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
-    want = fused_involution2d(x, act, weight, bias, k, stride, padding, dilation, backend)
-    want_grads = torch.autograd.grad(want, leaves, grad)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    names = ("input", "hidden", "weight", "bias", "hidden_scale", "hidden_shift")
-    for name, a, b in zip(names, got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
-    assert (act == 0).any() and (act > 0).any()  # the ReLU's both sides are exercised
-
-
-@pytest.mark.parametrize("case", [FUSED_CASES[1], FUSED_CASES[4]], ids=["kernel", "composition"])
-def test_fused_activation_gradcheck_and_gradgradcheck(case):
-    """Float64 gradcheck of all six operands through the backward op (ReLU's and an eval-mode
-    batch norm's backward kernels); double backward through the torch composition."""
-    small = (1, case[1], case[2], 3, 5, 6, 3, case[7], 1)
-    operands, stride, padding, dilation = make_fused_case(small)
-    scale, shift = _activation(operands[1])
-    leaves = [t.detach().requires_grad_() for t in operands] + [scale, shift]
-
-    def fn(x, hidden, weight, bias, scale, shift):
-        return fused_involution2d(
-            x, hidden, weight, bias, 3, stride, padding, dilation, "numba_cpu", scale, shift
-        )
-
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6)
-    assert torch.autograd.gradgradcheck(fn, leaves, eps=1e-6, atol=1e-6, fast_mode=True)
-
-
 def test_fused_float32_and_no_bias():
     operands, stride, padding, dilation = make_fused_case(FUSED_CASES[0], torch.float32)
     x, hidden, weight, _ = operands
@@ -695,13 +637,6 @@ def test_fused_opcheck():
     torch.library.opcheck(
         ops.involution2d_fused_backward.default,
         (go, x.detach(), hidden.detach(), weight.detach(), bias.detach(), *args),
-    )
-    scale, shift = _activation(hidden)
-    torch.library.opcheck(ops.involution2d.fused, (x, hidden, weight, bias, *args, scale, shift))
-    torch.library.opcheck(
-        ops.involution2d_fused_backward.default,
-        (go, x.detach(), hidden.detach(), weight.detach(), bias.detach(), *args)
-        + (scale.detach(), shift.detach()),
     )
 
 
@@ -744,11 +679,6 @@ def test_fused_bad_arguments():
         fused_involution2d(x, hidden, weight[0], bias, 7)
     with pytest.raises(ValueError, match="backend must be one of"):
         fused_involution2d(x, hidden, weight, bias, 7, backend="cupy")
-    scale = torch.ones(hidden.shape[1], dtype=hidden.dtype)
-    with pytest.raises(ValueError, match="hidden_scale and hidden_shift must be given together"):
-        fused_involution2d(x, hidden, weight, bias, 7, hidden_scale=scale)
-    with pytest.raises(ValueError, match=r"hidden_shift shape must be \(8,\) \(R\)"):
-        fused_involution2d(x, hidden, weight, bias, 7, hidden_scale=scale, hidden_shift=scale[1:])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ into the module that sits in the middle of a bottleneck block. One module per jo
 - ``involution``: ``Involution2d`` (kernel generation fused with the aggregation);
 - ``attention``: ``LocalSelfAttention2d``;
 - ``factory``: ``make_spatial_op`` and the keys each operator takes;
-- ``pool``: ``CeilAvgPool2d``; ``folding``: batch norm folded into convolutions in eval mode, or
-  into an affine map of the batch's statistics in training (``batch_norm_affine``);
+- ``pool``: ``CeilAvgPool2d``; ``folding``: batch norm folded into convolutions in eval mode;
 - ``recompute``: ``recomputed``, a module region recomputed in backward (the RedNet stem's).
 """
 
@@ -21,13 +20,7 @@ from involution.layers.checks import (
     check_operator_spec,
 )
 from involution.layers.factory import OPERATOR_KEYS, make_spatial_op
-from involution.layers.folding import (
-    ConvBNReLU,
-    batch_norm_affine,
-    conv_bn,
-    fold_batch_norm,
-    uses_running_stats,
-)
+from involution.layers.folding import ConvBNReLU, conv_bn, fold_batch_norm, uses_running_stats
 from involution.layers.involution import Involution2d
 from involution.layers.pool import CeilAvgPool2d
 from involution.layers.recompute import recomputed
@@ -39,7 +32,6 @@ __all__ = [
     "ConvBNReLU",
     "Involution2d",
     "LocalSelfAttention2d",
-    "batch_norm_affine",
     "check_operator_fit",
     "check_operator_spec",
     "conv_bn",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from involution.layers.checks import check_operator_fit, check_operator_spec
-from involution.layers.folding import batch_norm_affine, conv_bn
+from involution.layers.folding import conv_bn
 from involution.layers.pool import CeilAvgPool2d
 from involution.ops import fused_involution2d, involution2d
 
@@ -26,11 +26,8 @@ class Involution2d(nn.Module):
     and makes the kernel again in backward. Where its backend has a fused kernel (``numba_cpu``,
     groups of a multiple of 16 channels) the kernel is made a row at a time in cache and never
     exists as a tensor at all, forward or backward; elsewhere the op makes it, uses it and drops
-    it. In training mode the op also applies the generation's BN (the batch's statistics, as a
-    per-channel affine map) and ReLU where it reads the hidden map, so that the layer keeps only
-    the pre-BN map besides its input. ``recompute_kernel=False`` keeps the plain graph: the
-    kernel made by a batched product and applied by ``involution2d``, kept for backward (what
-    the fused op is tested against).
+    it. ``recompute_kernel=False`` keeps the plain graph: the kernel made by a batched product
+    and applied by ``involution2d``, kept for backward (what the fused op is tested against).
 
     Args:
         channels: C, input and output channels.
@@ -110,25 +107,8 @@ class Involution2d(nn.Module):
         """The per-pixel kernels [N, G, K, K, Ho, Wo] that the aggregation applies."""
         return self._span(self._hidden(x))
 
-    def _folds_batch_norm(self) -> bool:
-        """Whether the fused op applies the generation's BN (batch statistics) and ReLU itself:
-        training mode, the fused op, a plain BN and ReLU (a ``SyncBatchNorm`` syncs its own
-        statistics; another activation does not fold)."""
-        return (
-            self.recompute_kernel
-            and type(self.reduce_bn) is nn.BatchNorm2d
-            and type(self.act) is nn.ReLU
-            and (self.reduce_bn.training or self.reduce_bn.running_var is None)
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = shift = None
-        if self._folds_batch_norm():
-            # the op keeps the pre-BN map only and makes relu(bn(.)) where it reads it
-            hidden = self.reduce(self.pool(x))
-            scale, shift = batch_norm_affine(self.reduce_bn, hidden)
-        else:
-            hidden = self._hidden(x)
+        hidden = self._hidden(x)
         if not self.recompute_kernel:
             return involution2d(
                 x, self._span(hidden), self.stride, None, self.dilation, self.backend
@@ -144,8 +124,6 @@ class Involution2d(nn.Module):
             None,
             self.dilation,
             self.backend,
-            scale,
-            shift,
         )
 
     def extra_repr(self) -> str:

@@ -13,12 +13,6 @@ operands for backward, and no recomputation is needed around it. Elsewhere it ru
 composition it stands for (a batched matrix product, then ``involution2d`` on the same backend),
 which is also what the fused kernels are tested against.
 
-With ``hidden_scale`` and ``hidden_shift`` the op takes the map before its batch norm and ReLU
-and generates the kernel from ``relu(hidden * hidden_scale + hidden_shift)`` (per channel): the
-layer's BN (its affine form for the batch's statistics) and ReLU folded in. The activated map is
-made where it is used, forward and backward, and the op keeps only the pre-activation map: one
-C/r-channel map per layer less for backward than BN and ReLU keeping their input and output.
-
 Two ``torch.library`` ops: ``involution::involution2d.fused`` (an overload of the aggregation op,
 so that counting the model's multiply-adds finds it where it looks for the aggregation; its FLOP
 formula counts the generation and the aggregation) and ``involution::involution2d_fused_backward``
@@ -57,8 +51,6 @@ def fused_involution2d(
     padding: int | Sequence[int] | None = None,
     dilation: int | Sequence[int] = 1,
     backend: str = "auto",
-    hidden_scale: Tensor | None = None,
-    hidden_shift: Tensor | None = None,
 ) -> Tensor:
     """Involution of ``input`` with the kernel generated from ``hidden`` by a 1x1 convolution.
 
@@ -76,9 +68,6 @@ def fused_involution2d(
         bias (Tensor[G*KH*KW], optional): its bias.
         kernel_size (int or Tuple[int, int]): (KH, KW).
         stride, padding, dilation, backend: as for ``involution2d``.
-        hidden_scale, hidden_shift (Tensor[R], optional, both or neither): generate the kernel
-            from ``relu(hidden * hidden_scale + hidden_shift)`` (per channel; a batch norm and
-            ReLU folded into the op, which then keeps ``hidden`` only).
 
     Returns:
         Tensor[N, C, Ho, Wo] in ``input``'s memory format.
@@ -102,10 +91,6 @@ def fused_involution2d(
     ]
     if bias is not None:
         tensors.append(("bias", bias, "[T]"))
-    if (hidden_scale is None) != (hidden_shift is None):
-        raise ValueError("hidden_scale and hidden_shift must be given together (or neither)")
-    if hidden_scale is not None:
-        tensors += [("hidden_scale", hidden_scale, "[R]"), ("hidden_shift", hidden_shift, "[R]")]
     args = normalize(tensors, kernel_size, stride, padding, dilation, backend)
     (kh, kw), (n, c, h, w) = args.kernel_size, input.shape
     taps, reduced = weight2d.shape
@@ -122,9 +107,6 @@ def fused_involution2d(
         )
     if bias is not None and tuple(bias.shape) != (taps,):
         raise ValueError(f"bias shape must be ({taps},), got {tuple(bias.shape)}")
-    for name, t in (("hidden_scale", hidden_scale), ("hidden_shift", hidden_shift)):
-        if t is not None and tuple(t.shape) != (reduced,):
-            raise ValueError(f"{name} shape must be ({reduced},) (R), got {tuple(t.shape)}")
     return fused_op(
         input,
         hidden,
@@ -135,8 +117,6 @@ def fused_involution2d(
         args.padding,
         args.dilation,
         args.backend,
-        hidden_scale,
-        hidden_shift,
     )
 
 
@@ -168,45 +148,6 @@ def _groups(weight: Tensor, kernel_size: Sequence[int]) -> int:
     return weight.shape[0] // (kernel_size[0] * kernel_size[1])
 
 
-def _per_channel(t: Tensor, like: Tensor) -> Tensor:
-    return t.to(like.dtype).view(1, -1, 1, 1)
-
-
-def _activated(hidden: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
-    """The map the kernel is generated from: ``hidden``, or ``relu(hidden * scale + shift)``
-    (in ``hidden``'s memory format)."""
-    if scale is None:
-        return hidden
-    return torch.relu(
-        torch.addcmul(_per_channel(shift, hidden), hidden, _per_channel(scale, hidden))
-    )
-
-
-def _through_activation(
-    grad_act: Tensor, hidden: Tensor, act: Tensor, scale: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(grad_hidden, grad_scale, grad_shift) from the activated map's gradient (torch ops, so
-    differentiable again: the double backward's path)."""
-    grad_pre = torch.where(act > 0, grad_act, 0)
-    grad_scale = (grad_pre * hidden).sum((0, 2, 3)).to(scale.dtype)
-    grad_shift = grad_pre.sum((0, 2, 3)).to(scale.dtype)
-    return grad_pre * _per_channel(scale, grad_pre), grad_scale, grad_shift
-
-
-def _through_activation_fast(
-    grad_act: Tensor, hidden: Tensor, act: Tensor, scale: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``_through_activation`` in three passes over the map: ReLU's backward, then the affine
-    map's three gradients from one eval-mode batch-norm backward with mean 0, variance 1 and
-    eps 0 (input gradient ``g * scale``, weight gradient ``sum(g * hidden)``, bias gradient
-    ``sum(g)``), where the torch ops above take seven and their temporaries."""
-    grad_pre = torch.ops.aten.threshold_backward(grad_act, act, 0)
-    stats = scale.new_zeros(scale.shape), scale.new_ones(scale.shape)
-    return torch.ops.aten.native_batch_norm_backward(
-        grad_pre, hidden, scale, *stats, None, None, False, 0.0, [True, True, True]
-    )
-
-
 def _kernel(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel_size) -> Tensor:
     """The kernel tensor [N, G, KH, KW, Ho, Wo] the fused op stands for (a batched product whose
     output is the kernel's layout without a copy)."""
@@ -228,11 +169,8 @@ def fused_op(
     padding: Sequence[int],
     dilation: Sequence[int],
     backend: str,
-    hidden_scale: Tensor | None = None,
-    hidden_shift: Tensor | None = None,
 ) -> Tensor:
     args = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-    hidden = _activated(hidden, hidden_scale, hidden_shift)
     impl = _fused_impl(backend, input, _groups(weight, kernel_size))
     if impl is not None:
         out = impl.fused_forward(input, hidden, weight, bias, *args)
@@ -243,19 +181,7 @@ def fused_op(
 
 
 @fused_op.register_fake
-def _(
-    input,
-    hidden,
-    weight,
-    bias,
-    kernel_size,
-    stride,
-    padding,
-    dilation,
-    backend,
-    hidden_scale=None,
-    hidden_shift=None,
-):
+def _(input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend):
     n, c, ho, wo = input.shape[0], input.shape[1], hidden.shape[2], hidden.shape[3]
     return torch.empty(
         (n, c, ho, wo), dtype=input.dtype, device=input.device, memory_format=memory_format(input)
@@ -274,62 +200,33 @@ def fused_backward_op(
     padding: Sequence[int],
     dilation: Sequence[int],
     backend: str,
-    hidden_scale: Tensor | None = None,
-    hidden_shift: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(grad_input, grad_hidden, grad_weight, grad_bias, grad_hidden_scale, grad_hidden_shift);
-    the last two are empty without ``hidden_scale``."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
     fmt = memory_format(grad_out)
-    act = _activated(hidden, hidden_scale, hidden_shift)  # made again: only hidden was kept
     impl = _fused_impl(backend, input, _groups(weight, kernel_size))
     if impl is not None:
-        grads = impl.fused_backward(grad_out, input, act, weight, bias, *args)
+        grads = impl.fused_backward(grad_out, input, hidden, weight, bias, *args)
     else:
         grads = _composed_grads(
-            grad_out, input, act, weight, bias, kernel_size, stride, padding, dilation, backend
+            grad_out, input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend
         )
     grad_input, grad_hidden, grad_weight, grad_bias = grads
-    grad_scale, grad_shift = grad_out.new_empty(0), grad_out.new_empty(0)  # two outputs
-    if hidden_scale is not None:
-        grad_hidden, grad_scale, grad_shift = _through_activation_fast(
-            grad_hidden, hidden, act, hidden_scale
-        )
     return (
         fresh(grad_input, fmt),
         fresh(grad_hidden, fmt),
         fresh(grad_weight),
         fresh(grad_bias),
-        fresh(grad_scale),
-        fresh(grad_shift),
     )
 
 
 @fused_backward_op.register_fake
-def _(
-    grad_out,
-    input,
-    hidden,
-    weight,
-    bias,
-    kernel_size,
-    stride,
-    padding,
-    dilation,
-    backend,
-    hidden_scale=None,
-    hidden_shift=None,
-):
+def _(grad_out, input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend):
     fmt = memory_format(grad_out)
-    per_channel = (0,) if hidden_scale is None else hidden_scale.shape
-    per_channel_dtype = grad_out.dtype if hidden_scale is None else hidden_scale.dtype
     return (
         torch.empty(input.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=fmt),
         torch.empty(hidden.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=fmt),
         grad_out.new_empty(weight.shape),
         grad_out.new_empty(weight.shape[:1]),
-        grad_out.new_empty(per_channel, dtype=per_channel_dtype),
-        grad_out.new_empty(per_channel, dtype=per_channel_dtype),
     )
 
 
@@ -366,26 +263,18 @@ def _composed_grads(
 
 
 def _setup(ctx, inputs, output) -> None:
-    input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend = inputs[:9]
-    scale, shift = inputs[9:] + (None,) * (11 - len(inputs))
-    ctx.save_for_backward(input, hidden, weight, bias, scale, shift)
+    input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(input, hidden, weight, bias)
     ctx.args = (list(kernel_size), list(stride), list(padding), list(dilation), backend)
 
 
 def _backward(ctx, grad_out: Tensor):
-    input, hidden, weight, bias, scale, shift = ctx.saved_tensors
+    input, hidden, weight, bias = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph: the differentiable composition
-        act = _activated(hidden, scale, shift)
-        grads = _composed_grads(grad_out, input, act, weight, bias, *ctx.args)
-        grad_input, grad_hidden, grad_weight, grad_bias = grads
-        grad_scale = grad_shift = None
-        if scale is not None:
-            grad_hidden, grad_scale, grad_shift = _through_activation(
-                grad_hidden, hidden, act, scale
-            )
+        grads = _composed_grads(grad_out, input, hidden, weight, bias, *ctx.args)
     else:
-        grads = fused_backward_op(grad_out, input, hidden, weight, bias, *ctx.args, scale, shift)
-        grad_input, grad_hidden, grad_weight, grad_bias, grad_scale, grad_shift = grads
+        grads = fused_backward_op(grad_out, input, hidden, weight, bias, *ctx.args)
+    grad_input, grad_hidden, grad_weight, grad_bias = grads
     needs = ctx.needs_input_grad
     return (
         grad_input if needs[0] else None,
@@ -397,8 +286,6 @@ def _backward(ctx, grad_out: Tensor):
         None,
         None,
         None,
-        grad_scale if scale is not None and needs[9] else None,
-        grad_shift if shift is not None and needs[10] else None,
     )
 
 
@@ -406,47 +293,25 @@ fused_op.register_autograd(_backward, setup_context=_setup)
 
 
 def _forward_decomposition(
-    input,
-    hidden,
-    weight,
-    bias,
-    kernel_size,
-    stride,
-    padding,
-    dilation,
-    backend,
-    hidden_scale=None,
-    hidden_shift=None,
+    input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend
 ):
     """For Inductor, on the torch backend: the kernel's product and the taps, visible to the
     compiler (``involution.ops._torch``); other backends' calls stay opaque."""
     if backend != _torch.NAME:
         return NotImplemented
-    kernel = _kernel(_activated(hidden, hidden_scale, hidden_shift), weight, bias, kernel_size)
+    kernel = _kernel(hidden, weight, bias, kernel_size)
     return _torch.forward_decomposition(input, kernel, stride, padding, dilation, backend)
 
 
 def _backward_decomposition(
-    grad_out,
-    input,
-    hidden,
-    weight,
-    bias,
-    kernel_size,
-    stride,
-    padding,
-    dilation,
-    backend,
-    hidden_scale=None,
-    hidden_shift=None,
+    grad_out, input, hidden, weight, bias, kernel_size, stride, padding, dilation, backend
 ):
     if backend != _torch.NAME:
         return NotImplemented
-    act = _activated(hidden, hidden_scale, hidden_shift)
     grads = _composed_grads(
         grad_out,
         input,
-        act,
+        hidden,
         weight,
         bias,
         kernel_size,
@@ -457,13 +322,7 @@ def _backward_decomposition(
         _torch.grad_input_decomposition,
         _torch.grad_kernel_decomposition,
     )
-    grad_input, grad_hidden, grad_weight, grad_bias = grads
-    grad_scale, grad_shift = grad_out.new_empty(0), grad_out.new_empty(0)  # two outputs
-    if hidden_scale is not None:
-        grad_hidden, grad_scale, grad_shift = _through_activation(
-            grad_hidden, hidden, act, hidden_scale
-        )
-    return grad_input, grad_hidden, grad_weight, grad_bias, grad_scale, grad_shift
+    return tuple(grads)
 
 
 _torch.EXTRA_DECOMPOSITIONS[torch.ops.involution.involution2d.fused] = _forward_decomposition
