@@ -335,3 +335,24 @@ def test_a_missed_op_target_says_where_it_stands_against_each_roof() -> None:
     )
     (line,) = ops._summary([row | {"x_floor": 2.5}], peaks)
     assert "(met);" in line
+
+
+def test_tensor_peak_counts_the_storages_held_at_once() -> None:
+    """The most bytes of tensor storage alive together during the call: a freed tensor stops
+    counting, views count their storage once, tensors that existed before do not count."""
+    from involution.bench.ops import tensor_peak
+
+    before = torch.empty(10_000)
+
+    def step():
+        a = torch.empty(1000)  # 4000 bytes
+        view = a[10:20]  # the same storage
+        b = torch.empty(500)  # 6000 held
+        del a, view
+        c = torch.empty(250, dtype=torch.float64)  # 4000 held: b and c
+        d = before + 1  # 40000 more at once: b, c, d
+        del d
+        return b, c
+
+    assert tensor_peak(step) == 2000 + 2000 + 40_000
+    assert tensor_peak(lambda: torch.empty(1000) * 2) == 8000  # the input and the product

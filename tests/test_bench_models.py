@@ -30,12 +30,12 @@ def _run(model, batch, train, infer, peak, mode="eager", amp=None, **extra):
 
 def test_aggregate_takes_the_fastest_process_median_and_ratios_to_the_yardstick():
     results = [
-        _run("torchvision_resnet50", 8, [2.0, 2.2, 2.4], [1.0], 1000),
-        _run("torchvision_resnet50", 8, [1.9, 2.0, 2.1], [1.0], 1000),
-        _run("torchvision_resnet50", 8, [3.0, 3.0, 3.0], [1.0], 1000),
-        _run("rednet50", 8, [1.0, 1.4, 9.0], [0.5], 700),
-        _run("rednet50", 8, [1.5, 1.5, 1.5], [0.6], 800),
-        _run("rednet50", 8, [1.6], [0.7], 900),
+        _run("torchvision_resnet50", 8, [2.0, 2.2, 2.4], [1.0], 1000, tensor_peak_bytes=650),
+        _run("torchvision_resnet50", 8, [1.9, 2.0, 2.1], [1.0], 1000, tensor_peak_bytes=650),
+        _run("torchvision_resnet50", 8, [3.0, 3.0, 3.0], [1.0], 1000, tensor_peak_bytes=650),
+        _run("rednet50", 8, [1.0, 1.4, 9.0], [0.5], 700, tensor_peak_bytes=500),
+        _run("rednet50", 8, [1.5, 1.5, 1.5], [0.6], 800, tensor_peak_bytes=520),
+        _run("rednet50", 8, [1.6], [0.7], 900, tensor_peak_bytes=540),
         _run("rednet50", 32, [1.0], [0.5], 700, error="RuntimeError: out of memory"),
     ]
     rows = {(r["model"], r["batch"]): r for r in bench.aggregate(results)}
@@ -45,6 +45,7 @@ def test_aggregate_takes_the_fastest_process_median_and_ratios_to_the_yardstick(
     assert red["train_s_ratio"] == pytest.approx(1.4 / 2.0)
     assert red["infer_s_ratio"] == pytest.approx(0.5)
     assert red["peak_bytes_ratio"] == pytest.approx(0.8)  # memory: median of 700, 800, 900
+    assert red["tensor_peak_bytes"] == 520 and red["tensor_peak_bytes_ratio"] == pytest.approx(0.8)
     assert red["images_per_s"] == pytest.approx(8 / 1.4) and red["processes"] == 3
     assert rows[("rednet50", 32)]["error"].startswith("RuntimeError")
     lines = bench.targets(bench.aggregate(results))
@@ -202,6 +203,8 @@ def test_bench_models_end_to_end(tmp_path: Path):
         assert "error" not in run, run
         assert len(run["train_s"]) == 2 and len(run["infer_s"]) == 2
         assert run["peak_bytes"] > 0  # Linux: the resident set grows during a training step
+        # the step's tensors: at least the input's and the first conv's output, batch 2 at 32x32
+        assert run["tensor_peak_bytes"] > 2 * 64 * 16 * 16 * 4
     _bench_models(out, "--models", "rednet26", "--batches", "3", "--reps", "1", "--merge")
     merged = json.loads((tmp_path / "benchmarks.models.json").read_text())
     assert sorted((r["model"], r["batch"]) for r in merged["rows"]) == [
@@ -210,7 +213,9 @@ def test_bench_models_end_to_end(tmp_path: Path):
         ("torchvision_resnet50", 2),
         ("torchvision_resnet50", 3),
     ]
-    assert "merged with the rows of" in read_sections(out.read_text())[bench.SECTION]
+    section = read_sections(out.read_text())[bench.SECTION]
+    assert "merged with the rows of" in section
+    assert "| peak tensors (MiB) | tensors vs tv-R50 |" in section
     out.write_text("# Benchmarks\n")
     bench.main(["--render", "--output", str(out)])  # the section again, from the records alone
     assert "| rednet26 | 3 | eager |" in read_sections(out.read_text())[bench.SECTION]

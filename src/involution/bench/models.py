@@ -21,8 +21,10 @@ operators removed (``build``), what every 50-layer row pays before its spatial o
   loop's own allocator is. Times are each process's median, and of those the fastest process's
   (another job on a shared machine only adds time); peak memory is the median over processes.
 - Peak memory of one training step: CPU, the growth of the peak resident set over what the
-  process held before the step (``bench.ops.peak_memory``); GPU, ``torch.cuda.max_memory_allocated``
-  above the memory allocated before the step.
+  process held before the step (``bench.ops.peak_memory``), and beside it the peak of the
+  step's tensors themselves (``bench.ops.tensor_peak``: what the resident set holds beyond it is
+  the C allocator's); GPU, ``torch.cuda.max_memory_allocated`` above the memory allocated before
+  the step.
 - GPU (``--device cuda``): AMP (``--amp bf16 fp16``) with channels_last models and inputs;
   fp16 trains with a GradScaler.
 
@@ -108,7 +110,7 @@ def _timed(fn, reps: int, sync) -> list[float]:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train-step and inference times and the peak memory of one training step for ``spec``
     (``model``, ``batch``, ``mode``, ``reps``, ``warmup``, ``device``, ``amp``)."""
-    from involution.bench.ops import cuda_peak_memory, peak_memory, steady_heap
+    from involution.bench.ops import cuda_peak_memory, peak_memory, steady_heap, tensor_peak
 
     if spec.get("flush_denormal"):  # as involution.train runs (flush_denormal: true)
         torch.set_flush_denormal(True)
@@ -165,6 +167,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_bytes"] = cuda_peak_memory(train_step, device)
     else:
         result["peak_bytes"] = peak_memory(train_step)
+        result["tensor_peak_bytes"] = tensor_peak(train_step)
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     start = time.perf_counter()
@@ -238,13 +241,15 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["infer_s"] = min(statistics.median(r["infer_s"]) for r in ok)
         peaks = [r["peak_bytes"] for r in ok if r.get("peak_bytes") is not None]
         row["peak_bytes"] = statistics.median(peaks) if peaks else None
+        tensors = [r["tensor_peak_bytes"] for r in ok if r.get("tensor_peak_bytes") is not None]
+        row["tensor_peak_bytes"] = statistics.median(tensors) if tensors else None
         row["images_per_s"] = batch / row["train_s"]
         row["first_train_step_s"] = statistics.median(r["first_train_step_s"] for r in ok)
         rows.append(row)
     by_key = {(r["model"], r["batch"], r["mode"], r["amp"]): r for r in rows}
     for row in rows:
         base = by_key.get((YARDSTICK, row["batch"], row["mode"], row["amp"]))
-        for key in ("train_s", "infer_s", "peak_bytes"):
+        for key in ("train_s", "infer_s", "peak_bytes", "tensor_peak_bytes"):
             ok = base and row.get(key) and base.get(key)
             row[f"{key}_ratio"] = row[key] / base[key] if ok else None
     return rows
@@ -292,7 +297,11 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         + (
             "(`torch.cuda.max_memory_allocated` above what was allocated before it)."
             if device == "cuda"
-            else "to the process's resident set (high-water mark reset via /proc/self/clear_refs)."
+            else "to the process's resident set (high-water mark reset via /proc/self/clear_refs). "
+            "Peak tensors: the most bytes of tensor storage the step held at once, whatever the C "
+            "allocator made of it (`bench.ops.tensor_peak`: every op's outputs at dispatch, each "
+            "until freed; the CPU's counterpart of `torch.cuda.max_memory_allocated`). The target "
+            "is judged on the resident set."
         ),
     ]
     if device == "cuda":
@@ -313,6 +322,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     if device == "cuda":
         head.insert(3, "AMP")
+    else:  # the tensors' own peak beside the resident set's (see bench.ops.tensor_peak)
+        head += ["peak tensors (MiB)", "tensors vs tv-R50"]
     lines += [
         "",
         "| " + " | ".join(head) + " |",
@@ -337,6 +348,12 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             report.cell(row.get("infer_s_ratio"), ".2f"),
             report.cell(row.get("peak_bytes_ratio"), ".2f"),
         ]
+        if device != "cuda":
+            tensors = row.get("tensor_peak_bytes")
+            cells += [
+                report.cell(tensors / 2**20 if tensors else None, ".0f"),
+                report.cell(row.get("tensor_peak_bytes_ratio"), ".2f"),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = targets(rows)
     if verdicts:

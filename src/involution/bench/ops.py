@@ -123,6 +123,47 @@ def steady_heap(limit: int = 1 << 30) -> bool:
         return False
 
 
+def tensor_peak(fn: Callable[[], object]) -> int:
+    """Bytes of the tensor storages that ``fn()`` creates and holds at once, at their peak: what
+    a step's tensors need, whatever the allocator makes of it (the CPU's counterpart of
+    ``torch.cuda.max_memory_allocated``; the resident set of ``peak_memory`` adds the C
+    allocator's fragmentation and free lists). Every op's outputs are seen at dispatch
+    (``TorchDispatchMode``) and a storage counts until it is freed; scratch memory inside an op
+    (a kernel's rows in cache, a library's workspace) is not seen."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    live: dict[int, int] = {}
+    total = peak = 0
+
+    def freed(key: int) -> None:
+        nonlocal total
+        total -= live.pop(key, 0)
+
+    class Tracker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal total, peak
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                    continue
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in live:
+                    live[key] = storage.nbytes()
+                    total += live[key]
+                    weakref.finalize(storage, freed, key)
+            peak = max(peak, total)
+            return out
+
+    gc.collect()
+    with Tracker():
+        fn()
+    return peak
+
+
 def peak_memory(fn: Callable[[], object]) -> int | None:
     """Bytes by which ``fn()`` raises the peak resident set of this process above what it holds
     when called (Linux: the high-water mark is reset through /proc/self/clear_refs after glibc's
