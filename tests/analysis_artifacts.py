@@ -1,4 +1,5 @@
-"""Small real artifacts for the analysis tests and the notebooks, made once per test session.
+"""Small real artifacts for the analysis tests and the notebooks, made once per test session
+(also across pytest-xdist workers: ``conftest.once_per_session``).
 
 - a 2-job Hydra multirun of ``python -m involution.train`` on digits (involution, kernel 3 and 5);
 - a short convolution run on digits (its checkpoint).
@@ -15,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import CSV_ONLY, NARROW_WIDTHS, QUIET, quick_schedule
+from conftest import CSV_ONLY, NARROW_WIDTHS, QUIET, once_per_session, quick_schedule
 
 # narrow networks (base width 4: the multirun sets group_channels=4), two epochs of a few batches
 TINY = [*CSV_ONLY, *NARROW_WIDTHS, *QUIET, *quick_schedule(epochs=2)]
@@ -29,19 +30,19 @@ class Artifacts:
     convolution_checkpoint: Path
 
 
-_CACHE: dict[str, Artifacts] = {}
-
-
 def _best(run_dir: Path) -> Path:
     found = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert found, f"no best checkpoint in {run_dir}"
     return found[-1]
 
 
-def make_artifacts(root: Path) -> Artifacts:
-    """Train the sweep and the convolution run under ``root`` (once per process)."""
-    if "artifacts" in _CACHE:
-        return _CACHE["artifacts"]
+def make_artifacts(tmp_path_factory) -> Artifacts:
+    """Train the sweep and the convolution run (once per session), side by side."""
+    shared = once_per_session(tmp_path_factory, "analysis", _train)
+    return Artifacts(**{key: Path(value) for key, value in shared.items()})
+
+
+def _train(root: Path) -> dict[str, str]:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     multirun, conv = root / "multirun", root / "conv"
@@ -69,6 +70,5 @@ def make_artifacts(root: Path) -> Artifacts:
     for process, args in zip(processes, commands):
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, f"training {args} failed:\n{output[-4000:]}"
-    artifacts = Artifacts(root, multirun, _best(multirun / "0"), _best(conv))
-    _CACHE["artifacts"] = artifacts
-    return artifacts
+    found = Artifacts(root, multirun, _best(multirun / "0"), _best(conv))
+    return {key: str(value) for key, value in vars(found).items()}

@@ -3,6 +3,7 @@ configs composed the way `python -m involution.train` does."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -189,30 +190,71 @@ def run_module(
     )
 
 
+def once_per_session(tmp_path_factory, name: str, produce: Callable[[Path], dict]) -> dict:
+    """``produce(folder)`` (a JSON-able result) once per test session, also under pytest-xdist,
+    whose workers are separate processes: the first to ask runs it into a folder of the session's
+    temporary directory while the others wait on a lock, then all read its result. The folder is
+    shared: tests read it, and copy what they change."""
+    session = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        session = session.parent  # the session's, above each worker's own
+    result = session / f"{name}.json"
+    with (session / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, whatever happened
+        if not result.exists():
+            folder = session / name
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed may have left a part
+            folder.mkdir()
+            result.write_text(json.dumps(produce(folder)))
+    return json.loads(result.read_text())
+
+
+def _process(done: subprocess.CompletedProcess) -> dict:
+    return {k: getattr(done, k) for k in ("args", "returncode", "stdout", "stderr")}
+
+
+def run_once_per_session(
+    tmp_path_factory, name: str, module: str, args: Callable[[Path], tuple[list[str], Path]]
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """``python -m module *arguments`` in a shared folder, once per session (``once_per_session``);
+    ``args(folder)`` gives the arguments and the output directory the tests read."""
+
+    def produce(folder: Path) -> dict:
+        arguments, out = args(folder)
+        return {"process": _process(run_module(module, arguments, cwd=folder)), "out": str(out)}
+
+    shared = once_per_session(tmp_path_factory, name, produce)
+    return subprocess.CompletedProcess(**shared["process"]), Path(shared["out"])
+
+
 @pytest.fixture(scope="session")
 def kernel_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """The kernel_reduction sweep narrowed to 2 x 2 on the command line (which wins over its
-    params); W&B offline. Shared by the sweep summary and the dashboard tests."""
-    root = tmp_path_factory.mktemp("sweep")
-    sweep_dir = root / "multirun" / "2030-01-02" / "03-04-05"
-    args = [
-        "sweep=kernel_reduction",
-        "operator.kernel_size=3,5",
-        "operator.reduction_ratio=2,4",
-        f"hydra.sweep.dir={sweep_dir}",
-        *TINY,
-    ]
-    return run_module("involution.train", args, cwd=root), sweep_dir
+    params); W&B offline. Shared by the sweep summary, identity and dashboard tests."""
+
+    def args(root: Path) -> tuple[list[str], Path]:
+        sweep_dir = root / "multirun" / "2030-01-02" / "03-04-05"
+        return [
+            "sweep=kernel_reduction",
+            "operator.kernel_size=3,5",
+            "operator.reduction_ratio=2,4",
+            f"hydra.sweep.dir={sweep_dir}",
+            *TINY,
+        ], sweep_dir
+
+    return run_once_per_session(tmp_path_factory, "sweep", "involution.train", args)
 
 
 @pytest.fixture(scope="session")
 def limit_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """A ``debug=limit`` training run of a tiny RedNet-26 on digits (two epochs of five batches,
-    checkpoints, test): the debug-mode and the evaluation tests read it."""
-    root = tmp_path_factory.mktemp("limit")
-    run_dir = root / "run"
-    args = ["debug=limit", *TINY_DEBUG, f"hydra.run.dir={run_dir}"]
-    return run_module("involution.train", args, cwd=root), run_dir
+    checkpoints, test): the debug-mode, details and evaluation tests read it."""
+
+    def args(root: Path) -> tuple[list[str], Path]:
+        run_dir = root / "run"
+        return ["debug=limit", *TINY_DEBUG, f"hydra.run.dir={run_dir}"], run_dir
+
+    return run_once_per_session(tmp_path_factory, "limit", "involution.train", args)
 
 
 @pytest.fixture

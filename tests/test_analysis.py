@@ -129,7 +129,7 @@ def fake_multirun(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Artifacts:
-    return make_artifacts(tmp_path_factory.mktemp("analysis"))
+    return make_artifacts(tmp_path_factory)
 
 
 # ---------------------------------------------------------------------------------------------

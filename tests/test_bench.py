@@ -8,6 +8,7 @@ the records loader's one-line errors, and the refusal of bad options."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,12 +50,25 @@ def _bench(tmp_path: Path, *extra: str) -> str:
     return out.read_text()
 
 
-@pytest.mark.parametrize(
-    ("heap", "says"), [("steady", "Heap: steady"), ("default", "Heap: glibc defaults")]
+@pytest.fixture(
+    scope="module",
+    params=[("steady", "Heap: steady"), ("default", "Heap: glibc defaults")],
+    ids=lambda param: param[0],
 )
-def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> None:
-    (tmp_path / "benchmarks.md").write_text("# Benchmarks\n\nkept by another benchmark\n")
-    text = _bench(tmp_path, "--heap", heap)
+def bench_run(request, tmp_path_factory) -> tuple[Path, str]:
+    """A run with each heap setting (steady: the default) into a file that holds another
+    benchmark's text: (its folder, what its section says of the heap). The table and render tests
+    read it."""
+    heap, says = request.param
+    root = tmp_path_factory.mktemp(f"bench-{heap}")
+    (root / "benchmarks.md").write_text("# Benchmarks\n\nkept by another benchmark\n")
+    _bench(root, "--heap", heap)
+    return root, says
+
+
+def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
+    root, says = bench_run
+    text = (root / "benchmarks.md").read_text()
     assert "kept by another benchmark" in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert says in text
@@ -87,7 +101,7 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
         )
     ]
     assert "Involution2d" in text.split("Targets (Involution2d")[1]
-    records = report.read_records(tmp_path / "benchmarks.ops.json")
+    records = report.read_records(root / "benchmarks.ops.json")
     meta = records["meta"]
     assert meta["benchmark"] == "ops" and meta["device"] == "cpu" and meta["reps"] == 2
     assert meta["command"].startswith("python -m involution.bench.ops --device cpu")
@@ -98,12 +112,15 @@ def test_bench_ops_writes_its_table(tmp_path: Path, heap: str, says: str) -> Non
     assert len(records["layers"]) == 10 and meta["peaks"]["macs_per_s"] > 0
 
 
-def test_render_rebuilds_the_section_from_the_records(tmp_path: Path) -> None:
+def test_render_rebuilds_the_section_from_the_records(
+    bench_run: tuple[Path, str], tmp_path: Path
+) -> None:
     """Writer -> JSON -> markdown: ``--render`` gives back the section the run wrote, byte for byte,
     and leaves the other sections alone."""
+    root, _ = bench_run
+    section = read_sections((root / "benchmarks.md").read_text())[ops.SECTION]
+    shutil.copy(root / "benchmarks.ops.json", tmp_path)  # edited below
     out = tmp_path / "benchmarks.md"
-    rendered = _bench(tmp_path)
-    section = read_sections(rendered)[ops.SECTION]
     out.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
     ops.main(["--render", "--output", str(out)])
     found = read_sections(out.read_text())

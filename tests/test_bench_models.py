@@ -155,20 +155,19 @@ def test_merge_keeps_the_counts_and_commands_of_the_rows_it_keeps(tmp_path, monk
     assert "| rednet26 | 8 | eager | 0.00 | 0.00 |" in section  # 1 param, 2 MACs
 
 
+# Small images, one eager run per model and process. At 64 px the workers call the kernels with
+# the signatures (dtype and layout) other tests compile too; at 32 px the last stage's maps are 1x1,
+# which NumPy flags C-contiguous even in channels_last: a Numba compilation of their own.
+SMALL = ["--modes", "eager", "--processes", "1", "--warmup", "0", "--image-size", "64"]
+
+
 def _bench_models(out: Path, *argv: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [
             sys.executable,
             "-m",
             "involution.bench.models",
-            "--modes",
-            "eager",
-            "--processes",
-            "1",
-            "--warmup",
-            "0",
-            "--image-size",
-            "32",
+            *SMALL,
             "--device",
             "cpu",
             "--output",
@@ -183,9 +182,10 @@ def _bench_models(out: Path, *argv: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_bench_models_end_to_end(tmp_path: Path):
-    """Two models in their own worker processes at 32x32: the section, the JSON records (every
-    run's raw repetitions kept) and the progress lines; --merge keeps the rows not remeasured."""
+def test_bench_models_end_to_end(tmp_path: Path, capsys):
+    """Two models in their own worker processes at 64x64 (``python -m involution.bench.models``):
+    the section, the JSON records (every run's raw repetitions kept) and the progress lines;
+    --merge (the same main, called here) keeps the rows not remeasured."""
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
     done = _bench_models(out, "--models", "rednet26", "--batches", "2", "--reps", "2")
@@ -197,15 +197,17 @@ def test_bench_models_end_to_end(tmp_path: Path):
         "| rednet26 | 2 | eager |" in section and "| torchvision_resnet50 | 2 | eager |" in section
     )
     records = json.loads((tmp_path / "benchmarks.models.json").read_text())
-    assert records["meta"]["image_size"] == 32 and records["meta"]["device"] == "cpu"
+    assert records["meta"]["image_size"] == 64 and records["meta"]["device"] == "cpu"
     assert {r["model"] for r in records["rows"]} == {"rednet26", "torchvision_resnet50"}
     for run in records["runs"]:
         assert "error" not in run, run
         assert len(run["train_s"]) == 2 and len(run["infer_s"]) == 2
         assert run["peak_bytes"] > 0  # Linux: the resident set grows during a training step
-        # the step's tensors: at least the input's and the first conv's output, batch 2 at 32x32
-        assert run["tensor_peak_bytes"] > 2 * 64 * 16 * 16 * 4
-    _bench_models(out, "--models", "rednet26", "--batches", "3", "--reps", "1", "--merge")
+        # the step's tensors: more than the batch itself (2 x 3 x 64 x 64 float32)
+        assert run["tensor_peak_bytes"] > 2 * 3 * 64 * 64 * 4
+    merge = ["--models", "rednet26", "--batches", "3", "--reps", "1", "--merge"]
+    bench.main([*SMALL, "--device", "cpu", "--output", str(out), *merge])
+    assert "[bench-models 2/2" in capsys.readouterr().out
     merged = json.loads((tmp_path / "benchmarks.models.json").read_text())
     assert sorted((r["model"], r["batch"]) for r in merged["rows"]) == [
         ("rednet26", 2),

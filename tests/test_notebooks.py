@@ -61,7 +61,7 @@ BENCHMARK_RECORDS = {
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Artifacts:
-    return make_artifacts(tmp_path_factory.mktemp("analysis"))
+    return make_artifacts(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
