@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -311,3 +312,49 @@ def test_kernels_import_without_torch():
         "bad = [m for m in ('torch',) if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+SCRATCH_STRESS = """
+import numpy as np
+from involution.kernels import cpu
+
+rng = np.random.default_rng(0)
+n, c, g, h, w, k, r = 4, 32, 2, 13, 13, 7, 8
+args = ((1, 1), (3, 3), (1, 1))
+x, go = rng.standard_normal((2, n, c, h, w))
+hid = rng.standard_normal((n, r, h, w))
+wt, b = rng.standard_normal((g * k * k, r)), rng.standard_normal(g * k * k)
+kern = rng.standard_normal((n, g, k, k, h, w))
+
+
+def run():
+    out = [
+        cpu.blocked_forward(x, kern, np.empty_like(x), *args, bands=3),
+        cpu.blocked_grad_input(go, kern, np.empty_like(x), *args, bands=3),
+        cpu.blocked_grad_kernel(go, x, np.empty_like(kern), *args, bands=3),
+    ]
+    fo = np.empty_like(x)
+    cpu.fused_forward(x, hid, wt, b, fo, (k, k), *args, bands=3)
+    gx, gh = np.empty_like(x), np.empty_like(hid)
+    gw, gb = cpu.fused_backward(go, x, hid, wt, b, gx, gh, (k, k), *args, bands=3)
+    return out + [fo, gx, gh, gw, gb]
+
+
+first = run()
+for it in range(50):
+    for got, want in zip(run(), first):
+        assert np.array_equal(got, want), f"iteration {it}: a result changed"
+"""
+
+
+def test_scratch_rows_live_while_the_threads_use_them():
+    """The blocked and fused kernels reach their scratch rows through raw pointers, which do not
+    keep an array alive: without ``simd.keep_alive`` Numba freed the rows right after taking
+    their pointers, and on two threads sharing one malloc arena one thread's rows were handed
+    to the other's (results changed from call to call, or glibc aborted on a corrupted heap:
+    every time on this workload). Run in a process of its own, two Numba threads, one arena."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "MALLOC_ARENA_MAX": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRATCH_STRESS], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

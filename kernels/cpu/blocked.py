@@ -32,7 +32,7 @@ from involution.kernels.cpu.rows import (
     prefetch_runs,
     strided,
 )
-from involution.kernels.cpu.simd import FASTMATH, LANES, pointer
+from involution.kernels.cpu.simd import FASTMATH, LANES, keep_alive, pointer
 from involution.kernels.cpu.tiles import aggregate_row, dot_row
 
 
@@ -102,6 +102,7 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
             aggregate_row(
                 row, (rp, sw * channels), kern, (tap_k, tap_s), count, (groups, wo, cpg), x.dtype
             )
+        keep_alive((ring, krow))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -155,6 +156,7 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                 aggregate_row(
                     row, (grp, channels), kern, (tap_k, tap_s), count, shape, grad_out.dtype
                 )
+        keep_alive((go_ring, k_ring))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -202,3 +204,4 @@ def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # 
                 copy_run(kp, base + t * plane, krp, t * lanes, wo)
             if i + 1 < ho:  # the next row's kernel-gradient lines, to be written
                 prefetch_runs(kp, base + wo, groups * taps, plane, wo, line, True)
+        keep_alive((ring, go_row, gk_row))

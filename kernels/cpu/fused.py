@@ -44,7 +44,7 @@ from involution.kernels.cpu.rows import (
     pixels_out,
     strided,
 )
-from involution.kernels.cpu.simd import FASTMATH, LANES, add_into, pointer
+from involution.kernels.cpu.simd import FASTMATH, LANES, add_into, keep_alive, pointer
 from involution.kernels.cpu.tiles import aggregate_row, dot_row, matmul_rows
 
 
@@ -100,6 +100,7 @@ def fused_forward(
                 (groups, wo, cpg),
                 x.dtype,
             )
+        keep_alive((ring, h_row, k_row))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -233,6 +234,7 @@ def fused_backward(
                     aggregate_row(
                         row, (grp, channels), (krp, tp, taps), (tap_k, tap_s), count, shape, x.dtype
                     )
+        keep_alive((x_ring, k_ring, go_ring, go_row, gk_row, h_row, dh_row))
 
 
 def partials_shape(threads: int, taps_padded: int, reduced_padded: int) -> tuple[int, int, int]:

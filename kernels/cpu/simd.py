@@ -10,6 +10,7 @@ keep the tile in memory). So a register tile is written here as
 - ``stack_array(size, dtype)``: a pointer to ``size`` elements on the stack (an ``alloca``);
 - ``pointer(array)``: a pointer to an array's first element, indexed with plain int64 offsets
   (no negative-index fix-up, no bounds logic: the kernels compute their offsets explicitly);
+  it does not keep the array alive: ``keep_alive`` after the pointer's last use does;
 - the helpers below, each one 16-lane step (``LANES`` consecutive elements: one AVX-512 register
   of float32, or two of AVX2), inlined into the caller so that every tile index is a constant.
 
@@ -53,6 +54,20 @@ def pointer(typingctx, array):
         return context.make_array(signature.args[0])(context, builder, args[0]).data
 
     return types.CPointer(array.dtype)(array), codegen
+
+
+@intrinsic
+def keep_alive(typingctx, arrays):
+    """A use of ``arrays`` (a tuple) that generates no code. Numba frees an array after the
+    last use of its variable, and a ``pointer`` taken from it is not one: a scratch array known
+    only through its pointer would be freed (and its memory handed to the other threads'
+    allocations) while the kernel still writes through the pointer. A kernel calls this after
+    the last use of its scratch arrays' pointers."""
+
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+
+    return types.void(arrays), codegen
 
 
 @intrinsic
