@@ -25,25 +25,23 @@ def conv_bn_relu(
 
 class RedNetStem(nn.Sequential):
     """The official RedNet stem as ``nn.Sequential`` (parameter names ``0.*`` to ``4.*`` of the
-    official checkpoints). With ``recompute=True`` its first four layers (conv, involution and
-    their BN/ReLU, all at half the input's resolution and cheap: 3 input channels, a 3x3
-    window) are recomputed in backward instead of keeping their five maps: at 224x224 they are
-    the network's largest activations, and the reason a RedNet stem kept more than ResNet's."""
+    official checkpoints). With ``recompute=True`` the whole stem (conv, involution, the second
+    conv, their BNs and ReLUs, the max pool) is recomputed in backward from the image instead of
+    keeping its maps: at 224x224 they are the network's largest activations (six maps at half
+    resolution and the pool's indices, 10 MB per image), and recomputing them costs a forward
+    of the stem, about 3% of a training step. torchvision's ResNet stem keeps three of them."""
 
     def __init__(self, *layers: nn.Module, recompute: bool = False) -> None:
         super().__init__(*layers)
         self.recompute = recompute
 
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        for module in list(self)[:4]:
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
             x = module(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = recomputed(self, self._head, x) if self.recompute else self._head(x)
-        for module in list(self)[4:]:
-            x = module(x)
-        return x
+        return recomputed(self, self._layers, x) if self.recompute else self._layers(x)
 
 
 def make_stem(
@@ -61,7 +59,7 @@ def make_stem(
         recompute = False
         if stem_op.get("name") == "involution":
             stem_op.setdefault("group_channels", 16)
-            # the stem recomputes its involution with the rest of its head (one region)
+            # the stem recomputes its involution with the rest of the stem (one region)
             recompute = stem_op.get("recompute_kernel", True)
             stem_op["recompute_kernel"] = False
         return (
