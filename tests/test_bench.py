@@ -101,6 +101,9 @@ def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
         )
     ]
     assert "Involution2d" in text.split("Targets (Involution2d")[1]
+    assert "peak tensors" in text.split("Targets (Involution2d")[1]
+    for row in layers:  # every layer row has its tensors' peak (column 8), above zero
+        assert float(row.split("|")[7].strip()) > 0, row
     records = report.read_records(root / "benchmarks.ops.json")
     meta = records["meta"]
     assert meta["benchmark"] == "ops" and meta["device"] == "cpu" and meta["reps"] == 2
@@ -110,6 +113,7 @@ def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
     assert [r["name"] for r in records["rows"]] == names
     assert all(r["median"] > 0 and r["min"] <= r["median"] for r in records["rows"])
     assert len(records["layers"]) == 10 and meta["peaks"]["macs_per_s"] > 0
+    assert all(r["tensor_peak"] > 0 for r in records["layers"])
 
 
 def test_render_rebuilds_the_section_from_the_records(
