@@ -38,6 +38,7 @@ from involution.runner.guards import RunGuard
 from involution.runner.loggers import build_loggers
 from involution.runner.preflight import SetupError, check_config, instantiate_data
 from involution.runner.resume import (
+    EpochCountedOnResume,
     LoaderStateOnResume,
     ResumeError,
     ResumePoint,
@@ -389,7 +390,7 @@ def build(
         trainer = instantiate(cfg.trainer, logger=loggers, enable_checkpointing=False)
     else:
         callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-        callbacks += [RunGuard(), LoaderStateOnResume()]
+        callbacks += [RunGuard(), LoaderStateOnResume(), EpochCountedOnResume()]
         trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers, plugins=trainer_plugins()
         )
