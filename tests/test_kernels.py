@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,7 @@ BLOCKED_CASES = [
     (2, 48, 1, 7, 6, 3, 3, 1, 2),  # three blocks in one group, stride 3, two bands
     (1, 16, 1, 5, 4, 7, 1, 2, 1),  # dilation 2 with padding wider than the image
     (1, 32, 2, 6, 19, 3, 1, 1, 4),  # rows of 19: 4-pixel tiles and a remainder, bands of 1-2
+    (1, 16, 1, 5, 9, 3, 1, 1, 1),  # rows of 9: a remainder of one pixel (11, 13, 6: three, two)
 ]
 
 
@@ -358,3 +360,26 @@ def test_scratch_rows_live_while_the_threads_use_them():
         [sys.executable, "-c", SCRATCH_STRESS], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cache_is_emptied_when_any_kernel_source_changes(tmp_path):
+    """Numba re-keys a cached kernel on its own file only; ``cache.refresh`` empties the cache of
+    every kernel where the digest of all the sources changed (a helper in ``tiles`` compiled
+    into ``blocked``'s kernels, say), once per change; the package did it on import."""
+    from types import SimpleNamespace
+
+    from involution.kernels.cpu import cache
+
+    flushed = []
+    fake = SimpleNamespace(cache_path=str(tmp_path / "cache"), flush=lambda: flushed.append(1))
+    kernel = SimpleNamespace(_cache=fake)
+    assert cache.refresh([kernel], "one") == [fake.cache_path] and len(flushed) == 1
+    assert (tmp_path / "cache" / cache.STAMP).read_text() == "one"
+    assert cache.refresh([kernel], "one") == [] and len(flushed) == 1
+    assert cache.refresh([kernel], "two") == [fake.cache_path] and len(flushed) == 2
+
+    modules = [m for name, m in sys.modules.items() if name.startswith("involution.kernels.cpu.")]
+    real = cache.cached_dispatchers(modules)
+    assert cpu.blocked_forward and any(d.py_func.__name__ == "forward_blocked" for d in real)
+    for folder in {d._cache.cache_path for d in real}:
+        assert (Path(folder) / cache.STAMP).read_text() == cache.sources_digest()

@@ -14,11 +14,13 @@ Each compiles a new signature with LLVM's SLP vectoriser on, which the register 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import numpy as np
 from numba import get_num_threads
 from numba.core import config as numba_config
 
+from involution.kernels.cpu import cache as _cache
 from involution.kernels.cpu import fused
 from involution.kernels.cpu.blocked import (
     forward_blocked,
@@ -33,6 +35,13 @@ from involution.kernels.cpu.policy import flat_rows_per_task
 from involution.kernels.cpu.simd import LANES
 
 LAYOUTS = ("nchw", "nhwc")
+
+# before any kernel is loaded from the disk cache: drop entries compiled from other sources
+_cache.refresh(
+    _cache.cached_dispatchers(
+        m for name, m in list(sys.modules.items()) if name.startswith("involution.kernels.cpu.")
+    )
+)
 
 _KERNELS = {  # layout -> op -> kernel
     "nchw": {

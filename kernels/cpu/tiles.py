@@ -60,7 +60,7 @@ def aggregate_row(out, src, kern, taps, count, shape, dtype):  # pragma: no cove
     grad_input (a gather) those whose output pixel exists, for one phase of the stride.
 
     Tiles of 4 pixels x LANES channels: four independent FMA chains per tap, one store per pixel
-    and channel block."""
+    and channel block; the row's last 1-3 pixels in one tile of as many chains."""
     op, obase, os_c, os_j = out
     sp, s_j = src
     kp, k_j, k_g = kern
@@ -81,7 +81,32 @@ def aggregate_row(out, src, kern, taps, count, shape, dtype):  # pragma: no cove
                 for e in range(count):
                     fma4(acc, kp, tap_k[e] + kg + j * k_j, k_j, sp, tap_s[e] + c0 + j * s_j, s_j)
                 _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 4)
-            for j in range(full * 4, width):
+            j = full * 4
+            rest = width - j
+            # the last 1-3 pixels of the row as one tile with a chain each: one pixel at a time,
+            # a chain of ``count`` dependent FMAs (49 at K = 7) waits on the FMA latency, and at
+            # widths 7 and 14 those pixels took about as long as the rest of the row
+            if rest == 3:
+                zero(acc, 0)
+                zero(acc, LANES)
+                zero(acc, 2 * LANES)
+                for e in range(count):
+                    kat = tap_k[e] + kg + j * k_j
+                    frm = tap_s[e] + c0 + j * s_j
+                    fma(acc, 0, kp[kat], sp, frm)
+                    fma(acc, LANES, kp[kat + k_j], sp, frm + s_j)
+                    fma(acc, 2 * LANES, kp[kat + 2 * k_j], sp, frm + 2 * s_j)
+                _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 3)
+            elif rest == 2:
+                zero(acc, 0)
+                zero(acc, LANES)
+                for e in range(count):
+                    kat = tap_k[e] + kg + j * k_j
+                    frm = tap_s[e] + c0 + j * s_j
+                    fma(acc, 0, kp[kat], sp, frm)
+                    fma(acc, LANES, kp[kat + k_j], sp, frm + s_j)
+                _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 2)
+            elif rest == 1:
                 zero(acc, 0)
                 for e in range(count):
                     fma(acc, 0, kp[tap_k[e] + kg + j * k_j], sp, tap_s[e] + c0 + j * s_j)
