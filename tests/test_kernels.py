@@ -140,6 +140,9 @@ BLOCKED_CASES = [
     (1, 16, 1, 5, 4, 7, 1, 2, 1),  # dilation 2 with padding wider than the image
     (1, 32, 2, 6, 19, 3, 1, 1, 4),  # rows of 19: 4-pixel tiles and a remainder, bands of 1-2
     (1, 16, 1, 5, 9, 3, 1, 1, 1),  # rows of 9: a remainder of one pixel (11, 13, 6: three, two)
+    # grad_input's edge pixels in tiles of 4 channel blocks, across groups of two blocks
+    (1, 96, 3, 6, 8, 7, 1, 1, 1),
+    (1, 64, 4, 9, 7, 5, 2, 1, 2),  # ... and with stride 2: no column has all its taps inside
 ]
 
 

@@ -190,7 +190,7 @@ def fused_backward(
             channels_in(gop, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
             shape = (groups, kh, kw, lanes, cpg)
             dot_row(
-                (gkp, 0, lanes),
+                (gkp, 0, lanes, lanes),
                 (gop, lanes),
                 (xrp, pitch, phase_len),
                 roff,

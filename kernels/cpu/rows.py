@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer, prefetch
+from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer
 
 
 @njit(inline="always")
@@ -99,16 +99,6 @@ def channels_in(
             d = at + (cp % stride) * phase_len + cp // stride
             for c in range(channels):
                 dst[d + c * pitch] = sp[f + c * s_c]
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def copy_run(dst, at, src, frm, count):  # pragma: no cover - compiled
-    """dst[at : at + count] = src[frm : frm + count], LANES at a time."""
-    blocks = count // LANES
-    for b in range(blocks):
-        copy(dst, at + b * LANES, src, frm + b * LANES)
-    for e in range(blocks * LANES, count):
-        dst[at + e] = src[frm + e]
 
 
 @njit(cache=True)
@@ -196,12 +186,34 @@ def gather_taps(y, q, conv, kh, kw, rows_out, ring, taps):  # pragma: no cover -
     return count
 
 
-@njit(inline="always")
-def prefetch_runs(ptr, base, runs, pitch, length, line, write):  # pragma: no cover - compiled
-    """Prefetch ``runs`` runs of ``length`` elements, ``pitch`` apart from ``base``, one cache
-    line (``line`` elements) at a time: the next row's kernel values (one run per tap, a plane
-    apart), which the hardware prefetcher cannot follow as so many streams."""
-    for r in range(runs):
-        at = base + r * pitch
-        for e in range(0, length, line):
-            prefetch(ptr, at + e, write)
+@njit(cache=True)
+def gather_kernel_taps(y, q, conv, geometry, kmap, ring, taps):  # pragma: no cover - compiled
+    """``gather_taps`` with the kernel read where it lies ([G, KH, KW, Ho, Wo] from ``kbase``)
+    instead of from a ring of zero-padded copies: lists, for m = 0, the kernel offset
+    kbase + (u * kw + v) * plane + i * wo + j, the grad_out pixel's ring offset and j itself
+    (tap_j), so that the caller can tell for which columns m a tap's j + m lies in [0, wo).
+
+    ``geometry`` = (kh, kw, rows_out, wo); ``kmap`` = (kbase, plane); ``ring`` = (span, jpad,
+    pitch, channels) of the grad_out rows; ``taps`` = (tap_k, tap_s, tap_j)."""
+    sh, sw, ph, pw, dh, dw = conv
+    kh, kw, rows_out, wo = geometry
+    kbase, plane = kmap
+    span, jpad, pitch, channels = ring
+    tap_k, tap_s, tap_j = taps
+    count = 0
+    for u in range(kh):
+        num = y + ph - u * dh
+        if num < 0 or num % sh != 0 or num // sh >= rows_out:
+            continue
+        i = num // sh
+        slot = i % span
+        for v in range(kw):
+            col = q + pw - v * dw
+            if col % sw != 0:
+                continue
+            j = col // sw
+            tap_k[count] = kbase + (u * kw + v) * plane + i * wo + j
+            tap_s[count] = slot * pitch + (j + jpad) * channels
+            tap_j[count] = j
+            count += 1
+    return count

@@ -21,6 +21,7 @@ kernel built from them sums each result in the order its generic loop does, bit 
 from __future__ import annotations
 
 import llvmlite.ir as llvm_ir
+from llvmlite import ir_layer_typed_pointers_enabled as _TYPED_POINTERS
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import RequireLiteralValue
@@ -71,24 +72,36 @@ def keep_alive(typingctx, arrays):
 
 
 @intrinsic
-def prefetch(typingctx, ptr, offset, write):
-    """Ask the CPU to bring the cache line of ptr[offset] into its caches (``write``: a literal
-    bool, for writing). A hint: it never faults and changes no value."""
-    if not isinstance(write, types.BooleanLiteral):
-        raise RequireLiteralValue(write)
-    intent = int(write.literal_value)
+def store_first(typingctx, dst, at, src, frm, count):
+    """dst[at : at + count] = src[frm : frm + count] for count < LANES, as one masked vector
+    store (the tail of a row: element by element it took 1.3x as long at 14x14 maps). Reads all
+    LANES elements of src from ``frm``; writes nothing of dst beyond ``count``."""
 
     def codegen(context, builder, signature, args):
-        address = builder.gep(args[0], [args[1]])
-        byte_ptr = builder.bitcast(address, llvm_ir.IntType(8).as_pointer())
+        dptr, dat, sptr, sfrm, n = args
+        elem = context.get_data_type(signature.args[0].dtype)
+        vec_t = llvm_ir.VectorType(elem, LANES)
+        source = builder.bitcast(builder.gep(sptr, [sfrm]), vec_t.as_pointer())
+        value = builder.load(source, align=elem.get_abi_alignment(context.target_data))
+        target = builder.bitcast(builder.gep(dptr, [dat]), vec_t.as_pointer())
+        i64 = llvm_ir.IntType(64)
+        lanes = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
+        limit = builder.insert_element(
+            llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None), n, i64(0)
+        )
+        splat = builder.shuffle_vector(
+            limit, limit, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), LANES), None)
+        )
+        mask = builder.icmp_unsigned("<", lanes, splat)
         i32 = llvm_ir.IntType(32)
-        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_ptr.type, i32, i32, i32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr.type], fnty)
-        # (address, 0 read / 1 write, locality 3: keep in all levels, 1: data)
-        builder.call(fn, [byte_ptr, i32(intent), i32(3), i32(1)])
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask.type])
+        vector = f"v{LANES}{elem.intrinsic_name}"
+        name = f"llvm.masked.store.{vector}.p0{vector if _TYPED_POINTERS else ''}"
+        fn = builder.module.declare_intrinsic(name, (), fnty)
+        builder.call(fn, [value, target, i32(elem.get_abi_alignment(context.target_data)), mask])
         return context.get_dummy_value()
 
-    return types.void(ptr, offset, write), codegen
+    return types.void(dst, at, src, frm, count), codegen
 
 
 FASTMATH = {"contract"}  # fused multiply-adds, never reassociated: every sum keeps its order

@@ -27,6 +27,7 @@ from involution.kernels.cpu.simd import (
     fma4,
     fma_vv,
     stack_array,
+    store_first,
     zero,
 )
 
@@ -113,13 +114,74 @@ def aggregate_row(out, src, kern, taps, count, shape, dtype):  # pragma: no cove
                 _store_pixels(op, obase + c0 * os_c + j * os_j, os_c, os_j, acc, 1)
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def aggregate_pixel(out, src, kern, taps, count, shape, dtype):  # pragma: no cover - compiled
+    """One pixel of ``aggregate_row`` for every channel c: out[c] = sum over the taps e <
+    ``count``, in order, of kern[tap_k[e] + g * k_g] * src[tap_s[e] + c] (g = c // cpg).
+
+    ``out`` = (pointer, offset of the pixel, stride of a channel); ``src`` = a pointer to pixel
+    rows ([column][channel]); ``kern`` = (pointer, stride of a group); ``taps`` = (tap_k, tap_s)
+    for this pixel; ``shape`` = (groups, cpg). For the pixels whose taps differ from their
+    row's (grad_input's gather at the image's left and right edges): tiles of 4 channel blocks,
+    four independent FMA chains per tap where one pixel alone would wait on one chain."""
+    op, oat, os_c = out
+    sp = src
+    kp, k_g = kern
+    tap_k, tap_s = taps
+    groups, cpg = shape
+    acc = stack_array(TILE, dtype)
+    blocks = groups * cpg // LANES
+    per_group = cpg // LANES
+    full = blocks // 4
+    for bb in range(full + blocks % 4):
+        if bb < full:
+            b0, width = bb * 4, 4
+        else:
+            b0, width = full * 4 + (bb - full), 1
+        if width == 4:
+            g0 = (b0 // per_group) * k_g
+            g1 = ((b0 + 1) // per_group) * k_g
+            g2 = ((b0 + 2) // per_group) * k_g
+            g3 = ((b0 + 3) // per_group) * k_g
+            c0 = b0 * LANES
+            zero(acc, 0)
+            zero(acc, LANES)
+            zero(acc, 2 * LANES)
+            zero(acc, 3 * LANES)
+            for e in range(count):
+                k = tap_k[e]
+                s = tap_s[e] + c0
+                fma(acc, 0, kp[k + g0], sp, s)
+                fma(acc, LANES, kp[k + g1], sp, s + LANES)
+                fma(acc, 2 * LANES, kp[k + g2], sp, s + 2 * LANES)
+                fma(acc, 3 * LANES, kp[k + g3], sp, s + 3 * LANES)
+            _store_pixels(op, oat + c0 * os_c, os_c, LANES * os_c, acc, 4)
+        else:
+            g0 = (b0 // per_group) * k_g
+            c0 = b0 * LANES
+            zero(acc, 0)
+            for e in range(count):
+                fma(acc, 0, kp[tap_k[e] + g0], sp, tap_s[e] + c0)
+            _store_pixels(op, oat + c0 * os_c, os_c, LANES * os_c, acc, 1)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _store_run(dst, at, acc, frm, valid):  # pragma: no cover - compiled
+    """dst[at : at + min(valid, LANES)] = acc[frm : ...]: a whole vector, or the row's tail."""
+    if valid >= LANES:
+        copy(dst, at, acc, frm)
+    else:
+        store_first(dst, at, acc, frm, valid)
+
+
 @njit(inline="always", fastmath=FASTMATH)
 def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no cover - compiled
-    """gk rows t = 0..count-1 (gk = (pointer, offset, stride of a row)) = sum over cpg channels
+    """gk rows t = 0..count-1 (gk = (pointer, offset, stride of a row, pixels to store: a tail
+    of fewer than LANES is stored element by element)) = sum over cpg channels
     c, in order, of go[offset + c * stride] (go = (pointer, offset, stride of a channel)) *
     x[xat + c * c_pitch + offs[t]]: one go vector feeds ``count`` (1 to 4) FMA chains. Each count
     has its own branch so that every tile index is a constant."""
-    gp, gat, t_pitch = gk
+    gp, gat, t_pitch, valid = gk
     op, oat, go_pitch = go
     if count == 4:
         o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
@@ -134,10 +196,10 @@ def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no co
             fma_vv(acc, LANES, op, g, xp, x + o1)
             fma_vv(acc, 2 * LANES, op, g, xp, x + o2)
             fma_vv(acc, 3 * LANES, op, g, xp, x + o3)
-        copy(gp, gat, acc, 0)
-        copy(gp, gat + t_pitch, acc, LANES)
-        copy(gp, gat + 2 * t_pitch, acc, 2 * LANES)
-        copy(gp, gat + 3 * t_pitch, acc, 3 * LANES)
+        _store_run(gp, gat, acc, 0, valid)
+        _store_run(gp, gat + t_pitch, acc, LANES, valid)
+        _store_run(gp, gat + 2 * t_pitch, acc, 2 * LANES, valid)
+        _store_run(gp, gat + 3 * t_pitch, acc, 3 * LANES, valid)
     elif count == 3:
         o0, o1, o2 = offs[0], offs[1], offs[2]
         zero(acc, 0)
@@ -149,9 +211,9 @@ def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no co
             fma_vv(acc, 0, op, g, xp, x + o0)
             fma_vv(acc, LANES, op, g, xp, x + o1)
             fma_vv(acc, 2 * LANES, op, g, xp, x + o2)
-        copy(gp, gat, acc, 0)
-        copy(gp, gat + t_pitch, acc, LANES)
-        copy(gp, gat + 2 * t_pitch, acc, 2 * LANES)
+        _store_run(gp, gat, acc, 0, valid)
+        _store_run(gp, gat + t_pitch, acc, LANES, valid)
+        _store_run(gp, gat + 2 * t_pitch, acc, 2 * LANES, valid)
     elif count == 2:
         o0, o1 = offs[0], offs[1]
         zero(acc, 0)
@@ -161,14 +223,14 @@ def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no co
             x = xat + cc * c_pitch
             fma_vv(acc, 0, op, g, xp, x + o0)
             fma_vv(acc, LANES, op, g, xp, x + o1)
-        copy(gp, gat, acc, 0)
-        copy(gp, gat + t_pitch, acc, LANES)
+        _store_run(gp, gat, acc, 0, valid)
+        _store_run(gp, gat + t_pitch, acc, LANES, valid)
     else:
         o0 = offs[0]
         zero(acc, 0)
         for cc in range(cpg):
             fma_vv(acc, 0, op, oat + cc * go_pitch, xp, xat + cc * c_pitch + o0)
-        copy(gp, gat, acc, 0)
+        _store_run(gp, gat, acc, 0, valid)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -177,12 +239,13 @@ def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - 
     of go[c, j] * x[c, j * step + v * dil], for t = (g * kh + u) * kw + v and j < ``lanes`` (a
     multiple of LANES); a tap row u with roff[u] < 0 (outside the image) gives zeros.
 
-    ``gk`` = (pointer, offset, stride of a tap row); ``go`` = (pointer, stride of a channel) to
-    one row of the incoming gradient as [channel][pixel]; ``src`` = (pointer, stride of a
-    channel, length of a phase) to channel rows split by phase (``rows.channels_in``), tap row
-    u at roff[u]; ``shape`` = (groups, kh, kw, lanes, cpg); ``conv`` = (step, dil) along the
-    row; ``offs``: a scratch int64 array of 4."""
-    gp, gbase, t_pitch = gk
+    ``gk`` = (pointer, offset, stride of a tap row, pixels stored per tap row: ``lanes`` into a
+    padded scratch row, or the row's width straight into the kernel-gradient tensor); ``go`` =
+    (pointer, stride of a channel) to one row of the incoming gradient as [channel][pixel];
+    ``src`` = (pointer, stride of a channel, length of a phase) to channel rows split by phase
+    (``rows.channels_in``), tap row u at roff[u]; ``shape`` = (groups, kh, kw, lanes, cpg);
+    ``conv`` = (step, dil) along the row; ``offs``: a scratch int64 array of 4."""
+    gp, gbase, t_pitch, valid = gk
     op, go_pitch = go
     sp, c_pitch, phase_len = src
     groups, kh, kw, lanes, cpg = shape
@@ -195,8 +258,8 @@ def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - 
             if r < 0:
                 for v in range(kw):
                     at = gbase + (t0 + v) * t_pitch
-                    for jv in range(lanes // LANES):
-                        zero(gp, at + jv * LANES)
+                    for j in range(valid):
+                        gp[at + j] = 0
                 continue
             for jv in range(lanes // LANES):
                 j = jv * LANES
@@ -206,7 +269,7 @@ def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - 
                     for q in range(count):
                         tap = (v + q) * dil
                         offs[q] = (tap % step) * phase_len + tap // step + j
-                    rows = (gp, gbase + (t0 + v) * t_pitch + j, t_pitch)
+                    rows = (gp, gbase + (t0 + v) * t_pitch + j, t_pitch, valid - j)
                     channels = (op, g * cpg * go_pitch + j, go_pitch)
                     xat = r + g * cpg * c_pitch
                     _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, acc)
