@@ -30,6 +30,7 @@ from involution.kernels.cpu.rows import (
     gather_kernel_taps,
     pixel_window,
     pixels_in,
+    pixels_out,
     strided,
 )
 from involution.kernels.cpu.simd import FASTMATH, LANES, keep_alive, pointer
@@ -83,7 +84,8 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
         ring = np.zeros(span * wp * channels, x.dtype)
         held = np.full(span, -1, np.int64)
         tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
-        rp = pointer(ring)
+        staged = np.empty(wo * channels if dst[2] != 1 else 0, x.dtype)
+        rp, orp = pointer(ring), pointer(staged)
         size, geometry = (height, width, channels), (kh, kw, dh, dw)
         for i in range(i0, min(ho, i0 + per)):
             top = i * sh - ph
@@ -95,12 +97,15 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
             base = n * groups * taps * plane + i * wo
             for e in range(count):
                 tap_k[e] += base
-            row = (dst[0], n * dst[1] + i * dst[3], dst[2], dst[4])
+            at = n * dst[1] + i * dst[3]
+            row = (dst[0], at, dst[2], dst[4]) if dst[2] == 1 else (orp, 0, 1, channels)
             kern = (kp, 1, taps * plane)
             aggregate_row(
                 row, (rp, sw * channels), kern, (tap_k, tap_s), count, (groups, wo, cpg), x.dtype
             )
-        keep_alive((ring,))
+            if dst[2] != 1:
+                pixels_out(dst, at, orp, 0, channels, wo, channels)
+        keep_alive((ring, staged))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -134,7 +139,8 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
             np.empty(taps, np.int64),
             np.empty(taps, np.int64),
         )
-        grp = pointer(go_ring)
+        staged = np.empty(width * channels if dst[2] != 1 else 0, grad_out.dtype)
+        grp, orp = pointer(go_ring), pointer(staged)
         kmap = (n * groups * taps * plane, plane)
         for y in range(y0, min(height, y0 + per)):
             for u in range(kh):  # the output rows this input row reads, into the ring
@@ -154,12 +160,17 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                 for e in range(count):
                     lo = max(lo, -tap_j[e])
                     hi = min(hi, wo - tap_j[e])
-                row = n * dst[1] + y * dst[3] + q * dst[4]
+                # the pixels' row and their strides: grad_x's own, or a staged pixel row
+                if dst[2] == 1:
+                    op, row = dst[0], n * dst[1] + y * dst[3] + q * dst[4]
+                    os_c, os_m = 1, sw * dst[4]
+                else:
+                    op, row, os_c, os_m = orp, q * channels, 1, sw * channels
                 if hi > lo:
                     for e in range(count):
                         sub_k[e] = tap_k[e] + lo
                         sub_s[e] = tap_s[e] + lo * channels
-                    out = (dst[0], row + lo * sw * dst[4], dst[2], sw * dst[4])
+                    out = (op, row + lo * os_m, os_c, os_m)
                     aggregate_row(
                         out,
                         (grp, channels),
@@ -178,7 +189,7 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                             sub_k[valid] = tap_k[e] + m
                             sub_s[valid] = tap_s[e] + m * channels
                             valid += 1
-                    out = (dst[0], row + m * sw * dst[4], dst[2])
+                    out = (op, row + m * os_m, os_c)
                     aggregate_pixel(
                         out,
                         grp,
@@ -188,7 +199,9 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                         (groups, cpg),
                         grad_out.dtype,
                     )
-        keep_alive((go_ring,))
+            if dst[2] != 1:
+                pixels_out(dst, n * dst[1] + y * dst[3], orp, 0, channels, width, channels)
+        keep_alive((go_ring, staged))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)

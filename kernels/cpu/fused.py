@@ -71,6 +71,8 @@ def fused_forward(
         held = np.full(span, -1, np.int64)
         h_row = np.empty(wo * reduced, x.dtype)
         k_row = np.empty(wo * tp, x.dtype)
+        staged = np.empty(wo * channels if dst[2] != 1 else 0, x.dtype)  # an NCHW out's row
+        orp = pointer(staged)
         tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
         rp, hrp, krp = pointer(ring), pointer(h_row), pointer(k_row)
         size, geometry = (height, width, channels), (kh, kw, dh, dw)
@@ -90,7 +92,8 @@ def fused_forward(
                 (bp, 0),
                 x.dtype,
             )
-            row = (dst[0], n * dst[1] + i * dst[3], dst[2], dst[4])
+            at = n * dst[1] + i * dst[3]
+            row = (dst[0], at, dst[2], dst[4]) if dst[2] == 1 else (orp, 0, 1, channels)
             aggregate_row(
                 row,
                 (rp, sw * channels),
@@ -100,7 +103,9 @@ def fused_forward(
                 (groups, wo, cpg),
                 x.dtype,
             )
-        keep_alive((ring, h_row, k_row))
+            if dst[2] != 1:
+                pixels_out(dst, at, orp, 0, channels, wo, channels)
+        keep_alive((ring, h_row, k_row, staged))
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -163,6 +168,8 @@ def fused_backward(
         gk_row = np.zeros(tp * lanes, x.dtype)  # rows from G*KH*KW on stay zero
         h_row = np.zeros(wo * rpad, x.dtype)
         dh_row = np.empty(wo * rpad, x.dtype)
+        staged = np.empty(width * channels if dxs[2] != 1 else 0, x.dtype)  # an NCHW grad_x's row
+        orp = pointer(staged)
         roff, offs = np.empty(kh, np.int64), np.empty(4, np.int64)
         tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
         xrp, krp, grp = pointer(x_ring), pointer(k_ring), pointer(go_ring)
@@ -229,12 +236,18 @@ def fused_backward(
             for y in range(max(0, i * sh - ph), y_last):
                 for q in range(min(sw, width)):
                     count = gather_taps(y, q, conv, kh, kw, ho, ring, (tap_k, tap_s))
-                    row = (dxs[0], n * dxs[1] + y * dxs[3] + q * dxs[4], dxs[2], sw * dxs[4])
+                    if dxs[2] == 1:
+                        at = n * dxs[1] + y * dxs[3] + q * dxs[4]
+                        row = (dxs[0], at, 1, sw * dxs[4])
+                    else:
+                        row = (orp, q * channels, 1, sw * channels)
                     shape = (groups, (width - q + sw - 1) // sw, cpg)
                     aggregate_row(
                         row, (grp, channels), (krp, tp, taps), (tap_k, tap_s), count, shape, x.dtype
                     )
-        keep_alive((x_ring, k_ring, go_ring, go_row, gk_row, h_row, dh_row))
+                if dxs[2] != 1:
+                    pixels_out(dxs, n * dxs[1] + y * dxs[3], orp, 0, channels, width, channels)
+        keep_alive((x_ring, k_ring, go_ring, go_row, gk_row, h_row, dh_row, staged))
 
 
 def partials_shape(threads: int, taps_padded: int, reduced_padded: int) -> tuple[int, int, int]:

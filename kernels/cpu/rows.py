@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer
+from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer, transpose_block
 
 
 @njit(inline="always")
@@ -48,7 +48,17 @@ def pixels_in(dst, at, pitch, src, base, width, channels):  # pragma: no cover -
             for c in range(blocks * LANES, channels):
                 dst[d + c] = sp[f + c]
     else:
-        for c in range(channels):
+        # NCHW rows: LANES x LANES blocks transposed in registers, the rest element by element
+        cb = channels // LANES * LANES if s_w == 1 else 0
+        wb = width // LANES * LANES
+        for c0 in range(0, cb, LANES):
+            for col0 in range(0, wb, LANES):
+                d = at + col0 * pitch + c0
+                transpose_block(dst, d, pitch, sp, base + c0 * s_c + col0, s_c)
+            for c in range(c0, c0 + LANES):
+                for col in range(wb, width):
+                    dst[at + col * pitch + c] = sp[base + c * s_c + col]
+        for c in range(cb, channels):
             f = base + c * s_c
             for col in range(width):
                 dst[at + col * pitch + c] = sp[f + col * s_w]
@@ -69,7 +79,16 @@ def pixels_out(dst, base, src, at, pitch, width, channels):  # pragma: no cover 
             for c in range(blocks * LANES, channels):
                 dp[d + c] = src[f + c]
     else:
-        for c in range(channels):
+        cb = channels // LANES * LANES if s_w == 1 else 0
+        wb = width // LANES * LANES
+        for c0 in range(0, cb, LANES):
+            for col0 in range(0, wb, LANES):
+                f = at + col0 * pitch + c0
+                transpose_block(dp, base + c0 * s_c + col0, s_c, src, f, pitch)
+            for c in range(c0, c0 + LANES):
+                for col in range(wb, width):
+                    dp[base + c * s_c + col] = src[at + col * pitch + c]
+        for c in range(cb, channels):
             d = base + c * s_c
             for col in range(width):
                 dp[d + col * s_w] = src[at + col * pitch + c]

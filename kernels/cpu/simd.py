@@ -104,6 +104,49 @@ def store_first(typingctx, dst, at, src, frm, count):
     return types.void(dst, at, src, frm, count), codegen
 
 
+@intrinsic
+def transpose_block(typingctx, dst, dat, dpitch, src, sat, spitch):
+    """dst[dat + k * dpitch + r] = src[sat + r * spitch + k] for r, k < LANES: a LANES x LANES
+    block transposed in registers (LANES vector loads, 4 x LANES two-vector shuffles, LANES
+    vector stores), where element by element a transpose costs two memory operations per
+    element (the NCHW rows into and out of the blocked kernels' pixel rows).
+
+    Four rounds swap the off-diagonal h x h sub-blocks of every 2h x 2h block, h = 8, 4, 2, 1:
+    together, the transpose."""
+
+    def codegen(context, builder, signature, args):
+        dptr, d_at, d_pitch, sptr, s_at, s_pitch = args
+        elem = context.get_data_type(signature.args[0].dtype)
+        vec_t = llvm_ir.VectorType(elem, LANES)
+        align = elem.get_abi_alignment(context.target_data)
+        rows = []
+        for r in range(LANES):
+            offset = builder.add(s_at, builder.mul(s_pitch, s_pitch.type(r)))
+            at = builder.bitcast(builder.gep(sptr, [offset]), vec_t.as_pointer())
+            rows.append(builder.load(at, align=align))
+        i32 = llvm_ir.IntType(32)
+        h = LANES // 2
+        while h:
+            top_mask = [c if not c & h else LANES + c - h for c in range(LANES)]
+            bottom_mask = [c + h if not c & h else LANES + c for c in range(LANES)]
+            top_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), top_mask)
+            bottom_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), bottom_mask)
+            for r in range(LANES):
+                if r & h:
+                    continue
+                top, bottom = rows[r], rows[r + h]
+                rows[r] = builder.shuffle_vector(top, bottom, top_c)
+                rows[r + h] = builder.shuffle_vector(top, bottom, bottom_c)
+            h //= 2
+        for k in range(LANES):
+            offset = builder.add(d_at, builder.mul(d_pitch, d_pitch.type(k)))
+            at = builder.bitcast(builder.gep(dptr, [offset]), vec_t.as_pointer())
+            builder.store(rows[k], at, align=align)
+        return context.get_dummy_value()
+
+    return types.void(dst, dat, dpitch, src, sat, spitch), codegen
+
+
 FASTMATH = {"contract"}  # fused multiply-adds, never reassociated: every sum keeps its order
 
 
