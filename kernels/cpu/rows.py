@@ -112,7 +112,18 @@ def channels_in(
             for col in range(blocks * LANES, width):
                 dst[d + col] = sp[f + col]
     else:
-        for col in range(width):
+        first = 0
+        if stride == 1 and s_c == 1:  # NHWC rows: LANES x LANES blocks transposed in registers
+            first = width // LANES * LANES
+            cb = channels // LANES * LANES
+            for col0 in range(0, first, LANES):
+                for c0 in range(0, cb, LANES):
+                    d = at + c0 * pitch + pad + col0
+                    transpose_block(dst, d, pitch, sp, base + col0 * s_w + c0, s_w)
+                for c in range(cb, channels):
+                    for col in range(col0, col0 + LANES):
+                        dst[at + c * pitch + pad + col] = sp[base + col * s_w + c]
+        for col in range(first, width):
             cp = col + pad
             f = base + col * s_w
             d = at + (cp % stride) * phase_len + cp // stride
