@@ -386,3 +386,40 @@ def test_cache_is_emptied_when_any_kernel_source_changes(tmp_path):
     assert cpu.blocked_forward and any(d.py_func.__name__ == "forward_blocked" for d in real)
     for folder in {d._cache.cache_path for d in real}:
         assert (Path(folder) / cache.STAMP).read_text() == cache.sources_digest()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_register_transpose_and_masked_store(dtype):
+    """``simd.transpose_block`` is a LANES x LANES transpose between any offsets and pitches
+    (the NCHW / NHWC rows in and out of the blocked kernels), and ``simd.store_first`` writes
+    exactly its first ``count`` elements (a kernel-gradient row's tail): nothing around them."""
+    from numba import njit
+
+    from involution.kernels.cpu.simd import LANES, keep_alive, pointer, store_first, transpose_block
+
+    @njit
+    def transpose(dst, dat, dpitch, src, sat, spitch):
+        transpose_block(pointer(dst), dat, dpitch, pointer(src), sat, spitch)
+        keep_alive((dst, src))
+
+    @njit
+    def store(dst, at, src, count):
+        store_first(pointer(dst), at, pointer(src), 0, count)
+        keep_alive((dst, src))
+
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal(LANES * 23 + 9).astype(dtype)
+    dst = np.full(LANES * 19 + 11, -1.0, dtype)
+    transpose(dst, 3, 19, src, 5, 23)
+    block = src[5 : 5 + LANES * 23].reshape(LANES, 23)[:, :LANES]
+    written = np.zeros(dst.shape, bool)
+    for k in range(LANES):
+        assert np.array_equal(dst[3 + k * 19 : 3 + k * 19 + LANES], block[:, k])
+        written[3 + k * 19 : 3 + k * 19 + LANES] = True
+    assert np.all(dst[~written] == -1.0)
+
+    for count in (1, 7, LANES - 1):
+        out = np.full(2 * LANES, -1.0, dtype)
+        store(out, 4, src, count)
+        assert np.array_equal(out[4 : 4 + count], src[:count])
+        assert np.all(out[:4] == -1.0) and np.all(out[4 + count :] == -1.0)

@@ -12,7 +12,10 @@ keep the tile in memory). So a register tile is written here as
   (no negative-index fix-up, no bounds logic: the kernels compute their offsets explicitly);
   it does not keep the array alive: ``keep_alive`` after the pointer's last use does;
 - the helpers below, each one 16-lane step (``LANES`` consecutive elements: one AVX-512 register
-  of float32, or two of AVX2), inlined into the caller so that every tile index is a constant.
+  of float32, or two of AVX2), inlined into the caller so that every tile index is a constant;
+- ``transpose_block`` and ``store_first``: a LANES x LANES transpose in registers and a masked
+  store, written as LLVM IR (shuffles, ``llvm.masked.store``), which the vectorisers do not find
+  in scalar loops.
 
 Every helper adds in a fixed order (a multiply-add per lane, fused where the CPU has FMA), so a
 kernel built from them sums each result in the order its generic loop does, bit for bit.
