@@ -285,8 +285,10 @@ def matmul_rows(c, a, b, dims, init, bias, dtype):  # pragma: no cover - compile
     ``c`` = (pointer, offset, stride of a row); ``a`` = (pointer, offset, stride of a row j,
     stride of r); ``b`` = (pointer, offset, stride of a row r); ``bias`` = (pointer, offset).
     Tiles of 4 rows x 2 LANES-vectors (8 FMA chains per inner step: 2 vector loads of b, 4
-    broadcasts of a); an odd last column vector (all of a LANES-wide product) in tiles of 8
-    rows x 1 vector; rows left over in a 1-row x 1-vector tile."""
+    broadcasts of a), the last 1-3 rows in one tile of as many rows x 2 vectors (a row of 7 or
+    14 pixels, the fused kernels' 7x7 and 14x14 maps, ended on a single chain per vector); an
+    odd last column vector (all of a LANES-wide product) in tiles of 8 rows x 1 vector, its rows
+    left over in a 1-row x 1-vector tile."""
     cp, cat, c_pitch = c
     ap, aat, a_pitch, a_inner = a
     bp, bat, b_pitch = b
@@ -354,9 +356,57 @@ def matmul_rows(c, a, b, dims, init, bias, dtype):  # pragma: no cover - compile
                 fma(wide, 7 * LANES, ap[ar + 7 * a_pitch], bp, brow)
             for q in range(8):
                 copy(cp, cat + (j0 + q) * c_pitch + o, wide, q * LANES)
-    for ov in range(cols // LANES):  # rows left over: 1 row x 1 vector
+    rest = rows - full * 4
+    if rest > 0:  # the last 1-3 rows, 2 vectors at a time: 2-6 chains instead of one
+        j0 = full * 4
+        for ob in range(pairs):
+            o = ob * 2 * LANES
+            for q in range(rest):
+                for h in range(2):
+                    dst = cat + (j0 + q) * c_pitch + o + h * LANES
+                    at = q * 2 * LANES + h * LANES
+                    if init == 0:
+                        zero(wide, at)
+                    elif init == 1:
+                        copy(wide, at, cp, dst)
+                    else:
+                        copy(wide, at, zp, bias_at + o + h * LANES)
+            if rest == 3:
+                for r in range(inner):
+                    brow = bat + r * b_pitch + o
+                    ar = aat + j0 * a_pitch + r * a_inner
+                    a0 = ap[ar]
+                    a1 = ap[ar + a_pitch]
+                    a2 = ap[ar + 2 * a_pitch]
+                    fma(wide, 0, a0, bp, brow)
+                    fma(wide, LANES, a0, bp, brow + LANES)
+                    fma(wide, 2 * LANES, a1, bp, brow)
+                    fma(wide, 3 * LANES, a1, bp, brow + LANES)
+                    fma(wide, 4 * LANES, a2, bp, brow)
+                    fma(wide, 5 * LANES, a2, bp, brow + LANES)
+            elif rest == 2:
+                for r in range(inner):
+                    brow = bat + r * b_pitch + o
+                    ar = aat + j0 * a_pitch + r * a_inner
+                    a0 = ap[ar]
+                    a1 = ap[ar + a_pitch]
+                    fma(wide, 0, a0, bp, brow)
+                    fma(wide, LANES, a0, bp, brow + LANES)
+                    fma(wide, 2 * LANES, a1, bp, brow)
+                    fma(wide, 3 * LANES, a1, bp, brow + LANES)
+            else:
+                for r in range(inner):
+                    brow = bat + r * b_pitch + o
+                    a0 = ap[aat + j0 * a_pitch + r * a_inner]
+                    fma(wide, 0, a0, bp, brow)
+                    fma(wide, LANES, a0, bp, brow + LANES)
+            for q in range(rest):
+                for h in range(2):
+                    dst = cat + (j0 + q) * c_pitch + o + h * LANES
+                    copy(cp, dst, wide, q * 2 * LANES + h * LANES)
+    for ov in range(pairs * 2, cols // LANES):  # the odd last vector's rows left over
         o = ov * LANES
-        first = full * 4 if ov < pairs * 2 else rows // 8 * 8
+        first = rows // 8 * 8
         for j in range(first, rows):
             dst = cat + j * c_pitch + o
             if init == 0:
