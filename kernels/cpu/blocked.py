@@ -34,7 +34,7 @@ from involution.kernels.cpu.rows import (
     strided,
 )
 from involution.kernels.cpu.simd import FASTMATH, LANES, keep_alive, pointer
-from involution.kernels.cpu.tiles import aggregate_pixel, aggregate_row, dot_row
+from involution.kernels.cpu.tiles import aggregate_pixel, aggregate_row, dot_row, dot_rows2
 
 
 def blocked_applies(channels_per_group: int) -> bool:
@@ -215,33 +215,47 @@ def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # 
     taps, plane = kh * kw, ho * wo
     lanes, phase_len = channel_geometry(width, wo, sw, pw, kw, dw)
     pitch = sw * phase_len  # one channel row
-    span = (kh - 1) * dh + 1
+    # output rows in pairs (``tiles.dot_rows2``): the x rows of both windows in the ring
+    span = (kh - 1) * dh + 1 + sh
+    shift = sh // dh if sh % dh == 0 else kh  # row b's tap row u - shift is row a's u
     per = (ho + bands - 1) // bands
     src, xsrc = strided(grad_out), strided(x)
     kp = pointer(grad_k)
     for task in prange(n_batch * bands):
         n = task // bands
         i0 = (task % bands) * per
+        i1 = min(ho, i0 + per)
         ring = np.zeros(span * channels * pitch, x.dtype)
         held = np.full(span, -1, np.int64)
-        go_row = np.zeros(channels * lanes, x.dtype)
-        roff, offs = np.empty(kh, np.int64), np.empty(4, np.int64)
-        rp, grp = pointer(ring), pointer(go_row)
+        go_rows = np.zeros(2 * channels * lanes, x.dtype)
+        roff, roff_b, offs = np.empty(kh, np.int64), np.empty(kh, np.int64), np.empty(4, np.int64)
+        rp, grp = pointer(ring), pointer(go_rows)
         size, layout = (height, width, channels), (pitch, phase_len, sw, pw)
-        for i in range(i0, min(ho, i0 + per)):
-            channel_window(rp, held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
-            channels_in(grp, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
-            rows = (rp, pitch, phase_len)
+        rows = (rp, pitch, phase_len)
+        shape = (groups, kh, kw, lanes, cpg)
+        for i in range(i0, i1, 2):
             # the tiles store straight into grad_k: each tap's values for the row are one
             # contiguous run (a scratch row copied out afterwards cost a quarter of the kernel)
-            dot_row(
-                (kp, n * groups * taps * plane + i * wo, plane, wo),
-                (grp, lanes),
-                rows,
-                roff,
-                (groups, kh, kw, lanes, cpg),
-                (sw, dw),
-                offs,
-                x.dtype,
-            )
-        keep_alive((ring, go_row))
+            base = n * groups * taps * plane + i * wo
+            channel_window(rp, held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
+            channels_in(grp, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+            if i + 1 < i1:
+                channel_window(rp, held, layout, xsrc, n, size, (i + 1) * sh - ph, kh, dh, roff_b)
+                at = channels * lanes
+                row_b = n * src[1] + (i + 1) * src[3]
+                channels_in(grp, at, lanes, lanes, 1, 0, src, row_b, wo, channels)
+                dot_rows2(
+                    (kp, base, base + wo, plane, wo),
+                    (grp, 0, at, lanes),
+                    rows,
+                    (roff, roff_b),
+                    shape,
+                    (sw, dw, shift),
+                    offs,
+                    x.dtype,
+                )
+            else:
+                dot_row(
+                    (kp, base, plane, wo), (grp, lanes), rows, roff, shape, (sw, dw), offs, x.dtype
+                )
+        keep_alive((ring, go_rows))

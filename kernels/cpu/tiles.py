@@ -233,6 +233,72 @@ def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no co
         _store_run(gp, gat, acc, 0, valid)
 
 
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no cover
+    """``_dot_tile`` for two output rows a and b at once whose taps read the same channel rows of
+    x (row b's tap row u - shift is row a's tap row u): each x vector feeds an FMA chain of
+    each row, 2 x ``count`` chains, and a load of x per two multiply-adds where one row alone
+    has a load per one. ``gka``, ``gkb`` = (pointer, offset, stride of a tap row, pixels to
+    store); ``go`` = (pointer, offset of row a, offset of row b, stride of a channel)."""
+    gp, ga, t_pitch, valid = gka
+    gb = gkb[1]
+    op, oa, ob, go_pitch = go
+    if count == 4:
+        o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
+        for q in range(8):
+            zero(acc, q * LANES)
+        for cc in range(cpg):
+            a = oa + cc * go_pitch
+            b = ob + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, a, xp, x + o0)
+            fma_vv(acc, LANES, op, b, xp, x + o0)
+            fma_vv(acc, 2 * LANES, op, a, xp, x + o1)
+            fma_vv(acc, 3 * LANES, op, b, xp, x + o1)
+            fma_vv(acc, 4 * LANES, op, a, xp, x + o2)
+            fma_vv(acc, 5 * LANES, op, b, xp, x + o2)
+            fma_vv(acc, 6 * LANES, op, a, xp, x + o3)
+            fma_vv(acc, 7 * LANES, op, b, xp, x + o3)
+    elif count == 3:
+        o0, o1, o2 = offs[0], offs[1], offs[2]
+        for q in range(6):
+            zero(acc, q * LANES)
+        for cc in range(cpg):
+            a = oa + cc * go_pitch
+            b = ob + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, a, xp, x + o0)
+            fma_vv(acc, LANES, op, b, xp, x + o0)
+            fma_vv(acc, 2 * LANES, op, a, xp, x + o1)
+            fma_vv(acc, 3 * LANES, op, b, xp, x + o1)
+            fma_vv(acc, 4 * LANES, op, a, xp, x + o2)
+            fma_vv(acc, 5 * LANES, op, b, xp, x + o2)
+    elif count == 2:
+        o0, o1 = offs[0], offs[1]
+        for q in range(4):
+            zero(acc, q * LANES)
+        for cc in range(cpg):
+            a = oa + cc * go_pitch
+            b = ob + cc * go_pitch
+            x = xat + cc * c_pitch
+            fma_vv(acc, 0, op, a, xp, x + o0)
+            fma_vv(acc, LANES, op, b, xp, x + o0)
+            fma_vv(acc, 2 * LANES, op, a, xp, x + o1)
+            fma_vv(acc, 3 * LANES, op, b, xp, x + o1)
+    else:
+        o0 = offs[0]
+        zero(acc, 0)
+        zero(acc, LANES)
+        for cc in range(cpg):
+            x = xat + cc * c_pitch + o0
+            fma_vv(acc, 0, op, oa + cc * go_pitch, xp, x)
+            fma_vv(acc, LANES, op, ob + cc * go_pitch, xp, x)
+    for q in range(4):
+        if q < count:
+            _store_run(gp, ga + q * t_pitch, acc, 2 * q * LANES, valid)
+            _store_run(gp, gb + q * t_pitch, acc, (2 * q + 1) * LANES, valid)
+
+
 @njit(fastmath=FASTMATH, cache=True)
 def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - compiled
     """One row of the kernel gradient: gk[t, j] = sum over the channels c of group g, in order,
@@ -273,6 +339,64 @@ def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - 
                     channels = (op, g * cpg * go_pitch + j, go_pitch)
                     xat = r + g * cpg * c_pitch
                     _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, acc)
+                    v += count
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def dot_rows2(gk, go, src, roffs, shape, conv, offs, dtype):  # pragma: no cover - compiled
+    """``dot_row`` for two output rows a and b at once (``gk`` = (pointer, offset of row a,
+    offset of row b, stride of a tap row, pixels stored); ``go`` = (pointer, offset of row a,
+    offset of row b, stride of a channel); ``roffs`` = (roff of row a, roff of row b)): where
+    row b's tap row u - shift reads the same x row as row a's tap row u (``conv`` = (step, dil,
+    shift); shift = sh / dh, or kh where no row is shared), one tile computes both
+    (``_dot_tile2``). Same sums, in the same order, as ``dot_row`` on each row."""
+    gp, ga, gb, t_pitch, valid = gk
+    op, oa, ob, go_pitch = go
+    roffa, roffb = roffs
+    sp, c_pitch, phase_len = src
+    groups, kh, kw, lanes, cpg = shape
+    step, dil, shift = conv
+    acc = stack_array(WIDE, dtype)
+    for g in range(groups):
+        for u in range(kh):  # tap rows outside the image: zeros
+            for row, roff in ((ga, roffa), (gb, roffb)):
+                if roff[u] < 0:
+                    for v in range(kw):
+                        at = row + ((g * kh + u) * kw + v) * t_pitch
+                        for j in range(valid):
+                            gp[at + j] = 0
+        for up in range(kh + shift):
+            ub = up - shift
+            a_in = up < kh and roffa[up] >= 0
+            b_in = 0 <= ub < kh and roffb[ub] >= 0
+            if not (a_in or b_in):
+                continue
+            r = roffa[up] if a_in else roffb[ub]
+            ta = (g * kh + up) * kw
+            tb = (g * kh + ub) * kw
+            xat = r + g * cpg * c_pitch
+            for jv in range(lanes // LANES):
+                j = jv * LANES
+                v = 0
+                while v < kw:
+                    count = min(4, kw - v)
+                    for q in range(count):
+                        tap = (v + q) * dil
+                        offs[q] = (tap % step) * phase_len + tap // step + j
+                    rows_a = (gp, ga + (ta + v) * t_pitch + j, t_pitch, valid - j)
+                    rows_b = (gp, gb + (tb + v) * t_pitch + j, t_pitch, valid - j)
+                    ca, cb = oa + g * cpg * go_pitch + j, ob + g * cpg * go_pitch + j
+                    if a_in and b_in:
+                        channels = (op, ca, cb, go_pitch)
+                        _dot_tile2(
+                            rows_a, rows_b, channels, sp, xat, c_pitch, offs, count, cpg, acc
+                        )
+                    elif a_in:
+                        channels = (op, ca, go_pitch)
+                        _dot_tile(rows_a, channels, sp, xat, c_pitch, offs, count, cpg, acc)
+                    else:
+                        channels = (op, cb, go_pitch)
+                        _dot_tile(rows_b, channels, sp, xat, c_pitch, offs, count, cpg, acc)
                     v += count
 
 
