@@ -18,8 +18,8 @@ Each task (an image, or a band of its rows) walks its output rows in order. Per 
 map's row times the weight (``tiles.matmul_rows``, tiles of 4 pixels x 32 taps) gives the
 kernel row, which ``tiles.aggregate_row`` applies at once (forward), or which goes into a ring of
 the rows that the gather of grad_x needs (backward; a band first regenerates the few rows above
-it that its input rows also read). The kernel-gradient row from ``tiles.dot_row`` feeds the two
-products and the bias sum, then is dropped. grad_x is a gather per input row, emitted as soon as
+it that its input rows also read). The kernel-gradient rows, made two at a time from shared x
+rows (``tiles.dot_rows2``), each feed the two products and the bias sum, then are dropped. grad_x is a gather per input row, emitted as soon as
 the last output row that reads it is done; no two tasks write one element of grad_x or
 grad_hidden. grad_weight and grad_bias are summed per thread into the caller's partial buffers
 (``partials``; the bias gradient as LANES lane-wise sums per tap), which the caller adds up.
@@ -45,7 +45,7 @@ from involution.kernels.cpu.rows import (
     strided,
 )
 from involution.kernels.cpu.simd import FASTMATH, LANES, add_into, keep_alive, pointer
-from involution.kernels.cpu.tiles import aggregate_row, dot_row, matmul_rows
+from involution.kernels.cpu.tiles import aggregate_row, dot_row, dot_rows2, matmul_rows
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -142,7 +142,8 @@ def fused_backward(
     total = groups * taps
     lanes, phase_len = channel_geometry(width, wo, sw, pw, kw, dw)
     pitch = sw * phase_len
-    span_x = (kh - 1) * dh + 1  # input rows one output row reads
+    span_x = (kh - 1) * dh + 1 + sh  # input rows two output rows read (``dot_rows2``)
+    shift = sh // dh if sh % dh == 0 else kh  # row i+1's tap row u - shift is row i's u
     span_o = ((kh - 1) * dh) // sh + 1  # output rows one input row gathers from
     halo = ((kh - 1) * dh + sh - 1) // sh
     jpad, wop = gather_geometry(width, wo, sw, pw, kw, dw)
@@ -164,16 +165,16 @@ def fused_backward(
         x_held = np.full(span_x, -1, np.int64)
         k_ring = np.zeros(span_o * wop * tp, x.dtype)
         go_ring = np.zeros(span_o * wop * channels, x.dtype)
-        go_row = np.zeros(channels * lanes, x.dtype)
-        gk_row = np.zeros(tp * lanes, x.dtype)  # rows from G*KH*KW on stay zero
+        go_rows = np.zeros(2 * channels * lanes, x.dtype)  # output rows in pairs
+        gk_rows = np.zeros(2 * tp * lanes, x.dtype)  # rows from G*KH*KW on stay zero
         h_row = np.zeros(wo * rpad, x.dtype)
         dh_row = np.empty(wo * rpad, x.dtype)
         staged = np.empty(width * channels if dxs[2] != 1 else 0, x.dtype)  # an NCHW grad_x's row
         orp = pointer(staged)
-        roff, offs = np.empty(kh, np.int64), np.empty(4, np.int64)
+        roff, roff_b, offs = np.empty(kh, np.int64), np.empty(kh, np.int64), np.empty(4, np.int64)
         tap_k, tap_s = np.empty(taps, np.int64), np.empty(taps, np.int64)
         xrp, krp, grp = pointer(x_ring), pointer(k_ring), pointer(go_ring)
-        gop, gkp, hrp, dhr = pointer(go_row), pointer(gk_row), pointer(h_row), pointer(dh_row)
+        gop, gkp, hrp, dhr = pointer(go_rows), pointer(gk_rows), pointer(h_row), pointer(dh_row)
         for i in range(max(0, i0 - halo), i1):
             slot = i % span_o
             # kernel and grad_out rows into their rings (the band's rows and the halo above it)
@@ -192,24 +193,44 @@ def fused_backward(
             pixels_in(grp, go_at, channels, src, n * src[1] + i * src[3], wo, channels)
             if i < i0:
                 continue
-            # the kernel gradient's row, and what it gives grad_hidden, grad_weight, grad_bias
-            channel_window(xrp, x_held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
-            channels_in(gop, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+            # the kernel gradient's rows, two at a time (the first of a pair computes both), and
+            # what each gives grad_hidden, grad_weight, grad_bias
             shape = (groups, kh, kw, lanes, cpg)
-            dot_row(
-                (gkp, 0, lanes, lanes),
-                (gop, lanes),
-                (xrp, pitch, phase_len),
-                roff,
-                shape,
-                (sw, dw),
-                offs,
-                x.dtype,
-            )
+            xrows = (xrp, pitch, phase_len)
+            if (i - i0) % 2 == 0:
+                channel_window(xrp, x_held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
+                channels_in(gop, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+                if i + 1 < i1:
+                    top_b = (i + 1) * sh - ph
+                    channel_window(xrp, x_held, layout, xsrc, n, size, top_b, kh, dh, roff_b)
+                    at, row_b = channels * lanes, n * src[1] + (i + 1) * src[3]
+                    channels_in(gop, at, lanes, lanes, 1, 0, src, row_b, wo, channels)
+                    dot_rows2(
+                        (gkp, 0, tp * lanes, lanes, lanes),
+                        (gop, 0, at, lanes),
+                        xrows,
+                        (roff, roff_b),
+                        shape,
+                        (sw, dw, shift),
+                        offs,
+                        x.dtype,
+                    )
+                else:
+                    dot_row(
+                        (gkp, 0, lanes, lanes),
+                        (gop, lanes),
+                        xrows,
+                        roff,
+                        shape,
+                        (sw, dw),
+                        offs,
+                        x.dtype,
+                    )
+            gka = (i - i0) % 2 * tp * lanes  # this row's kernel-gradient rows
             # grad_hidden[j, r] = sum_t gk[t, j] weight[t, r]
             matmul_rows(
                 (dhr, 0, rpad),
-                (gkp, 0, 1, lanes),
+                (gkp, gka, 1, lanes),
                 (wp_, 0, rpad),
                 (wo, tp, rpad),
                 0,
@@ -220,7 +241,7 @@ def fused_backward(
             # grad_weight[t, r] += sum_j gk[t, j] hidden[j, r]; grad_bias[t] += sum_j gk[t, j]
             matmul_rows(
                 (pp, 0, rpad + LANES),
-                (gkp, 0, lanes, 1),
+                (gkp, gka, lanes, 1),
                 (hrp, 0, rpad),
                 (total, wo, rpad),
                 1,
@@ -229,7 +250,7 @@ def fused_backward(
             )
             for t in range(total):  # lane-wise partial sums; the caller adds the lanes
                 for jv in range(lanes // LANES):
-                    add_into(pp, t * (rpad + LANES) + rpad, gkp, t * lanes + jv * LANES)
+                    add_into(pp, t * (rpad + LANES) + rpad, gkp, gka + t * lanes + jv * LANES)
             # grad_x rows whose last reading output row is i (after the last row: the rows
             # below it too), a gather over the rings of kernel and grad_out rows
             y_last = min(height, i * sh - ph + sh) if i < ho - 1 else height
@@ -247,7 +268,7 @@ def fused_backward(
                     )
                 if dxs[2] != 1:
                     pixels_out(dxs, n * dxs[1] + y * dxs[3], orp, 0, channels, width, channels)
-        keep_alive((x_ring, k_ring, go_ring, go_row, gk_row, h_row, dh_row, staged))
+        keep_alive((x_ring, k_ring, go_ring, go_rows, gk_rows, h_row, dh_row, staged))
 
 
 def partials_shape(threads: int, taps_padded: int, reduced_padded: int) -> tuple[int, int, int]:
