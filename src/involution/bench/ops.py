@@ -927,7 +927,8 @@ def render(
         lines.append(
             "- Roofline, measured in this run: fp32 matmul "
             f"{found['macs_per_s'] / 1e9:.1f} G multiply-adds/s (2048 x 2048 x 2048, torch), copy "
-            f"{found['bytes_per_s'] / 1e9:.1f} GB/s (256 MiB, bytes read + written). Floor = the "
+            f"{found['bytes_per_s'] / 1e9:.1f} GB/s (256 MiB, bytes read + written), each the "
+            "fastest of 11 runs (other jobs only slow a run down). Floor = the "
             "larger of multiply-adds / matmul peak and bytes / copy bandwidth. The op: 3 C K^2 "
             "multiply-adds per output pixel (forward, grad_input, kernel gradient); bytes: "
             "x, kernel map read and out written by forward, grad_out, x, kernel map read and "
