@@ -12,8 +12,9 @@ through a row buffer cost a third to a half of each kernel's time).
 - ``forward_blocked``: per output row, ``tiles.aggregate_row`` over the taps inside the image;
 - ``grad_input_blocked``: per input row, a gather (each input pixel sums the taps whose output
   pixel exists, one phase of the stride at a time): no two tasks write one element;
-- ``grad_kernel_blocked``: per output row, ``tiles.dot_row`` from channel rows of x and grad_out,
-  stored straight into grad_k (a row's last partial vector with a masked store).
+- ``grad_kernel_blocked``: per pair of output rows, ``tiles.dot_rows2`` from channel rows of x
+  and grad_out (``kernel_gradient_rows``), stored straight into grad_k (a row's last partial
+  vector with a masked store).
 
 Every sum runs in the order of ``generic``'s loops (taps in (u, v) order; channels in order),
 one fused multiply-add per term: the results are those loops' bit for bit.
@@ -63,6 +64,36 @@ def channel_geometry(width, wo, sw, pw, kw, dw):  # pragma: no cover - compiled
     one phase of a channel row, so that every tap of every lane lies in the row."""
     lanes = (wo + LANES - 1) // LANES * LANES
     return lanes, max(lanes + ((kw - 1) * dw) // sw + 1, (width - 1 + pw) // sw + 1)
+
+
+@njit(cache=True)
+def kernel_gradient_rows(gk, go, x, window, i, pair, shape, shift, offs, dtype):  # pragma: no cover
+    """The kernel gradient of output row i, and of row i + 1 with it where ``pair`` (one tile
+    for both: ``tiles.dot_rows2``; ``shift``: row i + 1's tap row u - shift reads row i's tap
+    row u): the rows' x windows into the ring, their grad_out rows as channel rows, then the
+    tiles into ``gk`` = (pointer, offset of row i, offset of row i + 1, stride of a tap row,
+    pixels stored per tap row).
+
+    ``go`` = (pointer to two [channel][lanes] rows, ``strided`` grad_out); ``x`` = (ring
+    pointer, held, layout, ``strided`` x, size, roff, roff_b) as ``rows.channel_window`` takes
+    them; ``window`` = (n, sh, ph, sw, dh, dw, wo); ``shape`` = (groups, kh, kw, lanes, cpg)."""
+    gp, ga, gb, t_pitch, valid = gk
+    grp, src = go
+    rp, held, layout, xsrc, size, roff, roff_b = x
+    n, sh, ph, sw, dh, dw, wo = window
+    kh, lanes, channels = shape[1], shape[3], size[2]
+    rows = (rp, layout[0], layout[1])
+    channel_window(rp, held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
+    channels_in(grp, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
+    if pair:
+        channel_window(rp, held, layout, xsrc, n, size, (i + 1) * sh - ph, kh, dh, roff_b)
+        at = channels * lanes
+        channels_in(grp, at, lanes, lanes, 1, 0, src, n * src[1] + (i + 1) * src[3], wo, channels)
+        gks = (gp, ga, gb, t_pitch, valid)
+        conv = (sw, dw, shift)
+        dot_rows2(gks, (grp, 0, at, lanes), rows, (roff, roff_b), shape, conv, offs, dtype)
+    else:
+        dot_row((gp, ga, t_pitch, valid), (grp, lanes), rows, roff, shape, (sw, dw), offs, dtype)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -207,8 +238,9 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # pragma: no cover
     """grad_k [N, G, KH, KW, Ho, Wo] (C-contiguous) = the group sums of grad_out [N, C, Ho, Wo]
-    times the windows of x [N, C, H, W] (both any strides): ``tiles.dot_row`` per output row,
-    from channel rows (split by the phase of the stride) and grad_out's row as [channel][pixel]."""
+    times the windows of x [N, C, H, W] (both any strides): ``kernel_gradient_rows`` per pair of
+    output rows, from channel rows (split by the phase of the stride) and grad_out's rows as
+    [channel][pixel]."""
     n_batch, channels, height, width = x.shape
     groups, kh, kw, ho, wo = grad_k.shape[1:]
     cpg = channels // groups
@@ -231,31 +263,14 @@ def grad_kernel_blocked(grad_out, x, grad_k, sh, sw, ph, pw, dh, dw, bands):  # 
         roff, roff_b, offs = np.empty(kh, np.int64), np.empty(kh, np.int64), np.empty(4, np.int64)
         rp, grp = pointer(ring), pointer(go_rows)
         size, layout = (height, width, channels), (pitch, phase_len, sw, pw)
-        rows = (rp, pitch, phase_len)
         shape = (groups, kh, kw, lanes, cpg)
+        xs = (rp, held, layout, xsrc, size, roff, roff_b)
+        window = (n, sh, ph, sw, dh, dw, wo)
         for i in range(i0, i1, 2):
             # the tiles store straight into grad_k: each tap's values for the row are one
             # contiguous run (a scratch row copied out afterwards cost a quarter of the kernel)
             base = n * groups * taps * plane + i * wo
-            channel_window(rp, held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
-            channels_in(grp, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
-            if i + 1 < i1:
-                channel_window(rp, held, layout, xsrc, n, size, (i + 1) * sh - ph, kh, dh, roff_b)
-                at = channels * lanes
-                row_b = n * src[1] + (i + 1) * src[3]
-                channels_in(grp, at, lanes, lanes, 1, 0, src, row_b, wo, channels)
-                dot_rows2(
-                    (kp, base, base + wo, plane, wo),
-                    (grp, 0, at, lanes),
-                    rows,
-                    (roff, roff_b),
-                    shape,
-                    (sw, dw, shift),
-                    offs,
-                    x.dtype,
-                )
-            else:
-                dot_row(
-                    (kp, base, plane, wo), (grp, lanes), rows, roff, shape, (sw, dw), offs, x.dtype
-                )
+            gk = (kp, base, base + wo, plane, wo)
+            pair = i + 1 < i1
+            kernel_gradient_rows(gk, (grp, src), xs, window, i, pair, shape, shift, offs, x.dtype)
         keep_alive((ring, go_rows))

@@ -19,10 +19,11 @@ map's row times the weight (``tiles.matmul_rows``, tiles of 4 pixels x 32 taps) 
 kernel row, which ``tiles.aggregate_row`` applies at once (forward), or which goes into a ring of
 the rows that the gather of grad_x needs (backward; a band first regenerates the few rows above
 it that its input rows also read). The kernel-gradient rows, made two at a time from shared x
-rows (``tiles.dot_rows2``), each feed the two products and the bias sum, then are dropped. grad_x is a gather per input row, emitted as soon as
-the last output row that reads it is done; no two tasks write one element of grad_x or
-grad_hidden. grad_weight and grad_bias are summed per thread into the caller's partial buffers
-(``partials``; the bias gradient as LANES lane-wise sums per tap), which the caller adds up.
+rows (``blocked.kernel_gradient_rows``), each feed the two products and the bias sum, then are
+dropped. grad_x is a gather per input row, emitted as soon as the last output row that reads it
+is done; no two tasks write one element of grad_x or grad_hidden. grad_weight and grad_bias are
+summed per thread into the caller's partial buffers (``partials``; the bias gradient as LANES
+lane-wise sums per tap), which the caller adds up.
 
 Padded operands (prepared by ``involution.kernels.cpu.dispatch``): ``weight_t`` is [R, Tp] and
 ``weight`` [Tp, Rp], ``bias`` [Tp], zero beyond the G*KH*KW taps and the R hidden channels, with Tp
@@ -34,10 +35,13 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from involution.kernels.cpu.blocked import channel_geometry, gather_geometry, padded_width
+from involution.kernels.cpu.blocked import (
+    channel_geometry,
+    gather_geometry,
+    kernel_gradient_rows,
+    padded_width,
+)
 from involution.kernels.cpu.rows import (
-    channel_window,
-    channels_in,
     gather_taps,
     pixel_window,
     pixels_in,
@@ -45,7 +49,7 @@ from involution.kernels.cpu.rows import (
     strided,
 )
 from involution.kernels.cpu.simd import FASTMATH, LANES, add_into, keep_alive, pointer
-from involution.kernels.cpu.tiles import aggregate_row, dot_row, dot_rows2, matmul_rows
+from involution.kernels.cpu.tiles import aggregate_row, matmul_rows
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -196,36 +200,14 @@ def fused_backward(
             # the kernel gradient's rows, two at a time (the first of a pair computes both), and
             # what each gives grad_hidden, grad_weight, grad_bias
             shape = (groups, kh, kw, lanes, cpg)
-            xrows = (xrp, pitch, phase_len)
             if (i - i0) % 2 == 0:
-                channel_window(xrp, x_held, layout, xsrc, n, size, i * sh - ph, kh, dh, roff)
-                channels_in(gop, 0, lanes, lanes, 1, 0, src, n * src[1] + i * src[3], wo, channels)
-                if i + 1 < i1:
-                    top_b = (i + 1) * sh - ph
-                    channel_window(xrp, x_held, layout, xsrc, n, size, top_b, kh, dh, roff_b)
-                    at, row_b = channels * lanes, n * src[1] + (i + 1) * src[3]
-                    channels_in(gop, at, lanes, lanes, 1, 0, src, row_b, wo, channels)
-                    dot_rows2(
-                        (gkp, 0, tp * lanes, lanes, lanes),
-                        (gop, 0, at, lanes),
-                        xrows,
-                        (roff, roff_b),
-                        shape,
-                        (sw, dw, shift),
-                        offs,
-                        x.dtype,
-                    )
-                else:
-                    dot_row(
-                        (gkp, 0, lanes, lanes),
-                        (gop, lanes),
-                        xrows,
-                        roff,
-                        shape,
-                        (sw, dw),
-                        offs,
-                        x.dtype,
-                    )
+                gks = (gkp, 0, tp * lanes, lanes, lanes)
+                xs = (xrp, x_held, layout, xsrc, size, roff, roff_b)
+                window = (n, sh, ph, sw, dh, dw, wo)
+                pair = i + 1 < i1
+                kernel_gradient_rows(
+                    gks, (gop, src), xs, window, i, pair, shape, shift, offs, x.dtype
+                )
             gka = (i - i0) % 2 * tp * lanes  # this row's kernel-gradient rows
             # grad_hidden[j, r] = sum_t gk[t, j] weight[t, r]
             matmul_rows(

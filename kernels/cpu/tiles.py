@@ -174,8 +174,8 @@ def _store_run(dst, at, acc, frm, valid):  # pragma: no cover - compiled
         store_first(dst, at, acc, frm, valid)
 
 
-@njit(inline="always", fastmath=FASTMATH)
-def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no cover - compiled
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, dtype):  # pragma: no cover - compiled
     """gk rows t = 0..count-1 (gk = (pointer, offset, stride of a row, pixels to store: a tail
     of fewer than LANES is stored element by element)) = sum over cpg channels
     c, in order, of go[offset + c * stride] (go = (pointer, offset, stride of a channel)) *
@@ -183,6 +183,7 @@ def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no co
     has its own branch so that every tile index is a constant."""
     gp, gat, t_pitch, valid = gk
     op, oat, go_pitch = go
+    acc = stack_array(TILE, dtype)
     if count == 4:
         o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
         zero(acc, 0)
@@ -233,8 +234,8 @@ def _dot_tile(gk, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no co
         _store_run(gp, gat, acc, 0, valid)
 
 
-@njit(inline="always", fastmath=FASTMATH)
-def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma: no cover
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, dtype):  # pragma: no cover
     """``_dot_tile`` for two output rows a and b at once whose taps read the same channel rows of
     x (row b's tap row u - shift is row a's tap row u): each x vector feeds an FMA chain of
     each row, 2 x ``count`` chains, and a load of x per two multiply-adds where one row alone
@@ -243,8 +244,12 @@ def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma
     gp, ga, t_pitch, valid = gka
     gb = gkb[1]
     op, oa, ob, go_pitch = go
-    if count == 4:
-        o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
+    acc = stack_array(WIDE, dtype)
+    if count != 3:  # 4 taps, or 1-2 (kernels 1, 2, 5 or 6 wide) repeating the last one
+        o0 = offs[0]
+        o1 = offs[1] if count > 1 else o0
+        o2 = offs[2] if count > 2 else o1
+        o3 = offs[3] if count > 3 else o2
         for q in range(8):
             zero(acc, q * LANES)
         for cc in range(cpg):
@@ -259,7 +264,7 @@ def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma
             fma_vv(acc, 5 * LANES, op, b, xp, x + o2)
             fma_vv(acc, 6 * LANES, op, a, xp, x + o3)
             fma_vv(acc, 7 * LANES, op, b, xp, x + o3)
-    elif count == 3:
+    else:
         o0, o1, o2 = offs[0], offs[1], offs[2]
         for q in range(6):
             zero(acc, q * LANES)
@@ -273,26 +278,6 @@ def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, acc):  # pragma
             fma_vv(acc, 3 * LANES, op, b, xp, x + o1)
             fma_vv(acc, 4 * LANES, op, a, xp, x + o2)
             fma_vv(acc, 5 * LANES, op, b, xp, x + o2)
-    elif count == 2:
-        o0, o1 = offs[0], offs[1]
-        for q in range(4):
-            zero(acc, q * LANES)
-        for cc in range(cpg):
-            a = oa + cc * go_pitch
-            b = ob + cc * go_pitch
-            x = xat + cc * c_pitch
-            fma_vv(acc, 0, op, a, xp, x + o0)
-            fma_vv(acc, LANES, op, b, xp, x + o0)
-            fma_vv(acc, 2 * LANES, op, a, xp, x + o1)
-            fma_vv(acc, 3 * LANES, op, b, xp, x + o1)
-    else:
-        o0 = offs[0]
-        zero(acc, 0)
-        zero(acc, LANES)
-        for cc in range(cpg):
-            x = xat + cc * c_pitch + o0
-            fma_vv(acc, 0, op, oa + cc * go_pitch, xp, x)
-            fma_vv(acc, LANES, op, ob + cc * go_pitch, xp, x)
     for q in range(4):
         if q < count:
             _store_run(gp, ga + q * t_pitch, acc, 2 * q * LANES, valid)
@@ -316,7 +301,6 @@ def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - 
     sp, c_pitch, phase_len = src
     groups, kh, kw, lanes, cpg = shape
     step, dil = conv
-    acc = stack_array(TILE, dtype)
     for g in range(groups):
         for u in range(kh):
             r = roff[u]
@@ -338,7 +322,7 @@ def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - 
                     rows = (gp, gbase + (t0 + v) * t_pitch + j, t_pitch, valid - j)
                     channels = (op, g * cpg * go_pitch + j, go_pitch)
                     xat = r + g * cpg * c_pitch
-                    _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, acc)
+                    _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, dtype)
                     v += count
 
 
@@ -356,7 +340,6 @@ def dot_rows2(gk, go, src, roffs, shape, conv, offs, dtype):  # pragma: no cover
     sp, c_pitch, phase_len = src
     groups, kh, kw, lanes, cpg = shape
     step, dil, shift = conv
-    acc = stack_array(WIDE, dtype)
     for g in range(groups):
         for u in range(kh):  # tap rows outside the image: zeros
             for row, roff in ((ga, roffa), (gb, roffb)):
@@ -389,14 +372,12 @@ def dot_rows2(gk, go, src, roffs, shape, conv, offs, dtype):  # pragma: no cover
                     if a_in and b_in:
                         channels = (op, ca, cb, go_pitch)
                         _dot_tile2(
-                            rows_a, rows_b, channels, sp, xat, c_pitch, offs, count, cpg, acc
+                            rows_a, rows_b, channels, sp, xat, c_pitch, offs, count, cpg, dtype
                         )
-                    elif a_in:
-                        channels = (op, ca, go_pitch)
-                        _dot_tile(rows_a, channels, sp, xat, c_pitch, offs, count, cpg, acc)
                     else:
-                        channels = (op, cb, go_pitch)
-                        _dot_tile(rows_b, channels, sp, xat, c_pitch, offs, count, cpg, acc)
+                        rows = rows_a if a_in else rows_b
+                        channels = (op, ca if a_in else cb, go_pitch)
+                        _dot_tile(rows, channels, sp, xat, c_pitch, offs, count, cpg, dtype)
                     v += count
 
 
