@@ -1,9 +1,14 @@
-"""A region of a module recomputed in backward instead of keeping its maps: ``recomputed``.
+"""Maps recomputed in backward instead of kept: ``recomputed`` (a region) and ``RebuiltMaps``
+(single maps).
 
-``torch.utils.checkpoint`` with what a module's region needs on top: the recomputation uses the
-parameter tensors of its forward (so ``torch.func.functional_call`` works) and leaves the running
-statistics of the region's batch norms as the forward updated them. The RedNet stem recomputes
-its head with it (``involution.models.stems``).
+- ``recomputed``: ``torch.utils.checkpoint`` with what a module's region needs on top: the
+  recomputation uses the parameter tensors of its forward (so ``torch.func.functional_call``
+  works) and leaves the running statistics of the region's batch norms as the forward updated
+  them. The RedNet stem recomputes its head with it (``involution.models.stems``).
+- ``RebuiltMaps``: saved-tensor hooks that keep a marked map (a BN -> ReLU output) as the recipe
+  that rebuilds it from what backward keeps anyway (the BN's input), so that the layers reading
+  it (a convolution, the involution) hold no copy of their own. The bottleneck's two inner BN ->
+  ReLU maps use it (``involution.models.blocks``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -80,6 +86,73 @@ def recomputed(
 
     values, with_values = _with_parameters(module, fn)
     return checkpoint(with_values, x, *values, use_reentrant=False, context_fn=contexts)
+
+
+def batch_norm_again(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """What training-mode ``bn(x)`` returned, bit for bit (the batch's own statistics, computed
+    by the same kernel), without touching its running statistics."""
+    return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+
+class _Recipe:
+    """A marked map as backward receives it: rebuilt by ``fn`` on the first unpack (under the
+    forward's autocast state), then shared by every node that saved the map."""
+
+    __slots__ = ("autocast", "device", "fn", "value")
+
+    def __init__(self, fn: Callable[[], torch.Tensor], device: str) -> None:
+        self.fn, self.device, self.value = fn, device, None
+        self.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+
+    def get(self) -> torch.Tensor:
+        if self.value is None:
+            enabled, dtype = self.autocast
+            with torch.autocast(self.device, dtype=dtype, enabled=enabled):
+                self.value = self.fn()
+        return self.value
+
+
+class RebuiltMaps:
+    """Within ``with RebuiltMaps() as maps:``, ``maps.mark(t, fn)`` has every node that saves the
+    map ``t`` for backward keep ``fn`` instead; ``fn()`` (which must return what ``t`` holds once
+    the forward is done with it) rebuilds the map in backward, once for all of them.
+
+    Why: after conv -> BN -> ReLU, the BN keeps its input and the next layer keeps the ReLU's
+    output, two maps where the first gives the second for an elementwise pass. A ResNet
+    bottleneck keeps two such pairs (the involution layer's input and the last 1x1
+    convolution's), a sixth of its maps.
+
+    Marked maps are recognised by their storage, offset, shape and strides; the context holds them
+    until it exits, so that no other map takes a marked one's memory (and its recipe) meanwhile.
+    Mark a map before any node saves it (a BN's output before the in-place ReLU that keeps it)."""
+
+    def __init__(self) -> None:
+        self._marked: dict[tuple, tuple[torch.Tensor, _Recipe]] = {}
+
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple:
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
+
+    def mark(self, t: torch.Tensor, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self._marked[self._key(t)] = (t, _Recipe(fn, t.device.type))
+        return t
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor | _Recipe:
+        entry = self._marked.get(self._key(t)) if t.layout == torch.strided else None
+        return t if entry is None else entry[1]
+
+    @staticmethod
+    def _unpack(saved: torch.Tensor | _Recipe) -> torch.Tensor:
+        return saved.get() if isinstance(saved, _Recipe) else saved
+
+    def __enter__(self) -> RebuiltMaps:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._hooks.__exit__(*exc_info)
+        self._marked.clear()
 
 
 class _Call(nn.Module):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from involution.layers import conv_bn, make_spatial_op
+from involution.layers import RebuiltMaps, batch_norm_again, conv_bn, make_spatial_op
 
 
 class Bottleneck(nn.Module):
@@ -19,6 +19,9 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    # training keeps the two inner BN -> ReLU maps as recipes (``_rebuilding``); False keeps the
+    # maps themselves (the memory A/B of docs/benchmarks.md)
+    rebuild_maps = True
 
     def __init__(
         self,
@@ -50,7 +53,26 @@ class Bottleneck(nn.Module):
             identity = x
         else:
             identity = conv_bn(x, self.downsample[0], self.downsample[1])
+        if self.rebuild_maps and self.training and torch.is_grad_enabled():
+            if not torch.compiler.is_compiling():  # compiled, the partitioner decides
+                with RebuiltMaps() as maps:
+                    return self._rebuilding(x, identity, maps)
         out = self.relu(conv_bn(x, self.conv1, self.bn1))
         out = self.relu(self.bn2(self.conv2(out)))
         out = conv_bn(out, self.conv3, self.bn3)
+        return self.relu(out.add_(identity))
+
+    def _rebuilding(self, x: torch.Tensor, identity: torch.Tensor, maps: RebuiltMaps):
+        """The training forward whose two inner BN -> ReLU maps are rebuilt in backward from the
+        BN inputs (which the BNs keep anyway) instead of being kept by the layer that reads
+        them: 2 of a block's ~12.5 maps of the inner width. Same bits, gradients included; the
+        rebuilding costs two elementwise passes over maps of the inner width (about 1% of a
+        rednet50 training step)."""
+        c1 = self.conv1(x)
+        out = self.bn1(c1)
+        out = self.relu(maps.mark(out, lambda: self.relu(batch_norm_again(self.bn1, c1))))
+        c2 = self.conv2(out)
+        out = self.bn2(c2)
+        out = self.relu(maps.mark(out, lambda: self.relu(batch_norm_again(self.bn2, c2))))
+        out = self.bn3(self.conv3(out))
         return self.relu(out.add_(identity))
