@@ -78,13 +78,14 @@ def test_asks_for_the_issue_23_rows():
 def test_end_to_end_into_one_folder(tmp_path):
     out = tmp_path / "results"
     # --no-layers: the layer table is the CPU's alone (test_bench runs it); on a GPU the script
-    # measures the op's rows, and here the layers would only add Numba compilations; one compiled
-    # candidate (the torch backend's) is enough to see the compiled rows
+    # measures the op's rows, and here the layers, like the numba_cpu rows, would only add Numba
+    # compilations (the script runs a fresh copy of the tree, whose kernels miss the cache): the
+    # torch backend, eager and compiled, is enough to see both kinds of row
     done = _run(
         str(out),
         REPS="1",
         BENCH_ARGS="--shapes 16x9x3 --warmup 1 --batches 2 --dtypes float32 --no-layers "
-        "--compiled torch",
+        "--backends torch --compiled torch",
         TESTS="tests/test_ops_gpu.py",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -97,5 +98,7 @@ def test_end_to_end_into_one_folder(tmp_path):
     assert "| 2, 16, 9x9, 3, 1 |" in text
     for name in ("torch", "torch.compile(torch)"):  # the torch backend, eager and compiled
         assert f"| 2, 16, 9x9, 3, 1 | float32 | {name} |" in text
+    for name in ("reference", "numba_cpu"):  # left out by --backends
+        assert f"| 2, 16, 9x9, 3, 1 | float32 | {name} |" not in text
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir()), files

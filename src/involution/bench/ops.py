@@ -2,8 +2,9 @@
 and against the convolutions they replace.
 
     python -m involution.bench.ops [--reps 11] [--shapes 64x56x7 ...] [--batches 8 ...]
-                                   [--dtypes float32 ...] [--compiled reference torch]
-                                   [--no-compile] [--no-layers] [--heap steady|default]
+                                   [--dtypes float32 ...] [--backends reference ...]
+                                   [--compiled reference torch] [--no-compile] [--no-layers]
+                                   [--heap steady|default]
                                    [--output docs/benchmarks.md] [--render]
 
 At the RedNet-50 shapes (K=7 with G=C/16 at C=64@56, 128@28, 256@14, 512@7, and the stem's C=32@112
@@ -15,7 +16,8 @@ The op table (gradients of the input and the kernel): depthwise conv (KxK, group
 practical yardstick), ``reference`` (unfold), the Numba backend of the device (``numba_cpu`` on
 NCHW and on channels_last operands, or ``numba_cuda``) in the dtypes it supports, ``torch``
 (shifted multiply-accumulates, what ``backend="auto"`` falls back to where no Numba backend runs),
-and under ``torch.compile`` (Inductor, static shapes, ``--compiled``) the reference and the
+(``--backends`` keeps some of these eager candidates, the depthwise conv always), and under
+``torch.compile`` (Inductor, static shapes, ``--compiled``) the reference and the
 ``torch`` backend, whose taps Inductor fuses (``involution.ops._torch``), with
 
 - the median (and fastest) wall time of forward+backward,
@@ -812,6 +814,7 @@ def measure(
             backends = ["reference"] + [
                 b for b in (numba_backend, "torch") if _runs(b, device, dtype)
             ]
+            backends = [b for b in backends if args.backends is None or b in args.backends]
             compiled = [b for b in args.compiled if _runs(b, device, dtype)]
             cands, _tensors = _steps(batch, channels, size, k, device, dtype, backends, compiled)
             print(
@@ -1063,6 +1066,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=COMPILED,
         default=list(COMPILED),
         help="backends measured under torch.compile too (default: reference torch)",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("reference", "numba_cpu", "numba_cuda", "torch"),
+        help="the op's eager candidates (default: reference, the device's Numba backend and "
+        "torch); the depthwise convolution is always measured",
     )
     parser.add_argument(
         "--no-compile",
