@@ -26,6 +26,27 @@ os.environ.pop("HYDRA_FULL_ERROR", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, before its workers start: the CPU kernels compiled into Numba's disk
+    cache, float32 and float64 in parallel (``warm_kernels.py``), instead of by whichever tests
+    each worker runs first, both workers often compiling the same signature at once. A failure
+    here is left to the tests that use the kernels to report."""
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    warm = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "warm_kernels.py"), dtype],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for dtype in ("float32", "float64")
+    ]
+    for process in warm:
+        process.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny configs: the one home of the small networks and short schedules the tests run. Hydra
 # overrides (lists) compose with each other; TINY_MODEL is create_model's keyword arguments.
