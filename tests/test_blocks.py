@@ -4,6 +4,7 @@ backward (``layers.RebuiltMaps``) instead of kept.
 - the rebuilding block gives the keeping block's output, gradients (input and every parameter)
   and running statistics bit for bit: involution and convolution, stride 1 and 2 with the
   projection shortcut, NCHW and channels_last, under CPU autocast, and through double backward;
+  BNs kept in eval mode in a training block (``norm_eval``) rebuild nothing;
 - the maps are gone after the forward (nothing holds them), each is rebuilt once however many
   layers read it (the involution's reduction and its aggregation), and only in training;
 - compiled (``torch.compile(fullgraph=True)``) the hooks stand aside and the gradients agree.
@@ -79,6 +80,23 @@ def test_rebuilt_maps_under_autocast_bf16():
     rebuilding, keeping = _blocks(CONVOLUTION)
     x = _input()
     _assert_same_bits(_step(rebuilding, x, torch.bfloat16), _step(keeping, x, torch.bfloat16))
+
+
+@pytest.mark.parametrize("operator", [INVOLUTION, CONVOLUTION], ids=["involution", "conv"])
+def test_bns_kept_in_eval_mode_while_training_keep_their_maps(operator):
+    """A detection backbone's ``norm_eval``: the block trains, its BNs use their running
+    statistics. Their outputs are not the batch-statistics recipe's, so nothing is rebuilt and
+    the gradients are the keeping block's."""
+    rebuilding, keeping = _blocks(operator)
+    for name in ("bn1", "bn2", "bn3"):
+        mean, var = torch.rand(2, getattr(rebuilding, name).num_features)
+        for block in (rebuilding, keeping):
+            bn = getattr(block, name)
+            bn.running_mean.copy_(mean - 0.5)
+            bn.running_var.copy_(var + 0.5)
+            bn.eval()
+    x = _input()
+    _assert_same_bits(_step(rebuilding, x), _step(keeping, x))
 
 
 def test_double_backward_through_rebuilt_maps():

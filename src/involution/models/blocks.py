@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from involution.layers import RebuiltMaps, batch_norm_again, conv_bn, make_spatial_op
+from involution.layers import (
+    RebuiltMaps,
+    batch_norm_again,
+    conv_bn,
+    make_spatial_op,
+    uses_running_stats,
+)
 
 
 class Bottleneck(nn.Module):
@@ -53,7 +59,7 @@ class Bottleneck(nn.Module):
             identity = x
         else:
             identity = conv_bn(x, self.downsample[0], self.downsample[1])
-        if self.rebuild_maps and self.training and torch.is_grad_enabled():
+        if self.rebuild_maps and torch.is_grad_enabled() and self._batch_statistics():
             if not torch.compiler.is_compiling():  # compiled, the partitioner decides
                 with RebuiltMaps() as maps:
                     return self._rebuilding(x, identity, maps)
@@ -61,6 +67,12 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = conv_bn(out, self.conv3, self.bn3)
         return self.relu(out.add_(identity))
+
+    def _batch_statistics(self) -> bool:
+        """Whether bn1 and bn2 normalise with the batch's statistics, which ``batch_norm_again``
+        recomputes: not in eval mode, nor in a training model whose BNs are kept in eval mode
+        (a detection backbone's ``norm_eval``), where they use their running statistics."""
+        return not (uses_running_stats(self.bn1) or uses_running_stats(self.bn2))
 
     def _rebuilding(self, x: torch.Tensor, identity: torch.Tensor, maps: RebuiltMaps):
         """The training forward whose two inner BN -> ReLU maps are rebuilt in backward from the
