@@ -4,7 +4,8 @@ backward (``layers.RebuiltMaps``) instead of kept.
 - the rebuilding block gives the keeping block's output, gradients (input and every parameter)
   and running statistics bit for bit: involution and convolution, stride 1 and 2 with the
   projection shortcut, NCHW and channels_last, under CPU autocast, and through double backward;
-  BNs kept in eval mode in a training block (``norm_eval``) rebuild nothing;
+  BNs kept in eval mode in a training block (``norm_eval``) and ``SyncBatchNorm`` rebuild
+  nothing;
 - the maps are gone after the forward (nothing holds them), each is rebuilt once however many
   layers read it (the involution's reduction and its aggregation), and only in training;
 - compiled (``torch.compile(fullgraph=True)``) the hooks stand aside and the gradients agree.
@@ -18,7 +19,7 @@ import weakref
 import pytest
 import torch
 
-from involution.layers import RebuiltMaps, batch_norm_again
+from involution.layers import RebuiltMaps, batch_norm_relu_again
 from involution.models.blocks import Bottleneck
 
 INVOLUTION = {"name": "involution", "backend": "numba_cpu", "group_channels": 16}
@@ -99,6 +100,17 @@ def test_bns_kept_in_eval_mode_while_training_keep_their_maps(operator):
     _assert_same_bits(_step(rebuilding, x), _step(keeping, x))
 
 
+def test_sync_batch_norm_keeps_its_maps():
+    """DDP's ``sync_batchnorm`` normalises with statistics over every process, which the
+    recipe (one process's batch) would not give back: such a block keeps its maps. (Outside a
+    process group SyncBatchNorm runs as a plain BN: the maps' fate is what this checks.)"""
+    rebuilding, keeping = _blocks(CONVOLUTION)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(rebuilding)
+    out, refs = _inner_maps(synced, _input())
+    assert len(refs) == 2 and all(ref() is not None for ref in refs)
+    del out
+
+
 def test_double_backward_through_rebuilt_maps():
     rebuilding, keeping = _blocks(CONVOLUTION, dtype=torch.float64)
     results = []
@@ -143,16 +155,37 @@ def test_a_map_read_by_two_layers_is_rebuilt_once(monkeypatch):
     """The involution's input feeds its reduction and its aggregation: both save it, and the
     recipe runs once."""
     calls = []
-    original = batch_norm_again
 
     def counted(bn, x):
-        calls.append(bn)
-        return original(bn, x)
+        again = batch_norm_relu_again(bn, x)
 
-    monkeypatch.setattr("involution.models.blocks.batch_norm_again", counted)
+        def run():
+            calls.append(bn)
+            return again()
+
+        return run
+
+    monkeypatch.setattr("involution.models.blocks.batch_norm_relu_again", counted)
     rebuilding, _ = _blocks(INVOLUTION)
     rebuilding(_input()).sum().backward()
     assert calls == [rebuilding.bn2, rebuilding.bn1]
+
+
+def test_rebuilt_maps_use_the_parameters_functional_call_passed():
+    """Under ``torch.func.functional_call`` the recipes use the affine tensors of that call,
+    not the module's own (which are back in place when backward runs)."""
+    rebuilding, keeping = _blocks(CONVOLUTION)
+    params = {
+        name: (p.detach() * 1.5 + 0.25).requires_grad_()
+        for name, p in rebuilding.named_parameters()
+    }
+    grads = []
+    for block in (rebuilding, keeping):
+        x = _input()
+        out = torch.func.functional_call(block, params, (x,))
+        grads.append(torch.autograd.grad(out.square().sum(), [x, *params.values()]))
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_marked_maps_are_recognised_by_storage_and_view():

@@ -24,7 +24,7 @@ from involution.layers.factory import OPERATOR_KEYS, make_spatial_op
 from involution.layers.folding import ConvBNReLU, conv_bn, fold_batch_norm, uses_running_stats
 from involution.layers.involution import Involution2d
 from involution.layers.pool import CeilAvgPool2d
-from involution.layers.recompute import RebuiltMaps, batch_norm_again, recomputed
+from involution.layers.recompute import RebuiltMaps, batch_norm_relu_again, recomputed
 
 __all__ = [
     "OPERATOR_KEYS",
@@ -34,7 +34,7 @@ __all__ = [
     "ConvBNReLU",
     "Involution2d",
     "LocalSelfAttention2d",
-    "batch_norm_again",
+    "batch_norm_relu_again",
     "check_operator_fit",
     "check_operator_spec",
     "conv_bn",

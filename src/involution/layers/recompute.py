@@ -88,10 +88,17 @@ def recomputed(
     return checkpoint(with_values, x, *values, use_reentrant=False, context_fn=contexts)
 
 
-def batch_norm_again(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """What training-mode ``bn(x)`` returned, bit for bit (the batch's own statistics, computed
-    by the same kernel), without touching its running statistics."""
-    return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+def batch_norm_relu_again(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
+    """A recipe for what training-mode ``relu(bn(x))`` returns now, bit for bit: the batch's
+    own statistics, computed by the same kernel, without touching the running statistics. It
+    holds the affine tensors of this call (those ``torch.func.functional_call`` put in, say),
+    not whatever the module holds when backward runs it."""
+    weight, bias, eps = bn.weight, bn.bias, bn.eps
+
+    def again() -> torch.Tensor:
+        return F.relu(F.batch_norm(x, None, None, weight, bias, True, 0.0, eps), inplace=True)
+
+    return again
 
 
 class _Recipe:

@@ -10,7 +10,7 @@ from torch import nn
 
 from involution.layers import (
     RebuiltMaps,
-    batch_norm_again,
+    batch_norm_relu_again,
     conv_bn,
     make_spatial_op,
     uses_running_stats,
@@ -69,10 +69,13 @@ class Bottleneck(nn.Module):
         return self.relu(out.add_(identity))
 
     def _batch_statistics(self) -> bool:
-        """Whether bn1 and bn2 normalise with the batch's statistics, which ``batch_norm_again``
-        recomputes: not in eval mode, nor in a training model whose BNs are kept in eval mode
-        (a detection backbone's ``norm_eval``), where they use their running statistics."""
-        return not (uses_running_stats(self.bn1) or uses_running_stats(self.bn2))
+        """Whether bn1 and bn2 are plain BNs normalising with this batch's statistics, which
+        ``batch_norm_relu_again`` recomputes: not in eval mode, nor in a training model whose
+        BNs are kept in eval mode (a detection backbone's ``norm_eval``: running statistics),
+        nor ``SyncBatchNorm`` (DDP's ``sync_batchnorm``: statistics over every process)."""
+        return all(
+            type(bn) is nn.BatchNorm2d and not uses_running_stats(bn) for bn in (self.bn1, self.bn2)
+        )
 
     def _rebuilding(self, x: torch.Tensor, identity: torch.Tensor, maps: RebuiltMaps):
         """The training forward whose two inner BN -> ReLU maps are rebuilt in backward from the
@@ -82,9 +85,9 @@ class Bottleneck(nn.Module):
         rednet50 training step)."""
         c1 = self.conv1(x)
         out = self.bn1(c1)
-        out = self.relu(maps.mark(out, lambda: self.relu(batch_norm_again(self.bn1, c1))))
+        out = self.relu(maps.mark(out, batch_norm_relu_again(self.bn1, c1)))
         c2 = self.conv2(out)
         out = self.bn2(c2)
-        out = self.relu(maps.mark(out, lambda: self.relu(batch_norm_again(self.bn2, c2))))
+        out = self.relu(maps.mark(out, batch_norm_relu_again(self.bn2, c2)))
         out = self.bn3(self.conv3(out))
         return self.relu(out.add_(identity))
