@@ -5,7 +5,7 @@ backward (``layers.RebuiltMaps``) instead of kept.
   and running statistics bit for bit: involution and convolution, stride 1 and 2 with the
   projection shortcut, NCHW and channels_last, under CPU autocast, and through double backward;
   BNs kept in eval mode in a training block (``norm_eval``) and ``SyncBatchNorm`` rebuild
-  nothing;
+  nothing, and inside a checkpoint (other saved-tensor hooks) the block pushes none of its own;
 - the maps are gone after the forward (nothing holds them), each is rebuilt once however many
   layers read it (the involution's reduction and its aggregation), and only in training;
 - compiled (``torch.compile(fullgraph=True)``) the hooks stand aside and the gradients agree.
@@ -109,6 +109,32 @@ def test_sync_batch_norm_keeps_its_maps():
     out, refs = _inner_maps(synced, _input())
     assert len(refs) == 2 and all(ref() is not None for ref in refs)
     del out
+
+
+def test_a_checkpoint_around_the_block_owns_its_saving(monkeypatch):
+    """Inside ``torch.utils.checkpoint`` (whose saved-tensor hooks keep nothing but the
+    region's input) the block pushes no hooks of its own: the checkpoint recomputes it, and the
+    gradients are the keeping block's."""
+    from torch.utils.checkpoint import checkpoint
+
+    rebuilding, keeping = _blocks(INVOLUTION)
+    x = _input()
+    pushed = []
+    original = RebuiltMaps.__enter__
+
+    def enter(self):
+        pushed.append(self)
+        return original(self)
+
+    monkeypatch.setattr(RebuiltMaps, "__enter__", enter)
+    out = checkpoint(rebuilding, x, use_reentrant=False)
+    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    assert pushed == []
+    grad_x = x.grad.clone()
+    _, gx_keep, gp_keep, _ = _step(keeping, x)
+    assert torch.equal(grad_x, gx_keep)
+    for name, p in rebuilding.named_parameters():
+        assert torch.equal(p.grad, gp_keep[name]), name
 
 
 def test_double_backward_through_rebuilt_maps():

@@ -24,7 +24,12 @@ from involution.layers.factory import OPERATOR_KEYS, make_spatial_op
 from involution.layers.folding import ConvBNReLU, conv_bn, fold_batch_norm, uses_running_stats
 from involution.layers.involution import Involution2d
 from involution.layers.pool import CeilAvgPool2d
-from involution.layers.recompute import RebuiltMaps, batch_norm_relu_again, recomputed
+from involution.layers.recompute import (
+    RebuiltMaps,
+    batch_norm_relu_again,
+    recomputed,
+    saving_is_hooked,
+)
 
 __all__ = [
     "OPERATOR_KEYS",
@@ -41,5 +46,6 @@ __all__ = [
     "fold_batch_norm",
     "make_spatial_op",
     "recomputed",
+    "saving_is_hooked",
     "uses_running_stats",
 ]

@@ -119,6 +119,13 @@ class _Recipe:
         return self.value
 
 
+def saving_is_hooked() -> bool:
+    """Whether saved-tensor hooks are active already (``torch.utils.checkpoint``'s, a user's):
+    their owner decides what backward keeps, and ``RebuiltMaps`` inside them would take the
+    saves of its region away from them."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
 class RebuiltMaps:
     """Within ``with RebuiltMaps() as maps:``, ``maps.mark(t, fn)`` has every node that saves the
     map ``t`` for backward keep ``fn`` instead; ``fn()`` (which must return what ``t`` holds once

@@ -13,6 +13,7 @@ from involution.layers import (
     batch_norm_relu_again,
     conv_bn,
     make_spatial_op,
+    saving_is_hooked,
     uses_running_stats,
 )
 
@@ -60,7 +61,9 @@ class Bottleneck(nn.Module):
         else:
             identity = conv_bn(x, self.downsample[0], self.downsample[1])
         if self.rebuild_maps and torch.is_grad_enabled() and self._batch_statistics():
-            if not torch.compiler.is_compiling():  # compiled, the partitioner decides
+            # compiled, the partitioner decides; under other saved-tensor hooks (a checkpoint
+            # around the block), their owner does
+            if not torch.compiler.is_compiling() and not saving_is_hooked():
                 with RebuiltMaps() as maps:
                     return self._rebuilding(x, identity, maps)
         out = self.relu(conv_bn(x, self.conv1, self.bn1))
