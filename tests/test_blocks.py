@@ -137,6 +137,17 @@ def test_a_checkpoint_around_the_block_owns_its_saving(monkeypatch):
         assert torch.equal(p.grad, gp_keep[name]), name
 
 
+def test_a_block_on_the_meta_device_trains():
+    """Shapes only (what FLOP counters and memory planners run): the recipes need no autocast
+    state, which the meta device does not have."""
+    with torch.device("meta"):
+        block = Bottleneck(64, 32, 2, CONVOLUTION).train()
+        x = torch.empty(2, 64, 9, 11, requires_grad=True)
+    out = block(x)
+    out.sum().backward()
+    assert out.shape == (2, 128, 5, 6) and x.grad.shape == x.shape
+
+
 def test_double_backward_through_rebuilt_maps():
     rebuilding, keeping = _blocks(CONVOLUTION, dtype=torch.float64)
     results = []

@@ -109,13 +109,19 @@ class _Recipe:
 
     def __init__(self, fn: Callable[[], torch.Tensor], device: str) -> None:
         self.fn, self.device, self.value = fn, device, None
-        self.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        try:
+            self.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        except RuntimeError:  # a device type without autocast (meta)
+            self.autocast = None
 
     def get(self) -> torch.Tensor:
         if self.value is None:
-            enabled, dtype = self.autocast
-            with torch.autocast(self.device, dtype=dtype, enabled=enabled):
+            if self.autocast is None:
                 self.value = self.fn()
+            else:
+                enabled, dtype = self.autocast
+                with torch.autocast(self.device, dtype=dtype, enabled=enabled):
+                    self.value = self.fn()
         return self.value
 
 
