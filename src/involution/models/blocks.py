@@ -27,7 +27,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
     # training keeps the two inner BN -> ReLU maps as recipes (``_rebuilding``); False keeps the
-    # maps themselves (the memory A/B of docs/benchmarks.md)
+    # maps themselves (what tests/test_blocks.py compares the recipes with, bit for bit)
     rebuild_maps = True
 
     def __init__(
