@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from numba import njit
 
-from involution.kernels.cpu.simd import FASTMATH, LANES, copy, pointer, transpose_block
+from involution.kernels.cpu.simd import (
+    FASTMATH,
+    LANES,
+    copy,
+    pointer,
+    transpose_block,
+    transpose_part,
+)
 
 
 @njit(inline="always")
@@ -55,9 +62,9 @@ def pixels_in(dst, at, pitch, src, base, width, channels):  # pragma: no cover -
             for col0 in range(0, wb, LANES):
                 d = at + col0 * pitch + c0
                 transpose_block(dst, d, pitch, sp, base + c0 * s_c + col0, s_c)
-            for c in range(c0, c0 + LANES):
-                for col in range(wb, width):
-                    dst[at + col * pitch + c] = sp[base + c * s_c + col]
+            if wb < width:
+                d = at + wb * pitch + c0
+                transpose_part(dst, d, pitch, sp, base + c0 * s_c + wb, s_c, LANES, width - wb)
         for c in range(cb, channels):
             f = base + c * s_c
             for col in range(width):
@@ -85,9 +92,9 @@ def pixels_out(dst, base, src, at, pitch, width, channels):  # pragma: no cover 
             for col0 in range(0, wb, LANES):
                 f = at + col0 * pitch + c0
                 transpose_block(dp, base + c0 * s_c + col0, s_c, src, f, pitch)
-            for c in range(c0, c0 + LANES):
-                for col in range(wb, width):
-                    dp[base + c * s_c + col] = src[at + col * pitch + c]
+            if wb < width:
+                f = at + wb * pitch + c0
+                transpose_part(dp, base + c0 * s_c + wb, s_c, src, f, pitch, width - wb, LANES)
         for c in range(cb, channels):
             d = base + c * s_c
             for col in range(width):
@@ -112,22 +119,27 @@ def channels_in(
             for col in range(blocks * LANES, width):
                 dst[d + col] = sp[f + col]
     else:
-        first = 0
+        first, done = 0, 0  # columns and channels transposed in blocks
         if stride == 1 and s_c == 1:  # NHWC rows: LANES x LANES blocks transposed in registers
             first = width // LANES * LANES
-            cb = channels // LANES * LANES
+            done = channels // LANES * LANES
             for col0 in range(0, first, LANES):
-                for c0 in range(0, cb, LANES):
+                for c0 in range(0, done, LANES):
                     d = at + c0 * pitch + pad + col0
                     transpose_block(dst, d, pitch, sp, base + col0 * s_w + c0, s_w)
-                for c in range(cb, channels):
+                for c in range(done, channels):
                     for col in range(col0, col0 + LANES):
                         dst[at + c * pitch + pad + col] = sp[base + col * s_w + c]
-        for col in range(first, width):
+            if first < width:
+                for c0 in range(0, done, LANES):
+                    d = at + c0 * pitch + pad + first
+                    f = base + first * s_w + c0
+                    transpose_part(dst, d, pitch, sp, f, s_w, width - first, LANES)
+        for col in range(first, width):  # the rest element by element
             cp = col + pad
             f = base + col * s_w
             d = at + (cp % stride) * phase_len + cp // stride
-            for c in range(channels):
+            for c in range(done, channels):
                 dst[d + c * pitch] = sp[f + c * s_c]
 
 

@@ -150,6 +150,83 @@ def transpose_block(typingctx, dst, dat, dpitch, src, sat, spitch):
     return types.void(dst, dat, dpitch, src, sat, spitch), codegen
 
 
+@intrinsic
+def transpose_part(typingctx, dst, dat, dpitch, src, sat, spitch, rows, cols):
+    """``transpose_block`` for the part of a block at a map's edge: dst[dat + k * dpitch + r] =
+    src[sat + r * spitch + k] for r < ``rows`` and k < ``cols`` (both at most LANES), nothing
+    read or written outside them (masked loads and stores). The last columns of a row that is
+    not a whole number of LANES wide (7, 14, 28, 56, 112 at RedNet's maps), which element by
+    element cost two memory operations each."""
+
+    def codegen(context, builder, signature, args):
+        dptr, d_at, d_pitch, sptr, s_at, s_pitch, n_rows, n_cols = args
+        elem = context.get_data_type(signature.args[0].dtype)
+        vec_t = llvm_ir.VectorType(elem, LANES)
+        align = elem.get_abi_alignment(context.target_data)
+        i1, i32, i64 = llvm_ir.IntType(1), llvm_ir.IntType(32), llvm_ir.IntType(64)
+        mask_t = llvm_ir.VectorType(i1, LANES)
+        lane_ids = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
+
+        def below(limit):  # lanes < limit
+            splat = builder.insert_element(
+                llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None), limit, i64(0)
+            )
+            splat = builder.shuffle_vector(
+                splat, splat, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
+            )
+            return builder.icmp_unsigned("<", lane_ids, splat)
+
+        def uniform(flag):  # every lane ``flag``
+            splat = builder.insert_element(llvm_ir.Constant(mask_t, None), flag, i64(0))
+            return builder.shuffle_vector(
+                splat, splat, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
+            )
+
+        suffix = f"v{LANES}{elem.intrinsic_name}"
+        pointer_suffix = f"p0{suffix if _TYPED_POINTERS else ''}"
+        load_fn = builder.module.declare_intrinsic(
+            f"llvm.masked.load.{suffix}.{pointer_suffix}",
+            (),
+            llvm_ir.FunctionType(vec_t, [vec_t.as_pointer(), i32, mask_t, vec_t]),
+        )
+        store_fn = builder.module.declare_intrinsic(
+            f"llvm.masked.store.{suffix}.{pointer_suffix}",
+            (),
+            llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask_t]),
+        )
+        col_mask, row_mask = below(n_cols), below(n_rows)
+        zero = llvm_ir.Constant(vec_t, None)
+        rows = []
+        for r in range(LANES):
+            offset = builder.add(s_at, builder.mul(s_pitch, s_pitch.type(r)))
+            at = builder.bitcast(builder.gep(sptr, [offset]), vec_t.as_pointer())
+            inside = builder.icmp_unsigned("<", i64(r), n_rows)
+            mask = builder.and_(col_mask, uniform(inside))
+            rows.append(builder.call(load_fn, [at, i32(align), mask, zero]))
+        h = LANES // 2
+        while h:
+            top_mask = [c if not c & h else LANES + c - h for c in range(LANES)]
+            bottom_mask = [c + h if not c & h else LANES + c for c in range(LANES)]
+            top_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), top_mask)
+            bottom_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), bottom_mask)
+            for r in range(LANES):
+                if r & h:
+                    continue
+                top, bottom = rows[r], rows[r + h]
+                rows[r] = builder.shuffle_vector(top, bottom, top_c)
+                rows[r + h] = builder.shuffle_vector(top, bottom, bottom_c)
+            h //= 2
+        for k in range(LANES):
+            offset = builder.add(d_at, builder.mul(d_pitch, d_pitch.type(k)))
+            at = builder.bitcast(builder.gep(dptr, [offset]), vec_t.as_pointer())
+            inside = builder.icmp_unsigned("<", i64(k), n_cols)
+            mask = builder.and_(row_mask, uniform(inside))
+            builder.call(store_fn, [rows[k], at, i32(align), mask])
+        return context.get_dummy_value()
+
+    return types.void(dst, dat, dpitch, src, sat, spitch, rows, cols), codegen
+
+
 FASTMATH = {"contract"}  # fused multiply-adds, never reassociated: every sum keeps its order
 
 
