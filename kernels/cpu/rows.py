@@ -26,6 +26,7 @@ from involution.kernels.cpu.simd import (
     FASTMATH,
     LANES,
     copy,
+    copy_first,
     pointer,
     transpose_block,
     transpose_part,
@@ -116,8 +117,9 @@ def channels_in(
             f = base + c * s_c
             for b in range(blocks):
                 copy(dst, d + b * LANES, sp, f + b * LANES)
-            for col in range(blocks * LANES, width):
-                dst[d + col] = sp[f + col]
+            if blocks * LANES < width:
+                tail = blocks * LANES
+                copy_first(dst, d + tail, sp, f + tail, width - tail)
     else:
         first, done = 0, 0  # columns and channels transposed in blocks
         if stride == 1 and s_c == 1:  # NHWC rows: LANES x LANES blocks transposed in registers

@@ -108,6 +108,47 @@ def store_first(typingctx, dst, at, src, frm, count):
 
 
 @intrinsic
+def copy_first(typingctx, dst, at, src, frm, count):
+    """dst[at : at + count] = src[frm : frm + count] for count < LANES: one masked load and one
+    masked store, nothing read or written beyond ``count`` (the end of a row narrower than a
+    block, which element by element cost two memory operations per element)."""
+
+    def codegen(context, builder, signature, args):
+        dptr, dat, sptr, sfrm, n = args
+        elem = context.get_data_type(signature.args[0].dtype)
+        vec_t = llvm_ir.VectorType(elem, LANES)
+        align = elem.get_abi_alignment(context.target_data)
+        i32, i64 = llvm_ir.IntType(32), llvm_ir.IntType(64)
+        lanes = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
+        limit = builder.insert_element(
+            llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None), n, i64(0)
+        )
+        splat = builder.shuffle_vector(
+            limit, limit, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
+        )
+        mask = builder.icmp_unsigned("<", lanes, splat)
+        suffix = f"v{LANES}{elem.intrinsic_name}"
+        pointer_suffix = f"p0{suffix if _TYPED_POINTERS else ''}"
+        load_fn = builder.module.declare_intrinsic(
+            f"llvm.masked.load.{suffix}.{pointer_suffix}",
+            (),
+            llvm_ir.FunctionType(vec_t, [vec_t.as_pointer(), i32, mask.type, vec_t]),
+        )
+        store_fn = builder.module.declare_intrinsic(
+            f"llvm.masked.store.{suffix}.{pointer_suffix}",
+            (),
+            llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask.type]),
+        )
+        source = builder.bitcast(builder.gep(sptr, [sfrm]), vec_t.as_pointer())
+        value = builder.call(load_fn, [source, i32(align), mask, llvm_ir.Constant(vec_t, None)])
+        target = builder.bitcast(builder.gep(dptr, [dat]), vec_t.as_pointer())
+        builder.call(store_fn, [value, target, i32(align), mask])
+        return context.get_dummy_value()
+
+    return types.void(dst, at, src, frm, count), codegen
+
+
+@intrinsic
 def transpose_block(typingctx, dst, dat, dpitch, src, sat, spitch):
     """dst[dat + k * dpitch + r] = src[sat + r * spitch + k] for r, k < LANES: a LANES x LANES
     block transposed in registers (LANES vector loads, 4 x LANES two-vector shuffles, LANES
