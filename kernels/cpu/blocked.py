@@ -132,7 +132,7 @@ def forward_blocked(x, kernel, out, sh, sw, ph, pw, dh, dw, bands):  # pragma: n
             row = (dst[0], at, dst[2], dst[4]) if dst[2] == 1 else (orp, 0, 1, channels)
             kern = (kp, 1, taps * plane)
             aggregate_row(
-                row, (rp, sw * channels), kern, (tap_k, tap_s), count, (groups, wo, cpg), x.dtype
+                row, (rp, sw * channels), kern, (tap_k, tap_s), count, (groups, wo, cpg, 0), x.dtype
             )
             if dst[2] != 1:
                 pixels_out(dst, at, orp, 0, channels, wo, channels)
@@ -208,7 +208,7 @@ def grad_input_blocked(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, bands):
                         (kp, 1, taps * plane),
                         (sub_k, sub_s),
                         count,
-                        (groups, hi - lo, cpg),
+                        (groups, hi - lo, cpg, 1),
                         grad_out.dtype,
                     )
                 for m in range(cols):

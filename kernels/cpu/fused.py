@@ -104,7 +104,7 @@ def fused_forward(
                 (krp, tp, taps),
                 (tap_k, tap_s),
                 count,
-                (groups, wo, cpg),
+                (groups, wo, cpg, 0),
                 x.dtype,
             )
             if dst[2] != 1:
@@ -244,7 +244,7 @@ def fused_backward(
                         row = (dxs[0], at, 1, sw * dxs[4])
                     else:
                         row = (orp, q * channels, 1, sw * channels)
-                    shape = (groups, (width - q + sw - 1) // sw, cpg)
+                    shape = (groups, (width - q + sw - 1) // sw, cpg, 0)  # tiles per group: as fast
                     aggregate_row(
                         row, (grp, channels), (krp, tp, taps), (tap_k, tap_s), count, shape, x.dtype
                     )
