@@ -110,6 +110,7 @@ def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
     assert meta["command"].startswith("python -m involution.bench.ops --device cpu")
     assert meta["machine"] and meta["versions"]["torch"] == torch.__version__ and meta["date"]
     assert says.split(": ")[1] in meta["heap"]
+    assert meta["timing"] == ops.PRIMED and f"Timing: {ops.PRIMED}." in text
     assert [r["name"] for r in records["rows"]] == names
     assert all(r["median"] > 0 and r["min"] <= r["median"] for r in records["rows"])
     assert len(records["layers"]) == 10 and meta["peaks"]["macs_per_s"] > 0
@@ -238,6 +239,21 @@ def test_floor_bytes_hand_count() -> None:
     assert ops.floor_bytes(64, 64, 56, 7, 2) == 728_956_928 // 2
     # the stem: N=8, C=32, 112x112, K=3, G=2: maps of 3,211,264, kernel maps of 1,806,336
     assert ops.floor_bytes(8, 32, 112, 3, 4) == 4 * (5 * 3_211_264 + 3 * 1_806_336)
+
+
+@pytest.mark.parametrize("primed", [False, True])
+def test_interleaved_primes_each_timed_step_with_its_own(primed: bool) -> None:
+    """Rounds of the candidates in turn; primed (the CPU), each timed step follows an untimed
+    step of the same candidate, never another candidate's."""
+    order: list[str] = []
+    cands = [
+        ops.Candidate(name, lambda name=name: order.append(name), "float32") for name in "ab"
+    ]
+    ops._interleaved(cands, reps=2, warmup=1, sync=lambda: None, primed=primed)
+    warm = ["a", "b"]
+    rounds = ["a", "a", "b", "b"] * 2 if primed else ["a", "b"] * 2
+    assert order == warm + rounds
+    assert [len(cand.times) for cand in cands] == [2, 2]
 
 
 def _cand(name: str, *times: float, dtype: str = "bfloat16") -> ops.Candidate:

@@ -225,7 +225,27 @@ class Candidate:
     error: str | None = None
 
 
-def _interleaved(cands: list[Candidate], reps: int, warmup: int, sync: Callable[[], None]) -> None:
+# How a CPU step is timed, in the records and the section's method line.
+PRIMED = (
+    "each timed step right after an untimed step of the same candidate, so that it runs with its "
+    "own operands in the caches and the worker threads awake, whatever candidate ran before it"
+)
+
+
+def _interleaved(
+    cands: list[Candidate],
+    reps: int,
+    warmup: int,
+    sync: Callable[[], None],
+    primed: bool = False,
+) -> None:
+    """``reps`` rounds of every candidate in turn (after ``warmup`` untimed steps each); with
+    ``primed`` (the CPU) each timed step right after an untimed one of the same candidate.
+
+    Without it a step paid for what ran before it: the lines the previous candidate left dirty
+    in the caches, and OpenMP's worker threads gone to sleep while a candidate ran on other
+    threads (or idled). At 8x512x7x7 the numba_cpu op took 1.36 ms after itself, 2.45 ms after
+    the unfold reference, 2.0 ms after 10 ms of sleep, and 5.9 ms in one full run."""
     live = []
     for cand in cands:
         try:
@@ -237,6 +257,8 @@ def _interleaved(cands: list[Candidate], reps: int, warmup: int, sync: Callable[
             cand.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
     for _ in range(reps):
         for cand in live:
+            if primed:
+                cand.step()
             sync()
             start = time.perf_counter()
             cand.step()
@@ -802,6 +824,7 @@ def measure(
             reps=args.reps,
             warmup=args.warmup,
             heap=heap,
+            timing=None if on_gpu else PRIMED,
             bandwidth=bandwidth,
             cudnn=torch.backends.cudnn.version() if on_gpu else None,
             peaks=None
@@ -822,7 +845,7 @@ def measure(
                 f"{len(cands)} candidates",
                 flush=True,
             )
-            _interleaved(cands, args.reps, args.warmup, sync)
+            _interleaved(cands, args.reps, args.warmup, sync, primed=not on_gpu)
             for cand in cands:
                 if cand.error is None:
                     if device.type == "cuda":
@@ -860,7 +883,7 @@ def _measure_layers(args, shapes, batches, found: roofline.Peaks) -> list[dict[s
                     f"[bench-ops] layer N={batch} C={channels} {size}x{size} K={k} {memory_format}",
                     flush=True,
                 )
-                _interleaved(cands, args.reps, args.warmup, lambda: None)
+                _interleaved(cands, args.reps, args.warmup, lambda: None, primed=True)
                 for cand in cands:
                     if cand.error is None:
                         cand.peak = peak_memory(cand.step)
@@ -916,6 +939,8 @@ def render(
     ]
     if meta.get("heap"):
         lines.append(f"- Heap: {meta['heap']}.")
+    if meta.get("timing"):
+        lines.append(f"- Timing: {meta['timing']}.")
     if bandwidth:
         lines.append(
             "- Bandwidth floor: the bytes forward+backward must move once (x, kernel map read and "
