@@ -17,6 +17,7 @@ that order) gives the same bits.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from involution.kernels.cpu.simd import (
@@ -33,6 +34,7 @@ from involution.kernels.cpu.simd import (
 
 TILE = 4 * LANES  # 4 pixels x LANES channels, 4 taps x LANES pixels
 WIDE = 8 * LANES  # 4 rows x 2*LANES columns
+ROW7 = 14 * LANES  # 7 taps x 2 rows of LANES pixels
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -312,6 +314,41 @@ def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, dtype):  # prag
 
 
 @njit(fastmath=FASTMATH, cache=True)
+def _dot_tile2_7(gka, gkb, go, xp, xat, c_pitch, offs, cpg, dtype):  # pragma: no cover
+    """``_dot_tile2`` for a whole kernel row of 7 taps (RedNet's K = 7) in one tile: 14 FMA
+    chains, 2 grad_out loads and 7 x loads per channel, where two tiles of 4 and 3 taps need
+    2 x 2 grad_out loads, pay twice the call and keep 8 chains at most."""
+    gp, ga, t_pitch, valid = gka
+    gb = gkb[1]
+    op, oa, ob, go_pitch = go
+    acc = stack_array(ROW7, dtype)
+    o0, o1, o2, o3, o4, o5, o6 = offs[0], offs[1], offs[2], offs[3], offs[4], offs[5], offs[6]
+    for q in range(14):
+        zero(acc, q * LANES)
+    for cc in range(cpg):
+        a = oa + cc * go_pitch
+        b = ob + cc * go_pitch
+        x = xat + cc * c_pitch
+        fma_vv(acc, 0, op, a, xp, x + o0)
+        fma_vv(acc, LANES, op, b, xp, x + o0)
+        fma_vv(acc, 2 * LANES, op, a, xp, x + o1)
+        fma_vv(acc, 3 * LANES, op, b, xp, x + o1)
+        fma_vv(acc, 4 * LANES, op, a, xp, x + o2)
+        fma_vv(acc, 5 * LANES, op, b, xp, x + o2)
+        fma_vv(acc, 6 * LANES, op, a, xp, x + o3)
+        fma_vv(acc, 7 * LANES, op, b, xp, x + o3)
+        fma_vv(acc, 8 * LANES, op, a, xp, x + o4)
+        fma_vv(acc, 9 * LANES, op, b, xp, x + o4)
+        fma_vv(acc, 10 * LANES, op, a, xp, x + o5)
+        fma_vv(acc, 11 * LANES, op, b, xp, x + o5)
+        fma_vv(acc, 12 * LANES, op, a, xp, x + o6)
+        fma_vv(acc, 13 * LANES, op, b, xp, x + o6)
+    for q in range(7):
+        _store_run(gp, ga + q * t_pitch, acc, 2 * q * LANES, valid)
+        _store_run(gp, gb + q * t_pitch, acc, (2 * q + 1) * LANES, valid)
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def dot_row(gk, go, src, roff, shape, conv, offs, dtype):  # pragma: no cover - compiled
     """One row of the kernel gradient: gk[t, j] = sum over the channels c of group g, in order,
     of go[c, j] * x[c, j * step + v * dil], for t = (g * kh + u) * kw + v and j < ``lanes`` (a
@@ -367,6 +404,11 @@ def dot_rows2(gk, go, src, roffs, shape, conv, offs, dtype):  # pragma: no cover
     sp, c_pitch, phase_len = src
     groups, kh, kw, lanes, cpg = shape
     step, dil, shift = conv
+    tapoff = np.empty(max(kw, 1), np.int64)  # each tap's column offset, for all tiles
+    for v in range(kw):
+        tap = v * dil
+        tapoff[v] = (tap % step) * phase_len + tap // step
+    offs7 = np.empty(7, np.int64)
     for g in range(groups):
         for u in range(kh):  # tap rows outside the image: zeros
             for row, roff in ((ga, roffa), (gb, roffb)):
@@ -388,11 +430,19 @@ def dot_rows2(gk, go, src, roffs, shape, conv, offs, dtype):  # pragma: no cover
             for jv in range(lanes // LANES):
                 j = jv * LANES
                 v = 0
+                if kw == 7 and a_in and b_in:
+                    for q in range(7):
+                        offs7[q] = tapoff[q] + j
+                    rows_a = (gp, ga + ta * t_pitch + j, t_pitch, valid - j)
+                    rows_b = (gp, gb + tb * t_pitch + j, t_pitch, valid - j)
+                    ca, cb = oa + g * cpg * go_pitch + j, ob + g * cpg * go_pitch + j
+                    channels = (op, ca, cb, go_pitch)
+                    _dot_tile2_7(rows_a, rows_b, channels, sp, xat, c_pitch, offs7, cpg, dtype)
+                    v = kw
                 while v < kw:
                     count = min(4, kw - v)
                     for q in range(count):
-                        tap = (v + q) * dil
-                        offs[q] = (tap % step) * phase_len + tap // step + j
+                        offs[q] = tapoff[v + q] + j
                     rows_a = (gp, ga + (ta + v) * t_pitch + j, t_pitch, valid - j)
                     rows_b = (gp, gb + (tb + v) * t_pitch + j, t_pitch, valid - j)
                     ca, cb = oa + g * cpg * go_pitch + j, ob + g * cpg * go_pitch + j
