@@ -256,6 +256,34 @@ def test_interleaved_primes_each_timed_step_with_its_own(primed: bool) -> None:
     assert [len(cand.times) for cand in cands] == [2, 2]
 
 
+def test_memory_is_measured_after_every_timing(monkeypatch, tmp_path: Path) -> None:
+    """On the CPU no timing follows a memory measurement: ``peak_memory`` trims the heap
+    (``malloc_trim``), after which a process never ran as fast (see ``ops._after_timings``).
+    Both tables; nothing is run, only the order of the two phases is recorded."""
+    events: list[str] = []
+
+    def timing(cands, reps, warmup, sync, primed=False):
+        events.append("time")
+        for cand in cands:
+            cand.times = [1e-3] * reps
+
+    def memory(fn):
+        events.append("memory")
+        return 0
+
+    monkeypatch.setattr(ops, "_interleaved", timing)
+    monkeypatch.setattr(ops, "peak_memory", memory)
+    monkeypatch.setattr(ops, "tensor_peak", lambda fn: 1)
+    monkeypatch.setattr(ops.roofline, "peaks", lambda device: ops.roofline.Peaks(1e11, 4e10))
+    out = tmp_path / "benchmarks.md"
+    args = ["--device", "cpu", "--shapes", "16x9x3", "32x5x3", "--batches", "2", "--reps", "1"]
+    ops.main([*args, "--no-compile", "--output", str(out)])
+    assert events.count("time") == 2 + 2 * 2  # two op shapes, two layer shapes x two formats
+    assert "memory" in events and "time" not in events[events.index("memory") :]
+    records = report.read_records(tmp_path / "benchmarks.ops.json")
+    assert len(records["rows"]) == 2 * 5 and len(records["layers"]) == 2 * 2 * 5
+
+
 def _cand(name: str, *times: float, dtype: str = "bfloat16") -> ops.Candidate:
     return ops.Candidate(name, lambda: None, dtype, list(times))
 
