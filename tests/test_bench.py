@@ -246,9 +246,7 @@ def test_interleaved_primes_each_timed_step_with_its_own(primed: bool) -> None:
     """Rounds of the candidates in turn; primed (the CPU), each timed step follows an untimed
     step of the same candidate, never another candidate's."""
     order: list[str] = []
-    cands = [
-        ops.Candidate(name, lambda name=name: order.append(name), "float32") for name in "ab"
-    ]
+    cands = [ops.Candidate(name, lambda name=name: order.append(name), "float32") for name in "ab"]
     ops._interleaved(cands, reps=2, warmup=1, sync=lambda: None, primed=primed)
     warm = ["a", "b"]
     rounds = ["a", "a", "b", "b"] * 2 if primed else ["a", "b"] * 2

@@ -33,6 +33,56 @@ from numba.extending import intrinsic
 LANES = 16  # elements per step: the channel block of the NHWC tiles, the pixel block of gk
 
 
+def _transpose_rows(builder, rows: list) -> None:
+    """Transpose LANES vectors of LANES lanes in place: four rounds swap the off-diagonal h x h
+    sub-blocks of every 2h x 2h block, h = 8, 4, 2, 1 (two-vector shuffles)."""
+    i32 = llvm_ir.IntType(32)
+    h = LANES // 2
+    while h:
+        top_mask = [c if not c & h else LANES + c - h for c in range(LANES)]
+        bottom_mask = [c + h if not c & h else LANES + c for c in range(LANES)]
+        top_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), top_mask)
+        bottom_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), bottom_mask)
+        for r in range(LANES):
+            if r & h:
+                continue
+            top, bottom = rows[r], rows[r + h]
+            rows[r] = builder.shuffle_vector(top, bottom, top_c)
+            rows[r + h] = builder.shuffle_vector(top, bottom, bottom_c)
+        h //= 2
+
+
+def _lanes_below(builder, limit):
+    """The LANES-lane mask of the lanes whose index is below ``limit`` (an int64)."""
+    i32, i64 = llvm_ir.IntType(32), llvm_ir.IntType(64)
+    lanes = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
+    empty = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None)
+    splat = builder.insert_element(empty, limit, i64(0))
+    splat = builder.shuffle_vector(
+        splat, splat, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
+    )
+    return builder.icmp_unsigned("<", lanes, splat)
+
+
+def _masked(builder, vec_t):
+    """(masked load, masked store): LLVM's ``llvm.masked.load``/``store`` of ``vec_t``."""
+    i1, i32 = llvm_ir.IntType(1), llvm_ir.IntType(32)
+    mask_t = llvm_ir.VectorType(i1, LANES)
+    suffix = f"v{LANES}{vec_t.element.intrinsic_name}"
+    pointer_suffix = f"p0{suffix if _TYPED_POINTERS else ''}"
+    load = builder.module.declare_intrinsic(
+        f"llvm.masked.load.{suffix}.{pointer_suffix}",
+        (),
+        llvm_ir.FunctionType(vec_t, [vec_t.as_pointer(), i32, mask_t, vec_t]),
+    )
+    store = builder.module.declare_intrinsic(
+        f"llvm.masked.store.{suffix}.{pointer_suffix}",
+        (),
+        llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask_t]),
+    )
+    return load, store
+
+
 @intrinsic
 def stack_array(typingctx, size, dtype):
     """``stack_array(N, dtype)``: a pointer to N uninitialised elements on the stack. ``N`` must
@@ -87,21 +137,10 @@ def store_first(typingctx, dst, at, src, frm, count):
         source = builder.bitcast(builder.gep(sptr, [sfrm]), vec_t.as_pointer())
         value = builder.load(source, align=elem.get_abi_alignment(context.target_data))
         target = builder.bitcast(builder.gep(dptr, [dat]), vec_t.as_pointer())
-        i64 = llvm_ir.IntType(64)
-        lanes = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
-        limit = builder.insert_element(
-            llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None), n, i64(0)
-        )
-        splat = builder.shuffle_vector(
-            limit, limit, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), LANES), None)
-        )
-        mask = builder.icmp_unsigned("<", lanes, splat)
-        i32 = llvm_ir.IntType(32)
-        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask.type])
-        vector = f"v{LANES}{elem.intrinsic_name}"
-        name = f"llvm.masked.store.{vector}.p0{vector if _TYPED_POINTERS else ''}"
-        fn = builder.module.declare_intrinsic(name, (), fnty)
-        builder.call(fn, [value, target, i32(elem.get_abi_alignment(context.target_data)), mask])
+        mask = _lanes_below(builder, n)
+        _, store_fn = _masked(builder, vec_t)
+        align = llvm_ir.IntType(32)(elem.get_abi_alignment(context.target_data))
+        builder.call(store_fn, [value, target, align, mask])
         return context.get_dummy_value()
 
     return types.void(dst, at, src, frm, count), codegen
@@ -118,27 +157,9 @@ def copy_first(typingctx, dst, at, src, frm, count):
         elem = context.get_data_type(signature.args[0].dtype)
         vec_t = llvm_ir.VectorType(elem, LANES)
         align = elem.get_abi_alignment(context.target_data)
-        i32, i64 = llvm_ir.IntType(32), llvm_ir.IntType(64)
-        lanes = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
-        limit = builder.insert_element(
-            llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None), n, i64(0)
-        )
-        splat = builder.shuffle_vector(
-            limit, limit, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
-        )
-        mask = builder.icmp_unsigned("<", lanes, splat)
-        suffix = f"v{LANES}{elem.intrinsic_name}"
-        pointer_suffix = f"p0{suffix if _TYPED_POINTERS else ''}"
-        load_fn = builder.module.declare_intrinsic(
-            f"llvm.masked.load.{suffix}.{pointer_suffix}",
-            (),
-            llvm_ir.FunctionType(vec_t, [vec_t.as_pointer(), i32, mask.type, vec_t]),
-        )
-        store_fn = builder.module.declare_intrinsic(
-            f"llvm.masked.store.{suffix}.{pointer_suffix}",
-            (),
-            llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask.type]),
-        )
+        i32 = llvm_ir.IntType(32)
+        mask = _lanes_below(builder, n)
+        load_fn, store_fn = _masked(builder, vec_t)
         source = builder.bitcast(builder.gep(sptr, [sfrm]), vec_t.as_pointer())
         value = builder.call(load_fn, [source, i32(align), mask, llvm_ir.Constant(vec_t, None)])
         target = builder.bitcast(builder.gep(dptr, [dat]), vec_t.as_pointer())
@@ -168,20 +189,7 @@ def transpose_block(typingctx, dst, dat, dpitch, src, sat, spitch):
             offset = builder.add(s_at, builder.mul(s_pitch, s_pitch.type(r)))
             at = builder.bitcast(builder.gep(sptr, [offset]), vec_t.as_pointer())
             rows.append(builder.load(at, align=align))
-        i32 = llvm_ir.IntType(32)
-        h = LANES // 2
-        while h:
-            top_mask = [c if not c & h else LANES + c - h for c in range(LANES)]
-            bottom_mask = [c + h if not c & h else LANES + c for c in range(LANES)]
-            top_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), top_mask)
-            bottom_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), bottom_mask)
-            for r in range(LANES):
-                if r & h:
-                    continue
-                top, bottom = rows[r], rows[r + h]
-                rows[r] = builder.shuffle_vector(top, bottom, top_c)
-                rows[r + h] = builder.shuffle_vector(top, bottom, bottom_c)
-            h //= 2
+        _transpose_rows(builder, rows)
         for k in range(LANES):
             offset = builder.add(d_at, builder.mul(d_pitch, d_pitch.type(k)))
             at = builder.bitcast(builder.gep(dptr, [offset]), vec_t.as_pointer())
@@ -206,16 +214,6 @@ def transpose_part(typingctx, dst, dat, dpitch, src, sat, spitch, rows, cols):
         align = elem.get_abi_alignment(context.target_data)
         i1, i32, i64 = llvm_ir.IntType(1), llvm_ir.IntType(32), llvm_ir.IntType(64)
         mask_t = llvm_ir.VectorType(i1, LANES)
-        lane_ids = llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), list(range(LANES)))
-
-        def below(limit):  # lanes < limit
-            splat = builder.insert_element(
-                llvm_ir.Constant(llvm_ir.VectorType(i64, LANES), None), limit, i64(0)
-            )
-            splat = builder.shuffle_vector(
-                splat, splat, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
-            )
-            return builder.icmp_unsigned("<", lane_ids, splat)
 
         def uniform(flag):  # every lane ``flag``
             splat = builder.insert_element(llvm_ir.Constant(mask_t, None), flag, i64(0))
@@ -223,19 +221,8 @@ def transpose_part(typingctx, dst, dat, dpitch, src, sat, spitch, rows, cols):
                 splat, splat, llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), None)
             )
 
-        suffix = f"v{LANES}{elem.intrinsic_name}"
-        pointer_suffix = f"p0{suffix if _TYPED_POINTERS else ''}"
-        load_fn = builder.module.declare_intrinsic(
-            f"llvm.masked.load.{suffix}.{pointer_suffix}",
-            (),
-            llvm_ir.FunctionType(vec_t, [vec_t.as_pointer(), i32, mask_t, vec_t]),
-        )
-        store_fn = builder.module.declare_intrinsic(
-            f"llvm.masked.store.{suffix}.{pointer_suffix}",
-            (),
-            llvm_ir.FunctionType(llvm_ir.VoidType(), [vec_t, vec_t.as_pointer(), i32, mask_t]),
-        )
-        col_mask, row_mask = below(n_cols), below(n_rows)
+        load_fn, store_fn = _masked(builder, vec_t)
+        col_mask, row_mask = _lanes_below(builder, n_cols), _lanes_below(builder, n_rows)
         zero = llvm_ir.Constant(vec_t, None)
         rows = []
         for r in range(LANES):
@@ -244,19 +231,7 @@ def transpose_part(typingctx, dst, dat, dpitch, src, sat, spitch, rows, cols):
             inside = builder.icmp_unsigned("<", i64(r), n_rows)
             mask = builder.and_(col_mask, uniform(inside))
             rows.append(builder.call(load_fn, [at, i32(align), mask, zero]))
-        h = LANES // 2
-        while h:
-            top_mask = [c if not c & h else LANES + c - h for c in range(LANES)]
-            bottom_mask = [c + h if not c & h else LANES + c for c in range(LANES)]
-            top_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), top_mask)
-            bottom_c = llvm_ir.Constant(llvm_ir.VectorType(i32, LANES), bottom_mask)
-            for r in range(LANES):
-                if r & h:
-                    continue
-                top, bottom = rows[r], rows[r + h]
-                rows[r] = builder.shuffle_vector(top, bottom, top_c)
-                rows[r + h] = builder.shuffle_vector(top, bottom, bottom_c)
-            h //= 2
+        _transpose_rows(builder, rows)
         for k in range(LANES):
             offset = builder.add(d_at, builder.mul(d_pitch, d_pitch.type(k)))
             at = builder.bitcast(builder.gep(dptr, [offset]), vec_t.as_pointer())

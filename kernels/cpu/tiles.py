@@ -59,8 +59,9 @@ def aggregate_row(out, src, kern, taps, count, shape, dtype):  # pragma: no cove
     (pointer, stride of a pixel) to pixel rows ([column][channel], so channel c adds c);
     ``kern`` = (pointer, stride of a pixel, stride of a group); ``taps`` = (tap_k, tap_s), the
     offsets of each tap's kernel value and source pixel for j = 0 and group 0; ``shape`` =
-    (groups, width, cpg, blocks_last: see below). The forward lists the taps (u, v) of the rows inside the image,
-    grad_input (a gather) those whose output pixel exists, for one phase of the stride.
+    (groups, width, cpg, blocks_last: see below). The forward lists the taps (u, v) of the rows
+    inside the image, grad_input (a gather) those whose output pixel exists, for one phase of
+    the stride.
 
     Tiles of 4 pixels x LANES channels: four independent FMA chains per tap, one store per pixel
     and channel block; the row's last 1-3 pixels in one tile of as many chains."""
@@ -317,7 +318,8 @@ def _dot_tile2(gka, gkb, go, xp, xat, c_pitch, offs, count, cpg, dtype):  # prag
 def _dot_tile2_7(gka, gkb, go, xp, xat, c_pitch, offs, cpg, dtype):  # pragma: no cover
     """``_dot_tile2`` for a whole kernel row of 7 taps (RedNet's K = 7) in one tile: 14 FMA
     chains, 2 grad_out loads and 7 x loads per channel, where two tiles of 4 and 3 taps need
-    2 x 2 grad_out loads, pay twice the call and keep 8 chains at most."""
+    2 x 2 grad_out loads, pay twice the call and keep 8 chains at most. Written out tap by tap:
+    as a loop over the taps LLVM kept the 14 accumulators in memory (12x slower)."""
     gp, ga, t_pitch, valid = gka
     gb = gkb[1]
     op, oa, ob, go_pitch = go
