@@ -13,9 +13,11 @@ each tile wants:
 Operands arrive as logical [N, C, H, W] arrays with any strides (a channels_last tensor is an
 NHWC array viewed as NCHW), passed around as a ``strided`` view: (pointer, element strides N, C,
 H, W). A function copies a LANES-wide run at a time where its source is contiguous in that
-direction, element by element where it is not (an NCHW row into a pixel row, an NHWC row into a
-channel row: the transposes). A row is read once per task, and the tiles then reuse it KxK
-times, so the transposes cost a small fraction of the multiply-adds.
+direction, and transposes LANES x LANES blocks in registers where it is not (an NCHW row into a
+pixel row, an NHWC row into a channel row); a row's last partial block goes through masked
+loads and stores (``simd.transpose_part``, ``simd.copy_first``). A row is read once per task,
+and the tiles then reuse it KxK times, so the copies cost a small fraction of the
+multiply-adds.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ keep the tile in memory). So a register tile is written here as
   it does not keep the array alive: ``keep_alive`` after the pointer's last use does;
 - the helpers below, each one 16-lane step (``LANES`` consecutive elements: one AVX-512 register
   of float32, or two of AVX2), inlined into the caller so that every tile index is a constant;
-- ``transpose_block`` and ``store_first``: a LANES x LANES transpose in registers and a masked
-  store, written as LLVM IR (shuffles, ``llvm.masked.store``), which the vectorisers do not find
-  in scalar loops.
+- ``transpose_block``, ``transpose_part``, ``store_first`` and ``copy_first``: a LANES x LANES
+  transpose in registers (whole, or the masked part of one at a row's end), a masked store and a
+  masked copy, written as LLVM IR (shuffles, ``llvm.masked.load``/``store``), which the
+  vectorisers do not find in scalar loops.
 
 Every helper adds in a fixed order (a multiply-add per lane, fused where the CPU has FMA), so a
 kernel built from them sums each result in the order its generic loop does, bit for bit.
