@@ -72,7 +72,8 @@ def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
     assert "kept by another benchmark" in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert says in text
-    rows = [line for line in text.splitlines() if line.startswith("| 8, 16, 9x9, 3, 1 |")]
+    op_table, parts_table = text.split("Where the numba_cpu step's time goes")
+    rows = [line for line in op_table.splitlines() if line.startswith("| 8, 16, 9x9, 3, 1 |")]
     names = [row.split("|")[3].strip() for row in rows]
     assert names == [
         "depthwise conv2d",
@@ -87,6 +88,11 @@ def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
         cells = [cell.strip() for cell in row.split("|")[8:12]]  # the roofline's four columns
         assert all(float(cell) > 0 for cell in cells), row
     assert "numba_cpu" in text.split("Target")[1]  # the verdict line for the one shape
+    # the numba_cpu steps cut into their three ops: a row each, every time above zero
+    parts = [line for line in parts_table.splitlines() if line.startswith("| 8, 16, 9x9, 3, 1 |")]
+    assert [row.split("|")[3].strip() for row in parts] == names[2:4]
+    for row in parts:
+        assert all(float(cell.split()[0]) > 0 for cell in row.split("|")[4:8]), row
     assert "x the roofline floor" in text.split("Target")[1]
     layers = [line for line in text.splitlines() if line.startswith("| 8, 16, 9x9, 3 |")]
     assert [(row.split("|")[2].strip(), row.split("|")[3].strip()) for row in layers] == [
@@ -113,6 +119,11 @@ def test_bench_ops_writes_its_table(bench_run: tuple[Path, str]) -> None:
     assert meta["timing"] == ops.PRIMED and f"Timing: {ops.PRIMED}." in text
     assert [r["name"] for r in records["rows"]] == names
     assert all(r["median"] > 0 and r["min"] <= r["median"] for r in records["rows"])
+    for r in records["rows"]:  # the op's breakdown rides on its own rows, and only there
+        if r["name"].startswith("numba_cpu"):
+            assert sorted(r["parts"]) == sorted(ops.PARTS) and min(r["parts"].values()) > 0
+        else:
+            assert "parts" not in r
     assert len(records["layers"]) == 10 and meta["peaks"]["macs_per_s"] > 0
     assert all(r["tensor_peak"] > 0 for r in records["layers"])
 
@@ -194,8 +205,9 @@ def test_bench_ops_batches_and_dtypes(tmp_path: Path) -> None:
     """bfloat16 rows hold the candidates that run it on the CPU (numba_cpu does not, torch
     does)."""
     text = _bench(tmp_path, "--batches", "2", "--dtypes", "float32", "bfloat16", "--no-layers")
+    op_table = text.split("Where the numba_cpu step's time goes")[0]
     rows = [
-        line.split("|") for line in text.splitlines() if line.startswith("| 2, 16, 9x9, 3, 1 |")
+        line.split("|") for line in op_table.splitlines() if line.startswith("| 2, 16, 9x9, 3, 1 |")
     ]
     got = [(row[2].strip(), row[3].strip()) for row in rows]
     assert got == [
@@ -398,6 +410,52 @@ def test_a_missed_op_target_says_where_it_stands_against_each_roof() -> None:
     )
     (line,) = ops._summary([row | {"x_floor": 2.5}], peaks)
     assert "(met);" in line
+
+
+def test_a_missed_op_target_says_where_the_step_spends_its_time() -> None:
+    """With the step's three ops measured, the verdict line gives each one's time and share of
+    the matmul peak and what the step spends around them."""
+    peaks = {"macs_per_s": 100e9, "bytes_per_s": 50e9}
+    row = {"shape": "8, 64, 56x56, 7, 4", "name": "numba_cpu", "ratio": 0.2, "x_floor": 5.0}
+    row |= {"macs": 3e9, "bytes": 1e9, "macs_per_s": 3e10, "bytes_per_s": 1e10, "median": 0.1}
+    row["dtype"] = "float32"
+    # each op does 1 G multiply-adds: 10 ms at the peak
+    row["parts"] = {"forward": 0.02, "grad_input": 0.025, "grad_kernel": 0.04}
+    (line,) = ops._summary([row], peaks)
+    assert line.endswith(
+        "; forward, grad_input, grad_kernel 20.00 + 25.00 + 40.00 ms (50%, 40%, 25% of the "
+        "matmul peak), 15.00 ms around them); 0.20x the depthwise conv"
+    )
+    row["floor"] = 0.03
+    (table_row,) = ops._parts_table([row], peaks)[2:]
+    assert table_row == (
+        "| 8, 64, 56x56, 7, 4 | float32 | numba_cpu | 20.00 (50%) | 25.00 (40%) | 40.00 (25%) "
+        "| 85.00 | 2.83 | 15.00 | 5.00 |"
+    )
+
+
+def test_the_op_parts_are_timed_but_make_no_rows_of_their_own() -> None:
+    """``_part_steps`` cuts the numba_cpu step into its three ops on the step's own tensors; the
+    rows of a shape carry their medians in the op's row, and the parts get no row."""
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    kern = torch.randn(2, 1, 3, 3, 5, 5, requires_grad=True)
+    grad = torch.randn(2, 16, 5, 5)
+    parts = ops._part_steps("numba_cpu", x, kern, grad, 1, "float32")
+    assert [p.name for p in parts] == [f"numba_cpu: {name}" for name in ops.PARTS]
+    assert all(p.part_of == "numba_cpu" for p in parts)
+    for part in parts:  # each runs its op, recording nothing for autograd
+        part.step()
+    assert x.grad is None and kern.grad is None
+    op = ops.Candidate("numba_cpu", lambda: None, "float32", [3e-3, 3e-3])
+    for part, t in zip(parts, (1e-3, 1e-3, 5e-4)):
+        part.times = [t]
+    peaks = ops.roofline.Peaks(1e11, 4e10)
+    (row,) = ops.shape_rows([op, *parts], (2, 16, 5, 3), torch.float32, peaks, False)
+    assert row["name"] == "numba_cpu" and row["parts"] == {
+        "forward": 1e-3,
+        "grad_input": 1e-3,
+        "grad_kernel": 5e-4,
+    }
 
 
 def test_tensor_peak_counts_the_storages_held_at_once() -> None:

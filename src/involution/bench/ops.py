@@ -26,7 +26,9 @@ NCHW and on channels_last operands, or ``numba_cuda``) in the dtypes it supports
 - the ratio to the depthwise conv;
 - CPU: the roofline (``bench.roofline``): achieved multiply-adds per second and bytes per second,
   the floor (the larger of the op's multiply-adds at the fp32 matmul peak and its bytes at the
-  copy bandwidth, both measured in the same run) and the ratio to it;
+  copy bandwidth, both measured in the same run) and the ratio to it, and the numba_cpu steps
+  cut into their three ops (``_part_steps``: forward, grad_input, grad_kernel, each timed alone
+  with the candidates): each op's time and share of the matmul peak, and the rest of the step;
 - GPU: the ratio to the unfold reference and to the memory-bandwidth floor (``floor_bytes`` over
   the device-to-device copy bandwidth measured in the same run).
 
@@ -223,6 +225,9 @@ class Candidate:
     peak: int | None = None
     tensors: int | None = None  # the step's own tensors at their peak (``tensor_peak``)
     error: str | None = None
+    # the name of the candidate whose step this one is a piece of (``_part_steps``): timed with
+    # the others, reported inside that candidate's row, no row or memory measurement of its own
+    part_of: str | None = None
 
 
 # How a CPU step is timed, in the records and the section's method line.
@@ -321,13 +326,10 @@ def _steps(batch, channels, size, k, device, dtype, backends, compiled):
         if backend == "numba_cpu":  # the same op on channels_last operands
             last = torch.channels_last
             x_cl = x.detach().contiguous(memory_format=last).requires_grad_()
-            cands.append(
-                Candidate(
-                    f"{backend}, channels_last",
-                    op(backend, x_cl, grad.contiguous(memory_format=last)),
-                    tag,
-                )
-            )
+            grad_cl = grad.contiguous(memory_format=last)
+            cands.append(Candidate(f"{backend}, channels_last", op(backend, x_cl, grad_cl), tag))
+            cands += _part_steps(backend, x, kern, grad, pad, tag)
+            cands += _part_steps(f"{backend}, channels_last", x_cl, kern, grad_cl, pad, tag)
     if compiled and device.type == "cpu":  # a GPU machine has the cores for compile workers
         _compile_in_process()
     if compiled:
@@ -350,6 +352,39 @@ def _steps(batch, channels, size, k, device, dtype, backends, compiled):
         cands.append(Candidate(f"torch.compile({backend})", compiled_step, tag))
     tensors = (x, kern, grad)
     return cands, tensors
+
+
+PARTS = ("forward", "grad_input", "grad_kernel")  # the op's three ops, in a step's order
+
+
+def _part_steps(
+    name: str, inp: torch.Tensor, kern: torch.Tensor, upstream: torch.Tensor, pad: int, tag: str
+) -> list[Candidate]:
+    """Candidate ``name``'s step (the ``numba_cpu`` op, forward+backward) cut into its three
+    ops, each alone on the same tensors without autograd: ``involution2d``,
+    ``involution2d_grad_input`` and ``involution2d_grad_kernel`` through their registered ops
+    (``torch.ops.involution``), as the step's autograd calls them. The op's step minus the three
+    is what runs around its kernels (argument checks, the autograd graph, the dispatch)."""
+    x, k = inp.detach(), kern.detach()
+    conv = ([1, 1], [pad, pad], [1, 1], "numba_cpu")
+    size, ksize, groups = list(x.shape[2:]), list(k.shape[2:4]), k.shape[1]
+    found = torch.ops.involution
+    steps = {
+        "forward": lambda: found.involution2d(x, k, *conv),
+        "grad_input": lambda: found.involution2d_grad_input(upstream, k, size, *conv),
+        "grad_kernel": lambda: found.involution2d_grad_kernel(upstream, x, ksize, groups, *conv),
+    }
+    return [Candidate(f"{name}: {part}", steps[part], tag, part_of=name) for part in PARTS]
+
+
+def _split_parts(cands: list[Candidate]) -> tuple[list[Candidate], dict[str, dict[str, float]]]:
+    """(the candidates with rows of their own, {candidate name: {part: median seconds}})."""
+    parts: dict[str, dict[str, float]] = {}
+    for cand in cands:
+        if cand.part_of is not None and cand.times:
+            part = cand.name.rsplit(": ", 1)[1]
+            parts.setdefault(cand.part_of, {})[part] = statistics.median(cand.times)
+    return [c for c in cands if c.part_of is None], parts
 
 
 def floor_bytes(batch: int, channels: int, size: int, k: int, elem: int) -> int:
@@ -381,8 +416,13 @@ def shape_rows(
     (bytes/s) also the bandwidth floor's time and the ratio to it, with measured ``Peaks`` the
     roofline: multiply-adds and bytes per second, the floor and the ratio to it."""
     batch, channels, size, k = shape
+    cands, parts = _split_parts(cands)
     if isinstance(bandwidth, roofline.Peaks):
-        return _roofline_rows(cands, shape, dtype, bandwidth)
+        rows = _roofline_rows(cands, shape, dtype, bandwidth)
+        for row in rows:
+            if len(parts.get(row["name"], ())) == len(PARTS):
+                row["parts"] = parts[row["name"]]
+        return rows
 
     def median(name: str) -> float | None:
         found = next((c for c in cands if c.name.startswith(name) and c.times), None)
@@ -684,6 +724,62 @@ def _why(row: dict, peaks: dict | None) -> str:
     )
 
 
+def _part_share(row: dict, part: str, peaks: dict) -> float:
+    """One of the op's three kernels' share of the matmul peak (each does a third of the op's
+    multiply-adds)."""
+    return row["macs"] / len(PARTS) / row["parts"][part] / peaks["macs_per_s"]
+
+
+def _parts_clause(row: dict, peaks: dict | None) -> str:
+    """Where the step's time goes: its three ops (each's share of the matmul peak) and the rest
+    of the step around them; empty for a row without its parts."""
+    if not peaks or not row.get("parts") or not row.get("macs") or not row.get("median"):
+        return ""
+    times = " + ".join(f"{row['parts'][p] * 1e3:.2f}" for p in PARTS)
+    shares = ", ".join(f"{_part_share(row, p, peaks):.0%}" for p in PARTS)
+    rest = row["median"] - sum(row["parts"].values())
+    return (
+        f"; forward, grad_input, grad_kernel {times} ms ({shares} of the matmul peak), "
+        f"{rest * 1e3:.2f} ms around them"
+    )
+
+
+def _parts_table(rows: list[dict], peaks: dict | None) -> list[str]:
+    """The numba_cpu steps cut into their three ops: each op's median and share of the matmul
+    peak, their sum against the floor, and the rest of the step."""
+    found = [r for r in rows if peaks and r.get("parts") and r.get("macs") and r.get("floor")]
+    if not found:
+        return []
+    head = [
+        "shape (N, C, HxW, K, G)",
+        "dtype",
+        "backend",
+        *(f"{p} (ms, share of the matmul peak)" for p in PARTS),
+        "the three (ms)",
+        "the three vs floor",
+        "rest of the step (ms)",
+        "step vs floor",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+    ]
+    for r in found:
+        three = sum(r["parts"].values())
+        cells = [
+            r["shape"],
+            r["dtype"],
+            r["name"],
+            *(f"{_fmt_ms(r['parts'][p])} ({_part_share(r, p, peaks):.0%})" for p in PARTS),
+            _fmt_ms(three),
+            _fmt_ratio(three / r["floor"]),
+            _fmt_ms(r["median"] - three),
+            _fmt_ratio(r.get("x_floor")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _summary(rows: list[dict], peaks: dict | None = None) -> list[str]:
     """One line per numba_cpu row: the ratio to its floor, the verdict and, where missed, why
     (``_why``)."""
@@ -692,7 +788,7 @@ def _summary(rows: list[dict], peaks: dict | None = None) -> list[str]:
         if not r["name"].startswith("numba_cpu") or r.get("x_floor") is None:
             continue
         met = r["x_floor"] <= OP_TARGET
-        verdict = "met" if met else "MISSED" + _why(r, peaks)
+        verdict = "met" if met else "MISSED" + _why(r, peaks) + _parts_clause(r, peaks)
         out.append(
             f"- {r['shape']}, {r['name']}: {r['x_floor']:.2f}x the roofline floor ({verdict}); "
             f"{r['ratio']:.2f}x the depthwise conv"
@@ -881,7 +977,7 @@ def _after_timings(sets: list[tuple], tensors: bool = False):
     while sets:
         entry = sets.pop(0)
         for cand in entry[0]:
-            if cand.error is None:
+            if cand.error is None and cand.part_of is None:
                 cand.peak = peak_memory(cand.step)
                 if tensors:
                     cand.tensors = tensor_peak(cand.step)
@@ -993,6 +1089,19 @@ def render(
             "`floor_bytes`)."
         )
     lines += ["", *_table(rows, on_gpu), ""]
+    parts = _parts_table(rows, found)
+    if parts:
+        lines += [
+            "Where the numba_cpu step's time goes: each of its three ops (`torch.ops.involution`"
+            ".involution2d, involution2d_grad_input, involution2d_grad_kernel) timed alone on the "
+            "same tensors without autograd, interleaved and primed like the candidates above "
+            "(medians); each does a third of the op's multiply-adds. The rest of the step is "
+            "the step's median minus the three: argument checks, the autograd graph and the "
+            "dispatch around the kernels.",
+            "",
+            *parts,
+            "",
+        ]
     summary = _summary(rows, found)
     if summary:
         lines += [
