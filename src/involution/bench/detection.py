@@ -284,7 +284,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             report.cell(row.get("peak_bytes_twin_ratio"), ".2f"),
             report.cell(row.get("train_s_tv_ratio"), ".2f"),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(report.table_row(cells))
     verdicts = targets(rows)
     if verdicts:
         lines += [

@@ -326,8 +326,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         head += ["peak tensors (MiB)", "tensors vs tv-R50"]
     lines += [
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+        *report.table_head(head),
     ]
     for row in rows:
         c = meta["counts"].get(row["model"], {})
@@ -354,7 +353,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 report.cell(tensors / 2**20 if tensors else None, ".0f"),
                 report.cell(row.get("tensor_peak_bytes_ratio"), ".2f"),
             ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(report.table_row(cells))
     verdicts = targets(rows)
     if verdicts:
         lines += [

@@ -625,10 +625,7 @@ def _table(rows: list[dict], on_gpu: bool) -> list[str]:
         head += ["vs reference", "bandwidth floor (ms)", "vs floor"]
     elif roofline_columns:
         head += ["G multiply-adds/s", "GB/s", "roofline floor (ms)", "vs floor"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
-    ]
+    lines = report.table_head(head)
     for r in rows:
         cells = [
             r["shape"],
@@ -654,7 +651,7 @@ def _table(rows: list[dict], on_gpu: bool) -> list[str]:
             ]
         if r.get("error"):  # e.g. out of memory; no number in a time cell
             cells[2] = f"{r['name']} (failed: {r['error'].replace('|', '/')})"
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(report.table_row(cells))
     return lines
 
 
@@ -678,10 +675,7 @@ def _layer_table(rows: list[dict]) -> list[str]:
         "vs 3x3 conv",
         "vs 7x7 depthwise",
     ]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
-    ]
+    lines = report.table_head(head)
     for r in rows:
         name = r["name"] if not r.get("error") else f"{r['name']} (failed: {r['error']})"
         cells = [
@@ -698,7 +692,7 @@ def _layer_table(rows: list[dict]) -> list[str]:
             _fmt_ratio(r.get("x_conv")),
             _fmt_ratio(r.get("x_depthwise")),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(report.table_row(cells))
     return lines
 
 
@@ -760,10 +754,7 @@ def _parts_table(rows: list[dict], peaks: dict | None) -> list[str]:
         "rest of the step (ms)",
         "step vs floor",
     ]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
-    ]
+    lines = report.table_head(head)
     for r in found:
         three = sum(r["parts"].values())
         cells = [
@@ -776,7 +767,7 @@ def _parts_table(rows: list[dict], peaks: dict | None) -> list[str]:
             _fmt_ms(r["median"] - three),
             _fmt_ratio(r.get("x_floor")),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(report.table_row(cells))
     return lines
 
 

@@ -100,6 +100,18 @@ def cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def table_head(head: list[str], text_columns: int = 3) -> list[str]:
+    """A markdown table's header and rule: the first ``text_columns`` columns left-aligned, the
+    figures after them right-aligned."""
+    rule = ["---"] * text_columns + ["---:"] * (len(head) - text_columns)
+    return ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
+
+
+def table_row(cells: list[str]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def records_path(markdown: Path, name: str) -> Path:
     """Where benchmark ``name`` keeps its JSON records: beside the markdown it renders."""
     return sections.records_of(markdown, name)
